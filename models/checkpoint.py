@@ -1,0 +1,69 @@
+"""Checkpoints as safetensors + JSON: loadable anywhere (no Ray, no pickle), written atomically.
+
+Layout of a checkpoint directory:
+    config.json              the resolved config the modules were built from
+    <name>.safetensors       one file per module (or tensor dict), e.g. vae, dit, ema, optimizer
+    state.json               small non-tensor training state (step, data position, ...)
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write via a temp file in the same directory + rename: readers see the old file or the new one,
+    never a torn one, and a failed write leaves neither a temp file nor a damaged original."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    _atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    # safetensors refuses shared/non-contiguous storage: store independent contiguous copies.
+    tensors = {k: v.detach().contiguous().cpu().clone() for k, v in tensors.items()}
+    _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+def load_tensors(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint file {path} does not exist")
+    return load_file(str(path), device=str(device))
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    atomic_write_text(Path(path), json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist (is this a latentlm checkpoint directory?)")
+    return json.loads(path.read_text())
+
+
+def save_module(directory: Path, name: str, module: torch.nn.Module) -> None:
+    save_tensors(Path(directory) / f"{name}.safetensors", module.state_dict())
+
+
+def load_module(directory: Path, name: str, module: torch.nn.Module, strict: bool = True) -> torch.nn.Module:
+    module.load_state_dict(load_tensors(Path(directory) / f"{name}.safetensors"), strict=strict)
+    return module

@@ -1,0 +1,57 @@
+"""REPA: representation alignment of the VAE encoder with a frozen pretrained LM.
+
+L_REPA = -mean_i cos(proj(h_i), stopgrad(y_i)), where h_i is the encoder representation of token i and
+y_i the teacher's hidden state for the same token at a chosen layer (TextLDM: third from last beats the
+last layer). The projector is the REPA reference's MLP (Linear-SiLU-...-Linear).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import require, require_positive
+
+
+@dataclass
+class REPAConfig:
+    enabled: bool = True
+    teacher: str = "embedded:smollm2"  # local dir, hub name (e.g. Qwen/Qwen3-1.7B) or embedded asset
+    layer: int = -3                   # index into the teacher's hidden_states (0 = embeddings); -3 = third from last
+    weight: float = 0.5               # lambda_REPA (lost in TextLDM's text; REPA's reference value)
+    align_at: int | str = "output"    # "output" (encoder output), "latent" (posterior mean) or encoder block 1..L
+    projector_hidden: int = 512
+    projector_depth: int = 3          # number of Linear layers in the projector MLP
+
+    def __post_init__(self):
+        require_positive("vae.repa", projector_hidden=self.projector_hidden, projector_depth=self.projector_depth)
+        require(self.weight >= 0, "vae.repa.weight", "a value >= 0", self.weight)
+        require(self.align_at in ("output", "latent") or (isinstance(self.align_at, int)
+                                                             and not isinstance(self.align_at, bool)),
+                "vae.repa.align_at", "'output', 'latent' or an encoder block index", self.align_at)
+
+
+class REPAProjector(nn.Module):
+    def __init__(self, in_dim: int, out_dim: int, hidden: int, depth: int):
+        super().__init__()
+        dims = [in_dim] + [hidden] * (depth - 1) + [out_dim]
+        layers: list[nn.Module] = []
+        for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
+            layers.append(nn.Linear(a, b))
+            if i < depth - 1:
+                layers.append(nn.SiLU())
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.net(h)
+
+
+def repa_loss(projected: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Negative cosine similarity, averaged over (masked) positions. The teacher side carries no gradient."""
+    cos = F.cosine_similarity(projected.float(), teacher.detach().float(), dim=-1, eps=1e-8)
+    if mask is None:
+        return -cos.mean()
+    mask = mask.to(cos.dtype)
+    return -(cos * mask).sum() / mask.sum().clamp_min(1.0)

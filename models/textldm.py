@@ -1,0 +1,144 @@
+"""TextLDM: a frozen TextVAE + a TextDiT doing flow matching in its latent space, for text continuation.
+
+The context (prompt) and the target are encoded *separately* by the frozen encoder, so no information
+leaks from the target into the context latents. Latents are standardised per channel with statistics
+measured on training data (the VAE's posterior means are not unit-scale).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import require
+from .dit import TextDiT
+from .flow import TimestepSchedule, euler_sample, interpolate, time_grid
+from .text_vae import TextVAE
+from .vocab import CompactVocab
+
+
+class LatentNormalizer(nn.Module):
+    """Per-channel affine standardisation z' = (z - mean) / std, stored with the DiT checkpoint."""
+
+    def __init__(self, latent_dim: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(latent_dim))
+        self.register_buffer("std", torch.ones(latent_dim))
+
+    @torch.no_grad()
+    def fit(self, latents: torch.Tensor) -> "LatentNormalizer":
+        flat = latents.reshape(-1, latents.shape[-1]).float()
+        self.mean.copy_(flat.mean(0))
+        self.std.copy_(flat.std(0).clamp_min(1e-4))
+        return self
+
+    def normalize(self, z: torch.Tensor) -> torch.Tensor:
+        return (z - self.mean) / self.std
+
+    def denormalize(self, z: torch.Tensor) -> torch.Tensor:
+        return z * self.std + self.mean
+
+
+@dataclass
+class FlowLoss:
+    loss: torch.Tensor
+    t: torch.Tensor
+
+
+def flow_matching_loss(dit: TextDiT, context: torch.Tensor | None, target: torch.Tensor,
+                       schedule: TimestepSchedule, cfg_dropout: float | None = None,
+                       generator: torch.Generator | None = None) -> FlowLoss:
+    """Conditional flow-matching MSE on the target latents, with per-sample CFG context dropout.
+
+    context: (B, Tc, d) normalised clean latents (None or Tc = 0: unconditional); target: (B, Tt, d).
+    ``dit`` may be wrapped (DDP), so pass ``cfg_dropout`` explicitly there; default: the DiT's config."""
+    if cfg_dropout is None:
+        cfg_dropout = dit.config.cfg_dropout
+    b = target.shape[0]
+    t = schedule.sample(b, device=target.device, generator=generator)
+    noise = torch.randn(target.shape, device=target.device, generator=generator, dtype=target.dtype)
+    x_t, velocity = interpolate(target, noise, t)
+    keep = torch.rand(b, device=target.device, generator=generator) >= cfg_dropout
+    pred = dit(x_t, t, context, keep)
+    return FlowLoss(F.mse_loss(pred.float(), velocity.float()), t)
+
+
+class TextLDM(nn.Module):
+    """Inference-time bundle: encode a prompt, sample target latents with CFG, decode tokens."""
+
+    def __init__(self, vae: TextVAE, dit: TextDiT, normalizer: LatentNormalizer,
+                 schedule: TimestepSchedule | None = None, vocab: CompactVocab | None = None):
+        super().__init__()
+        require(vae.config.latent_dim == dit.config.latent_dim, "dit.latent_dim",
+                f"the VAE's latent_dim ({vae.config.latent_dim})", dit.config.latent_dim)
+        self.vae, self.dit, self.normalizer = vae, dit, normalizer
+        self.schedule = schedule or TimestepSchedule()
+        self.vocab = vocab  # token ids in and out are always the tokenizer's; the VAE may use a compact vocab
+
+    def model_ids(self, tokens: torch.Tensor) -> torch.Tensor:
+        return tokens if self.vocab is None else self.vocab.encode(tokens)
+
+    def tokenizer_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        return ids if self.vocab is None else self.vocab.decode(ids)
+
+    @torch.no_grad()
+    def reconstruct(self, tokens: torch.Tensor) -> torch.Tensor:
+        """VAE round trip through the posterior mean; tokenizer ids in and out."""
+        return self.tokenizer_ids(self.vae.reconstruct(self.model_ids(tokens)))
+
+    @torch.no_grad()
+    def encode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, T) token ids -> normalised posterior means (B, T, d)."""
+        mu, _, _ = self.vae.encode(self.model_ids(tokens))
+        return self.normalizer.normalize(mu)
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Normalised latents (B, T, d) -> token ids (B, T); ids outside a compact vocab come back as -1."""
+        return self.tokenizer_ids(self.vae.decode(self.normalizer.denormalize(latents)).argmax(-1))
+
+    @torch.no_grad()
+    def generate(self, context_tokens: torch.Tensor | None, target_len: int, steps: int = 50,
+                 cfg_scale: float = 7.0, grid: str = "schedule", generator: torch.Generator | None = None,
+                 batch_size: int | None = None, on_step=None) -> torch.Tensor:
+        """Continue ``context_tokens`` (B, Tc) (None: unconditional; then pass ``batch_size``) by
+        ``target_len`` tokens, all generated in parallel in ``steps`` Euler steps. Returns (B, target_len)."""
+        require(grid in ("schedule", "uniform"), "sampler.grid", "'schedule' or 'uniform'", grid)
+        device = next(self.dit.parameters()).device
+        context = None if context_tokens is None else self.encode(context_tokens.to(device))
+        b = context.shape[0] if context is not None else batch_size
+        require(b is not None and b > 0, "batch_size", "a positive batch size for unconditional sampling", b)
+        noise = torch.randn((b, target_len, self.dit.config.latent_dim), device=device, generator=generator)
+        times = time_grid(steps, self.schedule if grid == "schedule" else None)
+
+        def velocity(x, t):
+            return self.dit.forward_with_cfg(x, t, context, cfg_scale)
+
+        decode_step = None if on_step is None else (lambda i, x: on_step(i, self.decode(x)))
+        latents = euler_sample(velocity, noise, times, decode_step)
+        return self.decode(latents)
+
+
+def load_textldm(directory, use_ema: bool = True, device: str | torch.device = "cpu") -> TextLDM:
+    """Load a DiT-stage checkpoint directory (config.json + safetensors) for sampling; no Ray needed."""
+    from pathlib import Path
+
+    from .checkpoint import load_tensors, read_json
+    from .dit import TextDiTConfig
+    from .text_vae import TextVAEConfig
+    directory = Path(directory)
+    cfg, state = read_json(directory / "config.json"), read_json(directory / "state.json")
+    vae_cfg = TextVAEConfig(**cfg["vae"])
+    vae = TextVAE(vae_cfg, teacher_dim=state.get("teacher_dim") if vae_cfg.repa.enabled else None)
+    vae.load_state_dict(load_tensors(directory / "vae.safetensors"))
+    dit = TextDiT(TextDiTConfig(**cfg["dit"]))
+    weights = "ema" if use_ema and (directory / "ema.safetensors").is_file() else "dit"
+    dit.load_state_dict(load_tensors(directory / f"{weights}.safetensors"))
+    normalizer = LatentNormalizer(dit.config.latent_dim)
+    normalizer.load_state_dict(load_tensors(directory / "normalizer.safetensors"))
+    schedule = TimestepSchedule(**cfg["train_dit"]["schedule"])
+    vocab_file = directory / "vocab.safetensors"
+    vocab = CompactVocab.from_tensors(load_tensors(vocab_file)) if vocab_file.is_file() else None
+    return TextLDM(vae, dit, normalizer, schedule, vocab).to(device).eval()

@@ -1,0 +1,117 @@
+"""``latentlm`` command line: train / sample / evaluate / info."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from latentlm.models.config import ConfigError
+
+
+def _config(args):
+    from .config import load_file, merge, parse_overrides
+    from .experiment import build_config
+    overrides = merge(load_file(args.config) if args.config else {}, parse_overrides(args.set))
+    return build_config(args.preset, overrides)
+
+
+def cmd_train(args) -> int:
+    from .pipeline import run_textldm
+    cfg = _config(args)
+    out = run_textldm(cfg, Path(args.run_dir))
+    print(json.dumps(out, indent=2, default=str))
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from latentlm.models.checkpoint import read_json
+    from .config import from_dict, merge, parse_overrides
+    from .evaluate import evaluate_checkpoint
+    from .experiment import TextLDMConfig
+    saved = read_json(Path(args.checkpoint) / "config.json")
+    cfg = from_dict(TextLDMConfig, merge(saved, parse_overrides(args.set)))
+    out_dir = Path(args.out or Path(args.checkpoint) / "eval")
+    print(json.dumps(evaluate_checkpoint(cfg, args.checkpoint, out_dir), indent=2))
+    return 0
+
+
+def cmd_sample(args) -> int:
+    import torch
+    from latentlm.models.checkpoint import read_json
+    from latentlm.models.textldm import load_textldm
+    from .data import load_tokenizer
+    from .evaluate import strip_at_eos
+    saved = read_json(Path(args.checkpoint) / "config.json")
+    tokenizer = load_tokenizer(saved["data"]["tokenizer"])
+    model = load_textldm(args.checkpoint, use_ema=not args.no_ema)
+    generator = torch.Generator().manual_seed(args.seed)
+    if args.prompt:
+        prompt = torch.tensor([tokenizer(args.prompt, add_special_tokens=False)["input_ids"]] * args.num)
+        ids = model.generate(prompt, args.length, steps=args.steps, cfg_scale=args.cfg_scale, generator=generator)
+    else:
+        ids = model.generate(None, args.length, steps=args.steps, generator=generator, batch_size=args.num)
+    for row in ids.tolist():
+        text = tokenizer.decode(strip_at_eos(row, tokenizer.eos_token_id), skip_special_tokens=True)
+        print(f"{args.prompt or ''}\x1b[1m{text}\x1b[0m" if sys.stdout.isatty() else f"{args.prompt or ''}{text}")
+        print("---")
+    return 0
+
+
+def cmd_info(args) -> int:
+    import torch
+    from . import assets
+    from .presets import PRESETS
+    info = {"torch": torch.__version__, "cuda": torch.cuda.is_available(),
+            "bf16": torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+            "presets": sorted(PRESETS), "assets": assets.describe(), "cache": str(assets.cache_dir())}
+    print(json.dumps(info, indent=2, default=str))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="latentlm", description="continuous latent diffusion LMs on Ray")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_config(p):
+        p.add_argument("--preset", default="tiny")
+        p.add_argument("--config", help="YAML/JSON overrides file")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+
+    train = sub.add_parser("train", help="train a TextLDM (VAE then DiT) and evaluate it")
+    with_config(train)
+    train.add_argument("--run-dir", default="runs/textldm")
+    train.set_defaults(fn=cmd_train)
+
+    evaluate = sub.add_parser("evaluate", help="run the continuation protocol on a DiT checkpoint")
+    evaluate.add_argument("checkpoint")
+    evaluate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    evaluate.add_argument("--out")
+    evaluate.set_defaults(fn=cmd_evaluate)
+
+    sample = sub.add_parser("sample", help="continue a prompt (or sample unconditionally) from a checkpoint")
+    sample.add_argument("checkpoint")
+    sample.add_argument("--prompt", default="")
+    sample.add_argument("--length", type=int, default=32, help="target tokens")
+    sample.add_argument("--num", type=int, default=1)
+    sample.add_argument("--steps", type=int, default=50)
+    sample.add_argument("--cfg-scale", type=float, default=7.0)
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--no-ema", action="store_true")
+    sample.set_defaults(fn=cmd_sample)
+
+    info = sub.add_parser("info", help="versions, devices and the embedded offline assets")
+    info.set_defaults(fn=cmd_info)
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    try:
+        return args.fn(args)
+    except ConfigError as err:
+        print(f"latentlm: config error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

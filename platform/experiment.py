@@ -1,0 +1,176 @@
+"""The TextLDM experiment config: data, models, both training stages, evaluation, resources.
+
+``build_config(preset, overrides)`` is the single entry point: preset dict <- config file <- CLI
+overrides, validated strictly (unknown key, bad value) before anything runs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from latentlm.models.config import require, require_fraction, require_positive
+from latentlm.models.dit import TextDiTConfig
+from latentlm.models.flow import TimestepSchedule
+from latentlm.models.text_vae import TextVAEConfig
+
+from .config import from_dict, merge
+from .presets import PRESETS, preset_overrides
+
+
+@dataclass
+class DataConfig:
+    corpus: str = "embedded:wiki"          # embedded:wiki | local file/folder | hf:<dataset>
+    text_field: str = "text"
+    tokenizer: str = "embedded:smollm2"    # local dir, hub name or embedded asset (shared with the REPA teacher)
+    seq_len: int = 64                      # tokens per training window (TextLDM: 1024)
+    max_documents: int | None = None       # cap on corpus documents read (None: all)
+    valid_fraction: float = 0.05
+    test_fraction: float = 0.05
+    split_seed: int = 0
+    max_train_windows: int | None = None   # cap on tokenized training windows (None: all)
+    vocab_limit: int | None = None         # keep the K most used token ids (+1 unknown) in the VAE; null = full vocab
+    teacher_windows: int = 1024            # windows with precomputed teacher features (the REPA VAE trains on these)
+    teacher_batch_size: int = 16
+
+    def __post_init__(self):
+        require_positive("data", seq_len=self.seq_len, teacher_windows=self.teacher_windows,
+                         teacher_batch_size=self.teacher_batch_size)
+        require(self.seq_len >= 8, "data.seq_len", "at least 8 tokens", self.seq_len)
+        require_fraction("data", valid_fraction=self.valid_fraction, test_fraction=self.test_fraction)
+        require(self.valid_fraction + self.test_fraction < 1, "data.test_fraction",
+                "valid_fraction + test_fraction < 1", self.valid_fraction + self.test_fraction)
+        for name in ("max_documents", "max_train_windows", "vocab_limit"):
+            value = getattr(self, name)
+            require(value is None or value > 0, f"data.{name}", "a positive count or null", value)
+
+
+@dataclass
+class OptimConfig:
+    steps: int = 300
+    batch_size: int = 32                   # global batch (split over workers)
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.95)
+    warmup_steps: int = 20
+    min_lr_ratio: float = 0.1              # cosine decay to lr * min_lr_ratio
+    grad_clip: float = 1.0
+    log_every: int = 25
+    checkpoint_every: int = 0              # 0: only the final checkpoint
+    ema_decay: float = 0.0                 # 0 disables EMA; DiT reference: 0.9999
+
+    def __post_init__(self):
+        require_positive("optim", steps=self.steps, batch_size=self.batch_size, lr=self.lr,
+                         log_every=self.log_every)
+        require(0 <= self.warmup_steps <= self.steps, "optim.warmup_steps", f"in [0, steps={self.steps}]",
+                self.warmup_steps)
+        require(0 <= self.ema_decay < 1, "optim.ema_decay", "in [0, 1)", self.ema_decay)
+        require(self.checkpoint_every >= 0, "optim.checkpoint_every", ">= 0", self.checkpoint_every)
+
+
+@dataclass
+class VAETrainConfig:
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    random_truncation: float = 0.5         # P(a batch is randomly cropped) -- TextLDM trains on varied lengths
+    min_truncation_len: int = 8
+
+    def __post_init__(self):
+        require_fraction("train_vae", random_truncation=self.random_truncation)
+        require_positive("train_vae", min_truncation_len=self.min_truncation_len)
+
+
+@dataclass
+class DiTTrainConfig:
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(steps=600, lr=5e-4, ema_decay=0.999))
+    schedule: TimestepSchedule = field(default_factory=TimestepSchedule)
+    context_fraction: tuple[float, float] = (0.2, 0.8)   # training split point range, as a fraction of seq_len
+    normalizer_windows: int = 256                        # windows used to measure latent mean/std
+
+    def __post_init__(self):
+        lo, hi = self.context_fraction
+        require(0 <= lo <= hi < 1, "train_dit.context_fraction", "0 <= low <= high < 1", self.context_fraction)
+        require_positive("train_dit", normalizer_windows=self.normalizer_windows)
+
+
+@dataclass
+class EvalConfig:
+    datasets: list[str] = field(default_factory=lambda: ["embedded:wiki", "embedded:shakespeare"])
+    num_samples: int = 64                   # TextLDM: 1K per benchmark
+    min_tokens: int = 24                    # samples shorter than this are skipped
+    split_range: tuple[float, float] = (0.4, 0.6)  # prompt/target split, uniform in this fraction of the length
+    steps: int = 50
+    cfg_scale: float = 7.0
+    grid: str = "schedule"                  # Euler step times: quantiles of the training schedule, or "uniform"
+    batch_size: int = 32
+    seed: int = 1234
+    bertscore_model: str = "embedded:minilm"   # paper-comparable: roberta-large
+    bertscore_num_layers: int = 6
+    mauve_model: str = "embedded:smollm2"      # paper-comparable: gpt2-large
+    mauve_pooling: str = "last"
+    mauve_max_length: int = 128
+    mauve_seed: int = 25
+    use_ema: bool = True
+
+    def __post_init__(self):
+        require(len(self.datasets) > 0, "eval.datasets", "at least one dataset", self.datasets)
+        require_positive("eval", num_samples=self.num_samples, steps=self.steps, batch_size=self.batch_size,
+                         min_tokens=self.min_tokens, bertscore_num_layers=self.bertscore_num_layers,
+                         mauve_max_length=self.mauve_max_length)
+        lo, hi = self.split_range
+        require(0 < lo <= hi < 1, "eval.split_range", "0 < low <= high < 1", self.split_range)
+        require(self.cfg_scale >= 0, "eval.cfg_scale", ">= 0", self.cfg_scale)
+        require(self.grid in ("schedule", "uniform"), "eval.grid", "'schedule' or 'uniform'", self.grid)
+        require(self.mauve_pooling in ("last", "mean"), "eval.mauve_pooling", "'last' or 'mean'",
+                self.mauve_pooling)
+
+
+@dataclass
+class ResourcesConfig:
+    num_workers: int = 1
+    use_gpu: str = "auto"                   # auto | true | false
+    cpus_per_worker: float = 1.0
+    torch_threads: int = 0                  # 0: every core of the node (CPU training)
+
+    def __post_init__(self):
+        require_positive("resources", num_workers=self.num_workers, cpus_per_worker=self.cpus_per_worker)
+        require(self.use_gpu in ("auto", "true", "false"), "resources.use_gpu", "'auto', 'true' or 'false'",
+                self.use_gpu)
+
+
+@dataclass
+class TextLDMConfig:
+    name: str = "textldm"
+    preset: str = "tiny"
+    run_dir: str = "runs"
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    vae: TextVAEConfig = field(default_factory=TextVAEConfig)
+    dit: TextDiTConfig = field(default_factory=TextDiTConfig)
+    train_vae: VAETrainConfig = field(default_factory=VAETrainConfig)
+    train_dit: DiTTrainConfig = field(default_factory=DiTTrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    wandb: bool = True                      # offline unless WANDB_API_KEY / WANDB_MODE say otherwise
+
+    def __post_init__(self):
+        require(self.preset in PRESETS, "preset", f"one of {sorted(PRESETS)}", self.preset)
+        # The DiT works in the VAE's latent space over the same windows.
+        require(self.dit.latent_dim == self.vae.latent_dim, "dit.latent_dim",
+                f"vae.latent_dim ({self.vae.latent_dim})", self.dit.latent_dim)
+        for owner, value in (("vae.max_seq_len", self.vae.max_seq_len), ("dit.max_seq_len", self.dit.max_seq_len)):
+            require(value >= self.data.seq_len, owner, f">= data.seq_len ({self.data.seq_len})", value)
+
+
+def build_config(preset: str = "tiny", overrides: dict[str, Any] | None = None) -> TextLDMConfig:
+    """Preset values, then ``overrides`` (nested dict), validated into a TextLDMConfig.
+
+    ``dit.latent_dim`` follows ``vae.latent_dim`` and the model ``max_seq_len`` follow ``data.seq_len``
+    unless set explicitly."""
+    data = merge(preset_overrides(preset), overrides or {})
+    data["preset"] = preset
+    vae, dit, d = data.setdefault("vae", {}), data.setdefault("dit", {}), data.get("data", {})
+    if "latent_dim" in vae:
+        dit.setdefault("latent_dim", vae["latent_dim"])
+    if "seq_len" in d:
+        vae.setdefault("max_seq_len", d["seq_len"])
+        dit.setdefault("max_seq_len", d["seq_len"])
+    return from_dict(TextLDMConfig, data)

@@ -1,0 +1,59 @@
+"""Named presets: the same pipeline from a CPU laptop to a GPU cluster.
+
+* ``tiny``  — the embedded offline default; the REPA ablation (2 VAEs, 2 DiTs, 2 eval sets) fits in
+  under 20 minutes on a 2-core CPU box. The VAE predicts over the 16,383 most used token ids + 1
+  unknown (``data.vocab_limit``; 98% of training tokens): the 49k-way output head would otherwise cost
+  ~3x the whole step. Numbers at this scale only show that the pipeline works.
+* ``small`` — a single-GPU study: ~25M-param VAE, ~40M-param DiT, 256-token windows.
+* ``paper`` — TextLDM's ablation scale: Qwen3-1.7B teacher and tokenizer, 1024 tokens, 328M DiT
+  (needs a multi-GPU cluster and hub access).
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from latentlm.models.config import ConfigError
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": {
+        "data": {"seq_len": 64, "max_train_windows": 6000, "teacher_windows": 512, "vocab_limit": 16383},
+        "vae": {"latent_dim": 16, "hidden_dim": 128, "n_heads": 4, "encoder_layers": 2, "decoder_layers": 2,
+                "repa": {"projector_hidden": 256}},
+        "dit": {"hidden_dim": 192, "depth": 4, "n_heads": 4},
+        "train_vae": {"optim": {"steps": 300, "batch_size": 32, "lr": 1e-3, "log_every": 50}},
+        "train_dit": {"optim": {"steps": 800, "batch_size": 64, "lr": 1e-3, "log_every": 100, "ema_decay": 0.995}},
+        "eval": {"num_samples": 48},
+    },
+    "small": {
+        "data": {"seq_len": 256, "teacher_windows": 50000, "teacher_batch_size": 32},
+        "vae": {"latent_dim": 64, "hidden_dim": 512, "n_heads": 8, "encoder_layers": 6, "decoder_layers": 6,
+                "repa": {"projector_hidden": 1024}},
+        "dit": {"hidden_dim": 512, "depth": 12, "n_heads": 8},
+        "train_vae": {"optim": {"steps": 20000, "batch_size": 64, "lr": 3e-4, "log_every": 100,
+                                "checkpoint_every": 2000}},
+        "train_dit": {"optim": {"steps": 50000, "batch_size": 128, "lr": 3e-4, "log_every": 100,
+                                "checkpoint_every": 5000, "ema_decay": 0.9999}},
+        "eval": {"num_samples": 1000},
+    },
+    "paper": {
+        "data": {"corpus": "hf:Skylion007/openwebtext", "tokenizer": "Qwen/Qwen3-1.7B", "seq_len": 1024,
+                 "teacher_windows": 2_000_000, "teacher_batch_size": 8},
+        "vae": {"latent_dim": 128, "hidden_dim": 1024, "n_heads": 16, "encoder_layers": 8, "decoder_layers": 8,
+                "repa": {"teacher": "Qwen/Qwen3-1.7B", "projector_hidden": 2048}},
+        "dit": {"hidden_dim": 1024, "depth": 24, "n_heads": 16},
+        "train_vae": {"optim": {"steps": 200_000, "batch_size": 256, "lr": 1e-4, "log_every": 100,
+                                "checkpoint_every": 5000}},
+        "train_dit": {"optim": {"steps": 1_000_000, "batch_size": 256, "lr": 1e-4, "log_every": 100,
+                                "checkpoint_every": 10_000, "ema_decay": 0.9999}},
+        "eval": {"num_samples": 1000, "bertscore_model": "roberta-large", "bertscore_num_layers": 17,
+                 "mauve_model": "gpt2-large", "mauve_max_length": 1024},
+        "resources": {"num_workers": 8, "use_gpu": "true"},
+    },
+}
+
+
+def preset_overrides(name: str) -> dict[str, Any]:
+    if name not in PRESETS:
+        raise ConfigError(f"preset: expected one of {sorted(PRESETS)}, got {name!r}")
+    return copy.deepcopy(PRESETS[name])

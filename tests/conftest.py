@@ -1,0 +1,65 @@
+"""Shared fixtures. Tests run offline, Ray-local and fast: tiny models built from configs, a tiny
+word-level tokenizer and a tiny random Llama "teacher" made on the fly (no hub, no real assets), except
+tests marked ``assets`` which load the real embedded default once."""
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+for key, value in {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1", "RAY_AUTH_MODE": "disabled",
+                   "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+                   "WANDB_MODE": "offline", "TOKENIZERS_PARALLELISM": "false"}.items():
+    os.environ.setdefault(key, value)
+
+WORDS = ("the a river city music people king war science old new small large early later north south "
+         "language history water forest island mountain school book law art trade ship road bridge").split()
+
+
+def _sentence(rng: random.Random) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(rng.randint(6, 14))) + " ."
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory) -> Path:
+    """A JSONL corpus of 400 synthetic documents (3-6 sentences each)."""
+    rng = random.Random(0)
+    path = tmp_path_factory.mktemp("corpus") / "docs.jsonl"
+    with open(path, "w") as f:
+        for _ in range(400):
+            f.write(json.dumps({"text": " ".join(_sentence(rng) for _ in range(rng.randint(3, 6)))}) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_dir(tmp_path_factory) -> Path:
+    """A word-level tokenizer over WORDS plus a tiny random LlamaForCausalLM saved with it (teacher/scorer)."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    vocab = {"<|endoftext|>": 0, "<unk>": 1, ".": 2, **{w: i + 3 for i, w in enumerate(WORDS)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
+                                   unk_token="<unk>", model_max_length=512)
+    directory = tmp_path_factory.mktemp("tiny_lm")
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                                         max_position_embeddings=256, eos_token_id=0, pad_token_id=0))
+    model.save_pretrained(directory)
+    fast.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def ray_local(tmp_path_factory):
+    """One in-process local Ray cluster for the whole session, in its own temp dir; shut down after."""
+    import ray
+    from latentlm.platform.launch import init_ray
+    init_ray(num_cpus=2, temp_dir=str(tmp_path_factory.mktemp("ray")))
+    yield ray
+    ray.shutdown()
