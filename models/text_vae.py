@@ -33,6 +33,7 @@ class TextVAEConfig:
     mlp_ratio: float = 4.0
     dropout: float = 0.0
     max_seq_len: int = 128
+    tie_embeddings: bool = False   # share the token embedding with the output head (faster learning when small)
     kl_weight: float = 1e-4        # lambda_KL: value lost in the paper's text; small keeps recon near-perfect
     logvar_min: float = -30.0      # clamp for numerical safety of exp(logvar)
     logvar_max: float = 20.0
@@ -99,6 +100,8 @@ class TextVAE(nn.Module):
             source_dim = c.latent_dim if c.repa.align_at == "latent" else c.hidden_dim
             self.projector = REPAProjector(source_dim, teacher_dim, c.repa.projector_hidden, c.repa.projector_depth)
         self.apply(_init_weights)
+        if c.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
 
     # -- encoder ---------------------------------------------------------------------------------
     def encode(self, tokens: torch.Tensor, valid: torch.Tensor | None = None):

@@ -31,6 +31,8 @@ class DataConfig:
     vocab_limit: int | None = None         # keep the K most used token ids (+1 unknown) in the VAE; null = full vocab
     teacher_windows: int = 1024            # windows with precomputed teacher features (the REPA VAE trains on these)
     teacher_batch_size: int = 16
+    materialize_max_mb: int = 256          # smaller training sets are held in Ray's object store, larger ones
+                                           # are streamed from Parquet every epoch
 
     def __post_init__(self):
         require_positive("data", seq_len=self.seq_len, teacher_windows=self.teacher_windows,
@@ -125,13 +127,14 @@ class EvalConfig:
 
 @dataclass
 class ResourcesConfig:
-    num_workers: int = 1
+    num_workers: int = 0                    # 0: one per GPU in the cluster when GPUs are used, else 1
     use_gpu: str = "auto"                   # auto | true | false
     cpus_per_worker: float = 1.0
     torch_threads: int = 0                  # 0: every core of the node (CPU training)
 
     def __post_init__(self):
-        require_positive("resources", num_workers=self.num_workers, cpus_per_worker=self.cpus_per_worker)
+        require_positive("resources", cpus_per_worker=self.cpus_per_worker)
+        require(self.num_workers >= 0, "resources.num_workers", ">= 0 (0 = automatic)", self.num_workers)
         require(self.use_gpu in ("auto", "true", "false"), "resources.use_gpu", "'auto', 'true' or 'false'",
                 self.use_gpu)
 

@@ -55,20 +55,31 @@ def use_gpu(setting: str) -> bool:
     return ray.cluster_resources().get("GPU", 0) > 0
 
 
-def run_stage(loop: Callable[[dict], None], loop_config: dict[str, Any], dataset_path: str, name: str,
-              storage_path: Path, resources, max_failures: int = 1, columns: list[str] | None = None) -> str:
-    """Run ``loop`` under a TorchTrainer over the Parquet dataset; return the final checkpoint's path.
+def training_dataset(path: str, columns: list[str] | None, materialize_max_mb: int):
+    """The Parquet training set as a Ray Dataset: streamed, or materialized once when small (re-reading a
+    small file every epoch costs more than the epoch itself)."""
+    import ray.data
+    dataset = ray.data.read_parquet(path, columns=columns)
+    if Path(path).stat().st_size <= materialize_max_mb * 2**20:
+        dataset = dataset.materialize()
+    return dataset
+
+
+def run_stage(loop: Callable[[dict], None], loop_config: dict[str, Any], dataset, name: str,
+              storage_path: Path, resources, max_failures: int = 1) -> str:
+    """Run ``loop`` under a TorchTrainer over ``dataset``; return the final checkpoint's path.
 
     Runs are named, so re-running the same stage with the same storage resumes from its last checkpoint."""
-    import ray.data
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
+    import ray
     gpu = use_gpu(resources.use_gpu)
+    workers = resources.num_workers or (max(1, int(ray.cluster_resources().get("GPU", 0))) if gpu else 1)
     trainer = TorchTrainer(
         loop,
         train_loop_config=loop_config,
-        datasets={"train": ray.data.read_parquet(dataset_path, columns=columns)},
-        scaling_config=ScalingConfig(num_workers=resources.num_workers, use_gpu=gpu,
+        datasets={"train": dataset},
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpu,
                                      resources_per_worker={"CPU": resources.cpus_per_worker}),
         run_config=RunConfig(name=name, storage_path=str(Path(storage_path).resolve()),
                              failure_config=FailureConfig(max_failures=max_failures),

@@ -18,7 +18,7 @@ from .config import to_dict
 from .corpus import CorpusSpec, load_documents
 from .data import load_tokenizer, prepare_data
 from .evaluate import evaluate_checkpoint
-from .launch import init_ray, run_stage
+from .launch import init_ray, run_stage, training_dataset
 from .train_dit import train_dit_loop
 from .train_vae import train_vae_loop
 
@@ -68,13 +68,15 @@ def run_textldm(cfg, run_dir: Path, data_root: Path | None = None) -> dict:
     write_json(run_dir / "config.json", to_dict(cfg))
     common = {"experiment": to_dict(cfg), "run_dir": str(run_dir), "run_name": f"{cfg.name}-{run_dir.name}",
               "vocab": artifacts.vocab}
-    repa_columns = None if cfg.vae.repa.enabled else ["tokens", "length", "doc_id"]
+    token_columns = ["tokens", "length", "doc_id"]
+    limit = cfg.data.materialize_max_mb
     vae_ckpt = _stage(run_dir, "vae", lambda: run_stage(
-        train_vae_loop, {**common, "teacher_dim": artifacts.teacher_dim}, artifacts.vae_train,
-        "vae", run_dir / "ray", cfg.resources, columns=repa_columns))
+        train_vae_loop, {**common, "teacher_dim": artifacts.teacher_dim},
+        training_dataset(artifacts.vae_train, None if cfg.vae.repa.enabled else token_columns, limit),
+        "vae", run_dir / "ray", cfg.resources))
     dit_ckpt = _stage(run_dir, "dit", lambda: run_stage(
-        train_dit_loop, {**common, "vae_checkpoint": vae_ckpt}, artifacts.train,
-        "dit", run_dir / "ray", cfg.resources, columns=["tokens", "length", "doc_id"]))
+        train_dit_loop, {**common, "vae_checkpoint": vae_ckpt}, training_dataset(artifacts.train, token_columns, limit),
+        "dit", run_dir / "ray", cfg.resources))
     results = evaluate_checkpoint(cfg, dit_ckpt, run_dir / "eval")
     stages = read_json(run_dir / "stages.json")
     return {"results": results, "vae_checkpoint": vae_ckpt, "dit_checkpoint": dit_ckpt, "facts": facts,

@@ -17,13 +17,13 @@ from latentlm.models.config import ConfigError
 
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {
-        "data": {"seq_len": 64, "max_train_windows": 6000, "teacher_windows": 512, "vocab_limit": 16383},
+        "data": {"seq_len": 64, "max_train_windows": 6000, "teacher_windows": 1024, "vocab_limit": 16383},
         "vae": {"latent_dim": 16, "hidden_dim": 128, "n_heads": 4, "encoder_layers": 2, "decoder_layers": 2,
-                "repa": {"projector_hidden": 256}},
-        "dit": {"hidden_dim": 192, "depth": 4, "n_heads": 4},
-        "train_vae": {"optim": {"steps": 300, "batch_size": 32, "lr": 1e-3, "log_every": 50}},
-        "train_dit": {"optim": {"steps": 800, "batch_size": 64, "lr": 1e-3, "log_every": 100, "ema_decay": 0.995}},
-        "eval": {"num_samples": 48},
+                "tie_embeddings": True, "repa": {"projector_hidden": 256}},
+        "dit": {"hidden_dim": 128, "depth": 4, "n_heads": 4},
+        "train_vae": {"optim": {"steps": 400, "batch_size": 32, "lr": 2e-3, "log_every": 50}},
+        "train_dit": {"optim": {"steps": 600, "batch_size": 32, "lr": 1e-3, "log_every": 100, "ema_decay": 0.995}},
+        "eval": {"num_samples": 128},
     },
     "small": {
         "data": {"seq_len": 256, "teacher_windows": 50000, "teacher_batch_size": 32},
