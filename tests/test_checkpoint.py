@@ -19,16 +19,8 @@ from latentlm.models.repa import REPAConfig
 from latentlm.models.text_vae import TextVAE, TextVAEConfig
 from latentlm.models.textldm import LatentNormalizer
 
+pytestmark = pytest.mark.usefixtures("single_thread")
 D = 8
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny models: one intra-op thread is fastest and immune to OpenMP spin-waits on a busy machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def make_vae(seed: int) -> TextVAE:

@@ -17,14 +17,7 @@ from latentlm.models.textldm import LatentNormalizer, TextLDM, flow_matching_los
 
 D = 8  # latent channels
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny models: one intra-op thread is fastest and immune to OpenMP spin-waits on a busy machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def tiny_dit(seed: int = 0, perturb: bool = False, **overrides) -> TextDiT:

@@ -13,14 +13,7 @@ from latentlm.models.text_vae import TextVAE, TextVAEConfig, gaussian_kl, masked
 
 VOCAB, LATENT, HIDDEN = 50, 16, 64
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny models: one intra-op thread is fastest and immune to OpenMP spin-waits on a busy machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def tiny_config(**overrides) -> TextVAEConfig:
