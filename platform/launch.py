@@ -42,8 +42,10 @@ def init_ray(num_cpus: int | None = None, temp_dir: str | None = None) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(runtime_env=runtime_env)  # an existing cluster refuses num_cpus/num_gpus
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env=runtime_env, _temp_dir=temp_dir,
-                 log_to_driver=True)
+        # The dashboard (loopback only) also serves the state API that Ray Train's placement-group
+        # cleaner polls; without it that actor logs a warning every second.
+        ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", runtime_env=runtime_env,
+                 _temp_dir=temp_dir)
     import ray.data
     ray.data.DataContext.get_current().enable_progress_bars = False
 

@@ -3,6 +3,7 @@ throughput, checkpoint write/restore. Plain PyTorch plus ``ray.train`` context c
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 import random
@@ -206,8 +207,8 @@ def log_and_checkpoint(stage: str, step: int, optim, metrics: dict[str, Any], wc
                        checkpoint_writer) -> None:
     """Print + track on rank 0, then report to Ray; attach a checkpoint at the final step and every
     ``optim.checkpoint_every`` steps (``checkpoint_writer(dir)`` writes it)."""
-    if wc.is_main:
-        print(format_metrics(stage, step, optim.steps, metrics), flush=True)
+    if wc.is_main:  # Ray Train routes worker logging to the driver console (a print would be teed twice)
+        logging.getLogger("latentlm.train").info(format_metrics(stage, step, optim.steps, metrics))
     tracker.log({f"{stage}/{k}": v for k, v in metrics.items()}, step)
     due = step == optim.steps or (optim.checkpoint_every and step % optim.checkpoint_every == 0)
     report(metrics, checkpoint_writer if due else None)
