@@ -5,6 +5,7 @@ the dotted field path, before any Ray or training resources are touched.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import types
@@ -34,6 +35,11 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, path: str = "") -> T:
         return cls(**kwargs)
     except TypeError as err:  # e.g. a required field missing
         raise ConfigError(f"{path or cls.__name__}: {err}") from None
+    except ConfigError as err:  # a section's own validation names itself ("optim.steps"): give the full path
+        message, owner = str(err), str(err).split(":", 1)[0].split(".", 1)[0]
+        if path and not message.startswith(path) and path.rsplit(".", 1)[-1] == owner:
+            raise ConfigError(path + message[len(owner):]) from None
+        raise
 
 
 def _coerce(tp: Any, value: Any, path: str) -> Any:
@@ -91,6 +97,11 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         raise ConfigError(f"{path}: expected a number, got {value!r}")
     if tp is str:
         if isinstance(value, str):
@@ -104,13 +115,13 @@ def to_dict(config: Any) -> dict[str, Any]:
 
 
 def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    """Recursive dict merge (update wins); neither input is modified."""
-    out = dict(base)
+    """Recursive dict merge (update wins); the result shares no mutable state with either input."""
+    out = copy.deepcopy(base)
     for key, value in update.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
             out[key] = merge(out[key], value)
         else:
-            out[key] = value
+            out[key] = copy.deepcopy(value)
     return out
 
 

@@ -64,13 +64,13 @@ def tokenize_windows(documents: list[str], tokenizer, seq_len: int, max_windows:
                 lengths.append(len(chunk))
                 doc_ids.append(start + offset)
                 if max_windows is not None and len(rows) >= max_windows:
-                    return _windows(rows, lengths, doc_ids)
-    return _windows(rows, lengths, doc_ids)
+                    return _windows(rows, lengths, doc_ids, seq_len)
+    return _windows(rows, lengths, doc_ids, seq_len)
 
 
-def _windows(rows, lengths, doc_ids) -> Windows:
-    return Windows(np.asarray(rows, dtype=np.int32).reshape(len(rows), -1), np.asarray(lengths, dtype=np.int32),
-                   np.asarray(doc_ids, dtype=np.int64))
+def _windows(rows, lengths, doc_ids, seq_len: int) -> Windows:
+    return Windows(np.asarray(rows, dtype=np.int32).reshape(len(rows), seq_len),
+                   np.asarray(lengths, dtype=np.int32), np.asarray(doc_ids, dtype=np.int64))
 
 
 def artifact_key(**parts) -> str:

@@ -28,7 +28,7 @@ class DataConfig:
     test_fraction: float = 0.05
     split_seed: int = 0
     max_train_windows: int | None = None   # cap on tokenized training windows (None: all)
-    vocab_limit: int | None = None         # keep the K most used token ids (+1 unknown) in the VAE; null = full vocab
+    vocab_limit: int | None = None         # VAE vocab: the K most used ids (+ EOS/pad if rarer) + 1 unknown; null = full
     teacher_windows: int = 1024            # windows with precomputed teacher features (the REPA VAE trains on these)
     teacher_batch_size: int = 16
     materialize_max_mb: int = 256          # smaller training sets are held in Ray's object store, larger ones
@@ -128,11 +128,13 @@ class EvalConfig:
 @dataclass
 class ResourcesConfig:
     num_workers: int = 0                    # 0: one per GPU in the cluster when GPUs are used, else 1
-    use_gpu: str = "auto"                   # auto | true | false
+    use_gpu: bool | str = "auto"            # auto | true | false
     cpus_per_worker: float = 1.0
     torch_threads: int = 0                  # 0: every core of the node (CPU training)
 
     def __post_init__(self):
+        if isinstance(self.use_gpu, bool):  # YAML/CLI "true" arrives as a bool
+            self.use_gpu = "true" if self.use_gpu else "false"
         require_positive("resources", cpus_per_worker=self.cpus_per_worker)
         require(self.num_workers >= 0, "resources.num_workers", ">= 0 (0 = automatic)", self.num_workers)
         require(self.use_gpu in ("auto", "true", "false"), "resources.use_gpu", "'auto', 'true' or 'false'",

@@ -1,0 +1,277 @@
+"""Strict configs: from_dict / parse_overrides / merge / load_file, presets, cross-field validation and
+teacher layer resolution. Pure Python: no Ray, no models, no files beyond tmp_path."""
+from __future__ import annotations
+
+import copy
+import json
+import re
+
+import pytest
+
+from latentlm.models.config import ConfigError
+from latentlm.models.teacher import resolve_layer
+from latentlm.platform.config import from_dict, load_file, merge, parse_overrides, to_dict
+from latentlm.platform.experiment import (DataConfig, OptimConfig, TextLDMConfig, VAETrainConfig,
+                                          build_config)
+from latentlm.platform.presets import PRESETS
+
+
+# -- from_dict ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("data, dotted", [
+    ({"bogus": 1}, "bogus"),
+    ({"data": {"seq_lenn": 32}}, "data.seq_lenn"),
+    ({"vae": {"repa": {"layerz": -3}}}, "vae.repa.layerz"),
+    ({"train_vae": {"optim": {"stepz": 3}}}, "train_vae.optim.stepz"),
+    ({"train_dit": {"schedule": {"nope": 1}}}, "train_dit.schedule.nope"),
+])
+def test_unknown_keys_rejected_at_any_depth(data, dotted):
+    with pytest.raises(ConfigError, match="unknown config key " + re.escape(dotted)):
+        from_dict(TextLDMConfig, data)
+
+
+def test_unknown_key_message_lists_valid_keys():
+    with pytest.raises(ConfigError) as info:
+        from_dict(TextLDMConfig, {"train_vae": {"optim": {"stepz": 3}}})
+    assert "steps" in str(info.value) and "warmup_steps" in str(info.value)
+
+
+@pytest.mark.parametrize("data, field, words", [
+    ({"seed": "x"}, "seed", "integer"),
+    ({"data": {"seq_len": "x"}}, "data.seq_len", "integer"),
+    ({"data": {"seq_len": 32.5}}, "data.seq_len", "integer"),
+    ({"wandb": "yes"}, "wandb", "true/false"),
+    ({"eval": {"use_ema": 1}}, "eval.use_ema", "true/false"),
+    ({"seed": True}, "seed", "integer"),                       # bool is not an int here
+    ({"train_vae": {"optim": {"lr": "fast"}}}, "train_vae.optim.lr", "number"),
+    ({"data": {"tokenizer": 3}}, "data.tokenizer", "string"),
+    ({"eval": {"datasets": "embedded:wiki"}}, "eval.datasets", "list"),
+    ({"eval": {"datasets": ["embedded:wiki", 3]}}, r"eval.datasets\[1\]", "string"),
+    ({"eval": {"split_range": [0.4]}}, "eval.split_range", "2 values"),
+    ({"eval": {"split_range": [0.1, 0.2, 0.3]}}, "eval.split_range", "2 values"),
+    ({"train_vae": {"optim": {"betas": [0.9]}}}, "train_vae.optim.betas", "2 values"),
+    ({"train_vae": {"optim": {"betas": 0.9}}}, "train_vae.optim.betas", "list"),
+    ({"data": {"max_documents": "many"}}, "data.max_documents", "'many'"),
+    ({"train_vae": 3}, "train_vae", "mapping"),
+])
+def test_type_errors_name_the_field(data, field, words):
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")) as info:
+        from_dict(TextLDMConfig, data)
+    assert words.replace("\\", "") in str(info.value)
+
+
+def test_numbers_are_coerced_sensibly():
+    cfg = from_dict(TextLDMConfig, {"seed": 3.0, "train_vae": {"optim": {"lr": 1, "betas": [0.8, 0.9]}}})
+    assert cfg.seed == 3 and isinstance(cfg.seed, int)
+    assert cfg.train_vae.optim.lr == 1.0 and isinstance(cfg.train_vae.optim.lr, float)
+    assert cfg.train_vae.optim.betas == (0.8, 0.9) and isinstance(cfg.train_vae.optim.betas, tuple)
+
+
+def test_optional_fields_accept_null():
+    cfg = from_dict(TextLDMConfig, {"data": {"max_documents": None, "vocab_limit": None, "max_train_windows": None}})
+    assert cfg.data.max_documents is None and cfg.data.vocab_limit is None and cfg.data.max_train_windows is None
+    cfg = from_dict(TextLDMConfig, {"data": {"max_documents": 10, "vocab_limit": 100}})
+    assert cfg.data.max_documents == 10 and cfg.data.vocab_limit == 100
+
+
+def test_nested_dataclasses_accept_dicts():
+    cfg = from_dict(TextLDMConfig, {"train_vae": {"optim": {"steps": 5, "warmup_steps": 2}, "random_truncation": 0.0},
+                                    "vae": {"latent_dim": 8, "repa": {"enabled": False}},
+                                    "dit": {"latent_dim": 8}})
+    assert isinstance(cfg.train_vae, VAETrainConfig) and isinstance(cfg.train_vae.optim, OptimConfig)
+    assert cfg.train_vae.optim.steps == 5 and cfg.train_vae.optim.warmup_steps == 2
+    assert cfg.vae.repa.enabled is False and cfg.vae.repa.layer == -3   # untouched fields keep defaults
+    assert isinstance(cfg.data, DataConfig)
+
+
+def test_dataclass_instances_pass_through_and_to_dict_round_trips():
+    optim = OptimConfig(steps=7, warmup_steps=1)
+    cfg = from_dict(TextLDMConfig, {"train_vae": {"optim": optim}})
+    assert cfg.train_vae.optim is optim
+    again = from_dict(TextLDMConfig, json.loads(json.dumps(to_dict(cfg))))
+    assert again == cfg
+
+
+def test_from_dict_rejects_unknown_key_even_with_valid_siblings():
+    with pytest.raises(ConfigError, match=r"unknown config key data\.corpuz"):
+        from_dict(TextLDMConfig, {"data": {"seq_len": 32, "corpuz": "x"}})
+
+
+# -- parse_overrides / merge / load_file -----------------------------------------------------------
+
+def test_parse_overrides_nested_and_yaml_values():
+    out = parse_overrides(["vae.latent_dim=32", "train_vae.optim.lr=0.002", "eval.datasets=[embedded:wiki, a.jsonl]",
+                           "wandb=false", "data.max_documents=null", "name=hello", "vae.repa.enabled=true",
+                           "eval.split_range=[0.3, 0.7]", "data.corpus=a=b", "run_dir="])
+    assert out == {
+        "vae": {"latent_dim": 32, "repa": {"enabled": True}},
+        "train_vae": {"optim": {"lr": 0.002}},
+        "eval": {"datasets": ["embedded:wiki", "a.jsonl"], "split_range": [0.3, 0.7]},
+        "wandb": False,
+        "data": {"max_documents": None, "corpus": "a=b"},
+        "name": "hello",
+        "run_dir": "",
+    }
+    assert isinstance(out["vae"]["latent_dim"], int) and isinstance(out["train_vae"]["optim"]["lr"], float)
+
+
+def test_parse_overrides_feed_build_config():
+    cfg = build_config("tiny", parse_overrides(["vae.latent_dim=32", "train_vae.optim.lr=0.002", "wandb=false",
+                                                "data.max_documents=null", "eval.split_range=[0.3, 0.7]"]))
+    assert cfg.vae.latent_dim == 32 and cfg.dit.latent_dim == 32
+    assert cfg.train_vae.optim.lr == 0.002 and cfg.wandb is False and cfg.data.max_documents is None
+    assert cfg.eval.split_range == (0.3, 0.7)
+
+
+def test_parse_overrides_later_item_wins():
+    assert parse_overrides(["a.b=1", "a.b=2", "a.c=3"]) == {"a": {"b": 2, "c": 3}}
+
+
+@pytest.mark.parametrize("items", [["novalue"], ["vae.latent_dim"], ["a=1", "a.b=2"]])
+def test_parse_overrides_malformed(items):
+    with pytest.raises(ConfigError, match="override"):
+        parse_overrides(items)
+
+
+def test_parse_overrides_malformed_names_the_item():
+    with pytest.raises(ConfigError, match="novalue"):
+        parse_overrides(["novalue"])
+
+
+def test_override_exponent_float():
+    assert build_config("tiny", parse_overrides(["train_vae.optim.lr=1e-3"])).train_vae.optim.lr == 1e-3
+
+
+def test_override_use_gpu_true():
+    assert build_config("tiny", parse_overrides(["resources.use_gpu=true"])).resources.use_gpu == "true"
+
+
+def test_merge_is_recursive_and_non_mutating():
+    base = {"a": {"b": 1, "c": {"d": 2, "e": 3}}, "x": [1, 2], "keep": 0}
+    update = {"a": {"c": {"d": 20}, "new": 5}, "x": [9], "y": {"z": 1}}
+    base_copy, update_copy = copy.deepcopy(base), copy.deepcopy(update)
+    out = merge(base, update)
+    assert out == {"a": {"b": 1, "c": {"d": 20, "e": 3}, "new": 5}, "x": [9], "y": {"z": 1}, "keep": 0}
+    assert base == base_copy and update == update_copy
+
+
+def test_merge_value_replaces_section_and_vice_versa():
+    assert merge({"a": {"b": 1}}, {"a": 3}) == {"a": 3}
+    assert merge({"a": 3}, {"a": {"b": 1}}) == {"a": {"b": 1}}
+    assert merge({}, {}) == {}
+
+
+def test_load_file_yaml_and_json(tmp_path):
+    y = tmp_path / "c.yaml"
+    y.write_text("vae:\n  latent_dim: 32\ntrain_vae:\n  optim:\n    lr: 0.001\neval:\n  datasets: [a, b]\n")
+    assert load_file(y) == {"vae": {"latent_dim": 32}, "train_vae": {"optim": {"lr": 0.001}},
+                            "eval": {"datasets": ["a", "b"]}}
+    j = tmp_path / "c.json"
+    j.write_text(json.dumps({"vae": {"latent_dim": 16}, "wandb": False}))
+    assert load_file(str(j)) == {"vae": {"latent_dim": 16}, "wandb": False}
+    cfg = build_config("tiny", merge(load_file(y), parse_overrides(["vae.latent_dim=8"])))
+    assert cfg.vae.latent_dim == 8 and cfg.dit.latent_dim == 8 and cfg.eval.datasets == ["a", "b"]
+
+
+def test_load_file_missing(tmp_path):
+    missing = tmp_path / "nowhere.yaml"
+    with pytest.raises(ConfigError, match="nowhere.yaml"):
+        load_file(missing)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_file(tmp_path)   # a directory is not a config file
+
+
+@pytest.mark.parametrize("name, text", [("list.yaml", "- a\n- b\n"), ("scalar.yaml", "3\n"),
+                                        ("list.json", "[1, 2]")])
+def test_load_file_non_mapping(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=name.replace(".", r"\.")) as info:
+        load_file(path)
+    assert "mapping" in str(info.value)
+
+
+@pytest.mark.parametrize("name, text", [("bad.yaml", "a: [1, 2\n"), ("bad.json", "{\"a\": ")])
+def test_load_file_unparsable(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=name.replace(".", r"\.")):
+        load_file(path)
+
+
+# -- presets / build_config ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_builds(name):
+    cfg = build_config(name)
+    assert cfg.preset == name
+    assert cfg.dit.latent_dim == cfg.vae.latent_dim
+    assert cfg.vae.max_seq_len >= cfg.data.seq_len and cfg.dit.max_seq_len >= cfg.data.seq_len
+    assert cfg.train_vae.optim.warmup_steps <= cfg.train_vae.optim.steps
+
+
+def test_build_config_does_not_mutate_presets_or_overrides():
+    before = copy.deepcopy(PRESETS)
+    overrides = {"vae": {"latent_dim": 32}, "data": {"seq_len": 96}}
+    overrides_copy = copy.deepcopy(overrides)
+    cfg = build_config("tiny", overrides)
+    assert PRESETS == before and overrides == overrides_copy
+    assert cfg.dit.latent_dim == 32 and cfg.vae.max_seq_len == 96 and cfg.dit.max_seq_len == 96
+    assert build_config("tiny").vae.latent_dim == PRESETS["tiny"]["vae"]["latent_dim"]
+
+
+def test_unknown_preset():
+    with pytest.raises(ConfigError, match="preset"):
+        build_config("nope")
+
+
+@pytest.mark.parametrize("overrides, field", [
+    ({"vae": {"latent_dim": 16}, "dit": {"latent_dim": 32}}, "dit.latent_dim"),
+    ({"eval": {"split_range": [0.7, 0.3]}}, "eval.split_range"),
+    ({"eval": {"split_range": [0.0, 0.5]}}, "eval.split_range"),
+    ({"data": {"valid_fraction": 0.5, "test_fraction": 0.5}}, "valid_fraction + test_fraction"),
+    ({"data": {"valid_fraction": 0.7, "test_fraction": 0.6}}, "test_fraction"),
+    ({"train_vae": {"optim": {"steps": 10, "warmup_steps": 11}}}, "warmup_steps"),
+    ({"train_dit": {"optim": {"steps": 10, "warmup_steps": 11}}}, "warmup_steps"),
+    ({"train_dit": {"context_fraction": [0.5, 1.0]}}, "train_dit.context_fraction"),
+    ({"data": {"seq_len": 64}, "vae": {"max_seq_len": 32}}, "vae.max_seq_len"),
+    ({"data": {"seq_len": 64}, "dit": {"max_seq_len": 32}}, "dit.max_seq_len"),
+    ({"vae": {"latent_dim": 0}}, "vae.latent_dim"),
+    ({"data": {"seq_len": 4}}, "data.seq_len"),
+    ({"resources": {"use_gpu": "maybe"}}, "resources.use_gpu"),
+])
+def test_cross_field_validation(overrides, field):
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.").replace("+", r"\+")):
+        build_config("tiny", overrides)
+
+
+def test_dit_latent_dim_follows_vae_unless_set():
+    assert build_config("tiny", {"vae": {"latent_dim": 24}}).dit.latent_dim == 24
+    assert build_config("tiny", {"vae": {"latent_dim": 24}, "dit": {"latent_dim": 24}}).dit.latent_dim == 24
+
+
+# -- teacher layer resolution ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("layer, expected", [(-3, 28), (0, 0), (30, 30), (-31, 0), (-1, 30), (1, 1)])
+def test_resolve_layer(layer, expected):
+    assert resolve_layer(layer, 30) == expected
+
+
+@pytest.mark.parametrize("layer", [31, -32, 100])
+def test_resolve_layer_out_of_range(layer):
+    with pytest.raises(ConfigError, match=r"vae\.repa\.layer") as info:
+        resolve_layer(layer, 30)
+    message = str(info.value)
+    assert "-31" in message and "30" in message and str(layer) in message
+
+
+def test_resolve_layer_custom_field():
+    with pytest.raises(ConfigError, match="encoder.layer"):
+        resolve_layer(5, 4, field="encoder.layer")
+
+
+def test_section_validation_errors_carry_the_full_path():
+    with pytest.raises(ConfigError, match=r"^train_vae\.optim\.steps: "):
+        build_config("tiny", parse_overrides(["train_vae.optim.steps=0"]))
+    with pytest.raises(ConfigError, match=r"^train_dit\.optim\.warmup_steps: "):
+        build_config("tiny", parse_overrides(["train_dit.optim.warmup_steps=100000"]))

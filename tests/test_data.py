@@ -1,0 +1,279 @@
+"""Tokenized windows and teacher-feature artifacts, with the tiny word-level tokenizer and tiny Llama
+teacher from conftest (offline, CPU, no Ray)."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from latentlm.models.checkpoint import load_tensors
+from latentlm.models.config import ConfigError
+from latentlm.platform import data as data_mod
+from latentlm.platform.config import merge
+from latentlm.platform.data import (artifact_key, load_tokenizer, prepare_data, read_windows,
+                                    tokenize_windows, windows_table, write_parquet_atomic)
+from latentlm.platform.experiment import build_config
+
+SEQ_LEN = 32
+TEACHER_WINDOWS = 48
+
+
+@pytest.fixture(scope="module")
+def tok(tiny_lm_dir):
+    return load_tokenizer(str(tiny_lm_dir))
+
+
+def _ids(tok, text):
+    return tok(text, add_special_tokens=False)["input_ids"]
+
+
+def _words(n, offset=0):
+    words = "the a river city music people king war science old new small large early later north".split()
+    return " ".join(words[(offset + i) % len(words)] for i in range(n))
+
+
+def overrides(corpus, lm_dir, **extra):
+    lm = str(lm_dir)
+    base = {
+        "data": {"corpus": str(corpus), "tokenizer": lm, "seq_len": SEQ_LEN, "teacher_windows": TEACHER_WINDOWS,
+                 "teacher_batch_size": 16, "valid_fraction": 0.1, "test_fraction": 0.1, "vocab_limit": 24},
+        "vae": {"latent_dim": 8, "hidden_dim": 32, "n_heads": 2, "encoder_layers": 1, "decoder_layers": 1,
+                "repa": {"teacher": lm, "layer": -2, "projector_hidden": 32}},
+        "dit": {"hidden_dim": 32, "depth": 2, "n_heads": 2},
+        "wandb": False,
+    }
+    return merge(base, extra)
+
+
+# -- tokenize_windows ------------------------------------------------------------------------------
+
+def test_tokenizer_has_eos_and_pad(tok):
+    assert tok.eos_token_id == 0 and tok.pad_token_id == 0
+
+
+def test_tokenize_windows_cuts_pads_and_counts(tok):
+    seq_len = 8
+    docs = [_words(5), _words(10, 3), _words(7, 1), _words(8, 2)]   # + EOS: 6, 11, 8, 9 tokens
+    w = tokenize_windows(docs, tok, seq_len)
+    assert w.tokens.dtype == np.int32 and w.lengths.dtype == np.int32 and w.doc_ids.dtype == np.int64
+    assert w.tokens.shape == (6, seq_len)
+    assert w.doc_ids.tolist() == [0, 1, 1, 2, 3, 3]
+    assert w.lengths.tolist() == [6, 8, 3, 8, 8, 1]
+    eos, pad = tok.eos_token_id, tok.pad_token_id
+    for doc_id, doc in enumerate(docs):
+        expected = _ids(tok, doc) + [eos]
+        rows = w.tokens[w.doc_ids == doc_id]
+        lengths = w.lengths[w.doc_ids == doc_id]
+        # the windows concatenated over their real tokens give back the document + EOS
+        assert np.concatenate([r[:n] for r, n in zip(rows, lengths)]).tolist() == expected
+        # the tail is padded with the pad id; every window but the last is full
+        assert all(n == seq_len for n in lengths[:-1])
+        assert (rows[-1][lengths[-1]:] == pad).all()
+    # a document of exactly seq_len - 1 tokens fills one window, ending in EOS
+    assert w.tokens[3, -1] == eos and w.lengths[3] == seq_len
+    # a document of exactly seq_len tokens spills only its EOS into a second window
+    assert w.tokens[5, 0] == eos and w.lengths[5] == 1
+
+
+def test_tokenize_windows_doc_ids_across_batches(tok):
+    docs = [_words(1 + i % 4, i) for i in range(300)]   # more than the 256-document tokenizer batch
+    w = tokenize_windows(docs, tok, 8)
+    assert w.doc_ids.tolist() == list(range(300))
+    assert w.lengths.tolist() == [2 + i % 4 for i in range(300)]
+    for i in (0, 255, 256, 299):
+        assert w.tokens[i, :w.lengths[i]].tolist() == _ids(tok, docs[i]) + [tok.eos_token_id]
+
+
+def test_tokenize_windows_max_windows(tok):
+    docs = [_words(10), _words(10, 1), _words(10, 2)]   # 2 windows each at seq_len 8
+    full = tokenize_windows(docs, tok, 8)
+    assert len(full.tokens) == 6
+    for cap in (1, 3, 6, 100):
+        w = tokenize_windows(docs, tok, 8, max_windows=cap)
+        n = min(cap, 6)
+        assert len(w.tokens) == len(w.lengths) == len(w.doc_ids) == n
+        np.testing.assert_array_equal(w.tokens, full.tokens[:n])
+        np.testing.assert_array_equal(w.doc_ids, full.doc_ids[:n])
+
+
+def test_tokenize_windows_first_window_only(tok):
+    docs = [_words(20), _words(3, 1), _words(7, 2)]
+    w = tokenize_windows(docs, tok, 8, first_window_only=True)
+    assert w.doc_ids.tolist() == [0, 1, 2]
+    assert w.lengths.tolist() == [8, 4, 8]
+    assert w.tokens[0].tolist() == _ids(tok, docs[0])[:8]       # cut before EOS
+    assert w.tokens[1].tolist() == _ids(tok, docs[1]) + [0] * 5   # EOS + padding
+
+
+def test_tokenize_windows_empty(tok):
+    w = tokenize_windows([], tok, 8)
+    assert len(w.tokens) == 0 and len(w.lengths) == 0 and len(w.doc_ids) == 0
+
+
+# -- parquet artifacts -----------------------------------------------------------------------------
+
+def test_windows_table_round_trip(tok, tmp_path):
+    w = tokenize_windows([_words(10), _words(3, 4), _words(17, 2)], tok, 8)
+    path = tmp_path / "w.parquet"
+    write_parquet_atomic(windows_table(w), path)
+    back = read_windows(path)
+    np.testing.assert_array_equal(back.tokens, w.tokens)
+    np.testing.assert_array_equal(back.lengths, w.lengths)
+    np.testing.assert_array_equal(back.doc_ids, w.doc_ids)
+    assert back.tokens.dtype == np.int32 and back.tokens.shape == w.tokens.shape
+
+
+def test_windows_table_with_teacher(tok, tmp_path):
+    w = tokenize_windows([_words(10), _words(3, 4)], tok, 8)
+    feats = np.random.default_rng(0).standard_normal((len(w.tokens), 8, 5)).astype(np.float16)
+    table = windows_table(w, feats)
+    assert table.column_names == ["tokens", "length", "doc_id", "teacher"]
+    assert table.schema.field("teacher").type == pa.list_(pa.float16())
+    path = tmp_path / "f.parquet"
+    write_parquet_atomic(table, path)
+    flat = np.stack(pq.read_table(path)["teacher"].to_numpy(zero_copy_only=False))
+    np.testing.assert_array_equal(flat.reshape(feats.shape), feats)
+    np.testing.assert_array_equal(read_windows(path).tokens, w.tokens)   # reading windows skips the features
+
+
+def test_write_parquet_atomic(tmp_path):
+    table = pa.table({"x": pa.array([1, 2, 3])})
+    path = tmp_path / "sub" / "dir" / "t.parquet"
+    digest = write_parquet_atomic(table, path)
+    assert digest == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert [p.name for p in path.parent.iterdir()] == ["t.parquet"]
+    assert pq.read_table(path).equals(table)
+    # overwriting replaces the file and returns the new digest
+    digest2 = write_parquet_atomic(pa.table({"x": pa.array([4])}), path)
+    assert digest2 == hashlib.sha256(path.read_bytes()).hexdigest() != digest
+    assert [p.name for p in path.parent.iterdir()] == ["t.parquet"]
+
+
+def test_artifact_key():
+    parts = {"corpus": "a.jsonl", "seq_len": 32, "max_documents": None, "valid": 0.1}
+    key = artifact_key(**parts)
+    assert len(key) == 16 and all(c in "0123456789abcdef" for c in key)
+    assert artifact_key(**dict(reversed(list(parts.items())))) == key   # order does not matter
+    assert artifact_key(**parts) == key                                  # stable
+    changed = [artifact_key(**{**parts, "corpus": "b.jsonl"}), artifact_key(**{**parts, "seq_len": 64}),
+               artifact_key(**{**parts, "max_documents": 5}), artifact_key(**{**parts, "valid": 0.2}),
+               artifact_key(**{**parts, "extra": 1}), artifact_key(**{k: v for k, v in parts.items() if k != "valid"})]
+    assert key not in changed and len(set(changed)) == len(changed)
+
+
+# -- prepare_data ----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def prepared(tiny_corpus, tiny_lm_dir, tmp_path_factory, single_thread):
+    root = tmp_path_factory.mktemp("data_root")
+    cfg = build_config("tiny", overrides(tiny_corpus, tiny_lm_dir))
+    torch.manual_seed(0)
+    arts = prepare_data(cfg, root, need_teacher=True)
+    return cfg, root, arts
+
+
+def test_prepare_data_writes_manifest_and_train(prepared):
+    cfg, root, arts = prepared
+    base = Path(arts.root)
+    assert base.parent == Path(root) / "data"
+    manifest = json.loads(Path(arts.manifest).read_text())
+    assert Path(arts.manifest) == base / "manifest.json" and Path(arts.train) == base / "train.parquet"
+    train = read_windows(Path(arts.train))
+    assert train.tokens.shape[1] == SEQ_LEN
+    assert manifest["train_windows"] == len(train.tokens) > TEACHER_WINDOWS
+    assert manifest["train_tokens"] == int(train.lengths.sum())
+    assert manifest["train_sha256"] == hashlib.sha256(Path(arts.train).read_bytes()).hexdigest()
+    assert manifest["documents"] == 400 and sum(manifest["split_documents"].values()) == 400
+    assert manifest["seq_len"] == SEQ_LEN
+    assert arts.pad_id == 0 and arts.eos_id == 0
+    assert arts.teacher_dim == 32 and arts.teacher_layer == 3        # 4 layers: -2 -> hidden_states[3]
+    # the 24 most used ids, plus EOS/pad when they are not among them, plus one unknown class
+    keep = load_tensors(Path(arts.vocab))["keep_ids"].tolist()
+    assert arts.vocab_size == len(keep) + 1 and 24 <= len(keep) <= 25 and arts.eos_id in keep
+    # every training document is present and closed by exactly one EOS
+    last = train.tokens[np.arange(len(train.tokens)), train.lengths - 1]
+    docs_with_eos = train.doc_ids[last == arts.eos_id]
+    assert docs_with_eos.tolist() == sorted(set(train.doc_ids.tolist()))
+    assert len(docs_with_eos) == manifest["split_documents"]["train"]
+    assert ((train.tokens == arts.eos_id).sum(1) - (SEQ_LEN - train.lengths) == (last == arts.eos_id)).all()
+
+
+def test_prepare_data_features_match_teacher(prepared, tiny_lm_dir):
+    from latentlm.models.teacher import FrozenTeacher
+    cfg, root, arts = prepared
+    table = pq.read_table(arts.vae_train)
+    assert table.num_rows == TEACHER_WINDOWS
+    assert "teacher" in table.column_names
+    feats = np.stack(table["teacher"].to_numpy(zero_copy_only=False))
+    assert feats.dtype == np.float16 and feats.shape == (TEACHER_WINDOWS, SEQ_LEN * 32)
+    tokens = np.stack(table["tokens"].to_numpy(zero_copy_only=False))
+    train = read_windows(Path(arts.train))
+    np.testing.assert_array_equal(tokens, train.tokens[:TEACHER_WINDOWS])   # the first windows, in order
+    teacher = FrozenTeacher(str(tiny_lm_dir), [cfg.vae.repa.layer])
+    assert teacher.layers == [3]
+    expected = teacher(torch.from_numpy(tokens).long())[3].float().numpy().astype(np.float16)
+    np.testing.assert_allclose(feats.reshape(expected.shape).astype(np.float32), expected.astype(np.float32),
+                               atol=1e-2, rtol=0)
+    meta = json.loads(Path(arts.vae_train).with_suffix(".json").read_text())
+    assert meta["teacher_dim"] == 32 and meta["layer"] == 3 and meta["windows"] == TEACHER_WINDOWS
+    assert meta["sha256"] == hashlib.sha256(Path(arts.vae_train).read_bytes()).hexdigest()
+
+
+def test_prepare_data_second_call_is_a_cache_hit(prepared, monkeypatch):
+    import latentlm.models.teacher as teacher_mod
+    cfg, root, arts = prepared
+
+    def boom(*args, **kwargs):
+        raise AssertionError("should have been served from the cache")
+
+    monkeypatch.setattr(teacher_mod, "FrozenTeacher", boom)
+    monkeypatch.setattr(data_mod, "load_documents", boom)
+    monkeypatch.setattr(data_mod, "tokenize_windows", boom)
+    mtimes = {p: p.stat().st_mtime_ns for p in Path(arts.root).rglob("*") if p.is_file()}
+    again = prepare_data(cfg, root, need_teacher=True)
+    assert again == arts
+    assert {p: p.stat().st_mtime_ns for p in Path(arts.root).rglob("*") if p.is_file()} == mtimes
+
+
+def test_prepare_data_without_teacher(prepared, monkeypatch):
+    import latentlm.models.teacher as teacher_mod
+    cfg, root, arts = prepared
+    monkeypatch.setattr(teacher_mod, "FrozenTeacher", lambda *a, **k: (_ for _ in ()).throw(AssertionError()))
+    off = prepare_data(cfg, root, need_teacher=False)
+    assert off.root == arts.root and off.train == arts.train and off.teacher_dim is None and off.teacher_layer is None
+    assert off.vae_train != arts.vae_train
+    subset = pq.read_table(off.vae_train)
+    assert subset.num_rows == TEACHER_WINDOWS and "teacher" not in subset.column_names
+    features = pq.read_table(arts.vae_train)
+    np.testing.assert_array_equal(np.stack(subset["tokens"].to_numpy(zero_copy_only=False)),
+                                  np.stack(features["tokens"].to_numpy(zero_copy_only=False)))
+    np.testing.assert_array_equal(subset["length"].to_numpy(), features["length"].to_numpy())
+    assert [p.name for p in Path(off.vae_train).parent.iterdir() if p.name.startswith(".")] == []
+
+
+def test_prepare_data_key_changes_with_data_config(prepared, tiny_corpus, tiny_lm_dir):
+    cfg, root, arts = prepared
+    other = build_config("tiny", overrides(tiny_corpus, tiny_lm_dir, data={"split_seed": 1, "max_train_windows": 20}))
+    out = prepare_data(other, root, need_teacher=False)
+    assert out.root != arts.root
+    assert len(read_windows(Path(out.train)).tokens) == 20
+    assert pq.read_table(out.vae_train).num_rows == 20   # teacher_windows > available windows: all of them
+
+
+def test_prepare_data_empty_corpus(tmp_path, tiny_lm_dir):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    cfg = build_config("tiny", overrides(empty, tiny_lm_dir))
+    with pytest.raises(ConfigError, match="empty.jsonl"):
+        prepare_data(cfg, tmp_path / "root", need_teacher=False)
+    blank = tmp_path / "blank.jsonl"
+    blank.write_text(json.dumps({"text": "   "}) + "\n")
+    with pytest.raises(ConfigError, match="blank.jsonl"):
+        prepare_data(build_config("tiny", overrides(blank, tiny_lm_dir)), tmp_path / "root", need_teacher=True)
+    assert not (tmp_path / "root" / "data").exists() or not any((tmp_path / "root" / "data").rglob("*.parquet"))
