@@ -142,6 +142,28 @@ class ResourcesConfig:
 
 
 @dataclass
+class DeepSpeedConfig:
+    """DeepSpeed ZeRO for the training stages. Gradient accumulation is derived:
+    optim.batch_size = micro_batch_size * accumulation * world_size."""
+
+    enabled: bool = True
+    zero_stage: int = 1
+    precision: str = "auto"          # auto: bf16 on GPU, fp32 on CPU | fp32 | bf16 (fp16 is unsupported on CPU)
+    micro_batch_size: int = 0        # per worker; 0: optim.batch_size / world_size (no accumulation)
+    offload_optimizer: bool = False  # ZeRO-Offload of optimizer states to CPU (stage >= 1)
+    offload_param: bool = False      # parameter offload to CPU (stage 3 only)
+
+    def __post_init__(self):
+        require(self.zero_stage in (0, 1, 2, 3), "deepspeed.zero_stage", "0, 1, 2 or 3", self.zero_stage)
+        require(self.precision in ("auto", "fp32", "bf16"), "deepspeed.precision", "'auto', 'fp32' or 'bf16'",
+                self.precision)
+        require(self.micro_batch_size >= 0, "deepspeed.micro_batch_size", ">= 0 (0 = automatic)",
+                self.micro_batch_size)
+        require(not self.offload_param or self.zero_stage == 3, "deepspeed.offload_param", "zero_stage 3",
+                self.zero_stage)
+
+
+@dataclass
 class TextLDMConfig:
     name: str = "textldm"
     preset: str = "tiny"
@@ -154,6 +176,7 @@ class TextLDMConfig:
     train_dit: DiTTrainConfig = field(default_factory=DiTTrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     wandb: bool = True                      # offline unless WANDB_API_KEY / WANDB_MODE say otherwise
 
     def __post_init__(self):
