@@ -70,6 +70,27 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_leaderboard(args) -> int:
+    from . import leaderboard as lb
+    try:
+        paths = [lb.resolve_path(p) for p in args.paths]
+        board = lb.combine(*(lb.read(p) for p in paths))  # names a missing or damaged file
+        text = lb.to_markdown(board, sort_by=args.sort, descending=not args.ascending)  # checks --sort first
+        if args.merge_into:
+            target = lb.Leaderboard(args.merge_into)
+            stored = target.add(board)
+            print(f"merged {len(board)} row(s) from {len(paths)} file(s) into {target.path} ({stored} rows)",
+                  file=sys.stderr)
+        print(text, end="")
+        if args.html:
+            out = lb.to_html(board, args.html, title=args.title, sort_by=args.sort, descending=not args.ascending)
+            print(f"wrote {out}", file=sys.stderr)
+    except (lb.LeaderboardError, OSError) as err:  # OSError: e.g. --html names a directory
+        print(f"latentlm: leaderboard error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="latentlm", description="continuous latent diffusion LMs on Ray")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -103,6 +124,15 @@ def main(argv: list[str] | None = None) -> int:
 
     info = sub.add_parser("info", help="versions, devices and the embedded offline assets")
     info.set_defaults(fn=cmd_info)
+
+    board = sub.add_parser("leaderboard", help="show (and merge, or render as HTML) leaderboard Parquet files")
+    board.add_argument("paths", nargs="+", metavar="PATH", help="leaderboard file, or a dir holding leaderboard.parquet")
+    board.add_argument("--sort", default="mauve", metavar="METRIC", help="metric to rank by (default: mauve)")
+    board.add_argument("--ascending", action="store_true", help="rank lowest first (e.g. perplexities)")
+    board.add_argument("--html", metavar="OUT", help="write the self-contained HTML page here")
+    board.add_argument("--title", default="latentlm leaderboard", help="title of the HTML page")
+    board.add_argument("--merge-into", metavar="FILE", help="merge the inputs into this leaderboard file on disk")
+    board.set_defaults(fn=cmd_leaderboard)
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")

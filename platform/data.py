@@ -1,16 +1,21 @@
-"""Tokenized windows and teacher features as Parquet artifacts with manifests.
+"""Tokenized windows and teacher features as Parquet shards with manifests, produced by Ray Data.
 
 A corpus is split into documents (deterministically), each document is tokenized, closed with EOS and
 cut into fixed windows of ``seq_len`` tokens; the last window of a document is padded with the pad
-(= EOS) token, so a generated target ends where the model emits EOS. Artifacts are content-addressed
-(the key hashes everything that changes them) and shared by every run under the same root, so two
-arms of an ablation reuse one tokenization and one teacher pass.
+(= EOS) token, so a generated target ends where the model emits EOS. Tokenization runs as a Ray Data
+``map_batches`` over the documents; the frozen teacher runs once as a pool of Ray Data actors (GPU
+actors when the cluster has GPUs) and stores the hidden states of every requested layer (fp16) in one
+pass, so a REPA-layer sweep never reruns it. Artifacts are content-addressed (the key hashes
+everything that changes them) and shared by every run under the same root; a manifest marks each as
+complete, so a cache hit is detected from the manifest, not recomputed.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
+import os
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,6 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+from filelock import FileLock
 
 from latentlm.models.checkpoint import write_json
 from latentlm.models.config import ConfigError
@@ -78,16 +84,6 @@ def artifact_key(**parts) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def write_parquet_atomic(table: pa.Table, path: Path) -> str:
-    """Write ``table`` to ``path`` via a temp file + rename; returns the file's sha256."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp)
-    digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
-    tmp.replace(path)
-    return digest
-
-
 def windows_table(w: Windows, teacher: np.ndarray | None = None) -> pa.Table:
     columns = {"tokens": pa.array(list(w.tokens), type=pa.list_(pa.int32())),
                "length": pa.array(w.lengths), "doc_id": pa.array(w.doc_ids)}
@@ -105,60 +101,136 @@ def read_windows(path: Path) -> Windows:
 @dataclass
 class DataArtifacts:
     root: str
-    train: str               # parquet: all training windows (DiT stage)
-    vae_train: str           # parquet: the VAE's windows, with teacher features when REPA is on
+    train: str                  # parquet shards: all training windows (DiT stage)
+    vae_train: str              # parquet shards the VAE reads: the teacher-feature shards when REPA is on
+    vae_windows: int            # the VAE trains on the first N windows (REPA on and off alike)
+    teacher_column: str | None  # column of vae_train with the REPA layer's features
     manifest: str
-    vocab_size: int          # classes the VAE predicts: the tokenizer's size, or the compact vocab's
-    vocab: str | None        # safetensors of the CompactVocab (data.vocab_limit), else None
+    vocab_size: int             # classes the VAE predicts: the tokenizer's size, or the compact vocab's
+    vocab: str | None           # safetensors of the CompactVocab (data.vocab_limit), else None
     pad_id: int
     eos_id: int
     teacher_dim: int | None
     teacher_layer: int | None
 
 
-def prepare_data(cfg, root: Path, need_teacher: bool) -> DataArtifacts:
-    """Tokenize the corpus once and (optionally) compute teacher features once; cached under ``root``."""
+def teacher_column(layer: int) -> str:
+    return f"teacher_{layer}"
+
+
+def prepare_data(cfg, root: Path, need_teacher: bool, teacher_layers: list[int] | None = None) -> DataArtifacts:
+    """Tokenize the corpus once and (optionally) compute teacher features once; cached under ``root``.
+
+    ``teacher_layers`` adds layers to store in the same teacher pass (a sweep passes all it needs)."""
     d = cfg.data
     tokenizer = load_tokenizer(d.tokenizer)
     key = artifact_key(corpus=d.corpus, text_field=d.text_field, tokenizer=d.tokenizer, seq_len=d.seq_len,
                        max_documents=d.max_documents, valid=d.valid_fraction, test=d.test_fraction,
                        split_seed=d.split_seed, max_train_windows=d.max_train_windows)
     base = Path(root) / "data" / key
+    base.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(base / ".lock")):  # concurrent sweep trials prepare shared data once
+        return _prepare_locked(cfg, tokenizer, base, need_teacher, teacher_layers or [])
+
+
+def _ray_data():
+    import ray.data
+    context = ray.data.DataContext.get_current()
+    context.execution_options.preserve_order = True  # artifacts must not depend on scheduling
+    context.enable_progress_bars = False
+    return ray.data
+
+
+def dir_digests(directory: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.glob("*.parquet"))}
+
+
+def write_dataset_atomic(dataset, directory: Path) -> dict[str, str]:
+    """``dataset.write_parquet`` into a temp dir renamed into place; returns each shard's sha256."""
+    tmp = directory.with_name(f".{directory.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    dataset.write_parquet(str(tmp))
+    digests = dir_digests(tmp)
+    shutil.rmtree(directory, ignore_errors=True)
+    tmp.rename(directory)
+    return digests
+
+
+class TokenizeWindows:
+    """Ray Data UDF (one tokenizer per actor): documents -> fixed windows (Arrow list columns)."""
+
+    def __init__(self, tokenizer: str, seq_len: int):
+        self.tokenizer, self.seq_len = load_tokenizer(tokenizer), seq_len
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        w = tokenize_windows(batch["text"].to_pylist(), self.tokenizer, self.seq_len)
+        doc_ids = np.asarray(batch["doc_id"].to_numpy())[w.doc_ids] if len(w.doc_ids) else w.doc_ids
+        return windows_table(Windows(w.tokens, w.lengths, doc_ids))
+
+
+class TeacherFeatures:
+    """Ray Data UDF (one frozen teacher per actor): appends fp16 hidden states of each layer as columns."""
+
+    def __init__(self, teacher: str, layers: list[int]):
+        from latentlm.models.teacher import FrozenTeacher
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        if self.device == "cpu":
+            torch.set_num_threads(os.cpu_count() or 1)  # the actor's 1-CPU reservation pins OMP to 1 thread
+        dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
+        self.teacher = FrozenTeacher(teacher, layers, dtype=dtype, device=self.device)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        tokens = np.stack(batch["tokens"].to_numpy(zero_copy_only=False)).astype(np.int64)
+        states = self.teacher(torch.from_numpy(tokens).to(self.device))
+        for layer, hidden in states.items():
+            flat = hidden.float().cpu().numpy().astype(np.float16).reshape(len(tokens), -1)
+            batch = batch.append_column(teacher_column(layer), pa.array(list(flat), type=pa.list_(pa.float16())))
+        return batch
+
+
+def _prepare_locked(cfg, tokenizer, base: Path, need_teacher: bool, extra_layers: list[int]) -> DataArtifacts:
+    d = cfg.data
     manifest_path = base / "manifest.json"
-    train_path = base / "train.parquet"
+    train_dir = base / "train"
     if not manifest_path.is_file():
         t0 = time.time()
         docs = load_documents(CorpusSpec(d.corpus, d.text_field, max_documents=d.max_documents))
         split = split_documents(docs, d.valid_fraction, d.test_fraction, d.split_seed)
         if not split["train"]:
             raise ConfigError(f"data.corpus {d.corpus}: the train split is empty")
-        windows = tokenize_windows(split["train"], tokenizer, d.seq_len, d.max_train_windows)
-        digest = write_parquet_atomic(windows_table(windows), train_path)
+        rd = _ray_data()
+        ds = rd.from_items([{"doc_id": i, "text": t} for i, t in enumerate(split["train"])])
+        ds = ds.map_batches(TokenizeWindows, fn_constructor_args=(d.tokenizer, d.seq_len), batch_format="pyarrow",
+                            batch_size=256, concurrency=1)
+        if d.max_train_windows is not None:
+            ds = ds.limit(d.max_train_windows)
+        shards = write_dataset_atomic(ds, train_dir)
+        lengths = pq.read_table(train_dir, columns=["length"])["length"].to_numpy()
         write_json(manifest_path, {
             "corpus": d.corpus, "tokenizer": d.tokenizer, "seq_len": d.seq_len, "documents": len(docs),
-            "split_documents": {k: len(v) for k, v in split.items()}, "train_windows": int(len(windows.tokens)),
-            "train_tokens": int(windows.lengths.sum()), "train_sha256": digest, "seconds": round(time.time() - t0, 2)})
-        log.info("tokenized %d train windows in %.1fs -> %s", len(windows.tokens), time.time() - t0, base)
+            "split_documents": {k: len(v) for k, v in split.items()}, "train_windows": int(len(lengths)),
+            "train_tokens": int(lengths.sum()), "shards": shards, "seconds": round(time.time() - t0, 2)})
+        log.info("tokenized %d train windows into %d shards in %.1fs -> %s", len(lengths), len(shards),
+                 time.time() - t0, base)
     vocab_path, vocab_size = None, len(tokenizer)
     if d.vocab_limit is not None:
-        vocab_path, vocab_size = _compact_vocab(base, train_path, d.vocab_limit, len(tokenizer),
+        vocab_path, vocab_size = _compact_vocab(base, train_dir, d.vocab_limit, len(tokenizer),
                                                 [tokenizer.eos_token_id, tokenizer.pad_token_id])
-    teacher_dim, layer = None, None
+    vae_train, column, teacher_dim, layer = str(train_dir), None, None, None
     if need_teacher:
-        vae_train, teacher_dim, layer = _teacher_features(cfg, base, train_path)
-    else:
-        vae_train = str(_vae_subset(cfg, base, train_path))
-    return DataArtifacts(str(base), str(train_path), vae_train, str(manifest_path), vocab_size, vocab_path,
-                         tokenizer.pad_token_id, tokenizer.eos_token_id, teacher_dim, layer)
+        vae_train, teacher_dim, layer = _teacher_features(cfg, base, train_dir, extra_layers)
+        column = teacher_column(layer)
+    return DataArtifacts(str(base), str(train_dir), vae_train, d.teacher_windows, column, str(manifest_path),
+                         vocab_size, vocab_path, tokenizer.pad_token_id, tokenizer.eos_token_id, teacher_dim, layer)
 
 
-def _compact_vocab(base: Path, train_path: Path, limit: int, full_size: int, always_keep: list[int]):
+def _compact_vocab(base: Path, train_dir: Path, limit: int, full_size: int, always_keep: list[int]):
     """Count token use over the training windows (real tokens only) and keep the ``limit`` most used ids."""
     from latentlm.models.checkpoint import load_tensors, save_tensors
     from latentlm.models.vocab import CompactVocab
     path = base / f"vocab_{limit}.safetensors"
     if not path.is_file():
-        w = read_windows(train_path)
+        w = read_windows(train_dir)
         real = np.arange(w.tokens.shape[1])[None] < w.lengths[:, None]
         counts = np.bincount(w.tokens[real], minlength=full_size)
         vocab = CompactVocab.from_counts(torch.from_numpy(counts), limit, always_keep)
@@ -168,43 +240,36 @@ def _compact_vocab(base: Path, train_path: Path, limit: int, full_size: int, alw
     return str(path), CompactVocab.from_tensors(load_tensors(path)).size
 
 
-def _vae_subset(cfg, base: Path, train_path: Path) -> Path:
-    """The first ``teacher_windows`` windows: REPA-on and REPA-off VAEs train on exactly the same data."""
-    n = cfg.data.teacher_windows
-    path = base / f"vae_{n}.parquet"
-    if not path.is_file():
-        table = pq.read_table(train_path)
-        write_parquet_atomic(table.slice(0, n), path)
-    return path
-
-
-def _teacher_features(cfg, base: Path, train_path: Path):
-    from latentlm.models.teacher import FrozenTeacher
+def _teacher_features(cfg, base: Path, train_dir: Path, extra_layers: list[int]):
+    """Teacher hidden states for the VAE's windows, all requested layers in one Ray Data pass."""
+    from latentlm.models.teacher import load_teacher_config, resolve_layer, teacher_hidden_size, teacher_num_layers
     repa, n = cfg.vae.repa, cfg.data.teacher_windows
-    teacher_spec = assets.resolve_model(repa.teacher)
-    teacher_key = artifact_key(teacher=repa.teacher, layer=repa.layer, n=n)
-    path = base / "features" / f"{teacher_key}.parquet"
-    meta_path = path.with_suffix(".json")
-    if meta_path.is_file():
-        meta = json.loads(meta_path.read_text())
-        return str(path), meta["teacher_dim"], meta["layer"]
-    t0 = time.time()
-    windows = read_windows(train_path)
-    windows = Windows(windows.tokens[:n], windows.lengths[:n], windows.doc_ids[:n])
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    teacher = FrozenTeacher(teacher_spec, [repa.layer], dtype=dtype, device=device)
-    layer = teacher.layers[0]
-    feats = np.zeros((len(windows.tokens), cfg.data.seq_len, teacher.hidden_size), dtype=np.float16)
-    bs = cfg.data.teacher_batch_size
-    from tqdm.auto import tqdm
-    for i in tqdm(range(0, len(windows.tokens), bs), desc="teacher features", unit="batch"):
-        ids = torch.from_numpy(windows.tokens[i:i + bs]).long().to(device)
-        feats[i:i + bs] = teacher(ids)[layer].float().cpu().numpy().astype(np.float16)
-    digest = write_parquet_atomic(windows_table(windows, feats), path)
-    meta = {"teacher": repa.teacher, "layer": layer, "teacher_dim": teacher.hidden_size,
-            "num_layers": teacher.num_layers, "windows": len(windows.tokens), "sha256": digest,
-            "tokens_per_second": round(windows.tokens.size / (time.time() - t0), 1)}
-    write_json(meta_path, meta)
-    log.info("teacher features: %s", meta)
-    return str(path), teacher.hidden_size, layer
+    spec = assets.resolve_model(repa.teacher)
+    teacher_cfg = load_teacher_config(spec)
+    num_layers = teacher_num_layers(teacher_cfg)
+    layer = resolve_layer(repa.layer, num_layers)
+    wanted = {layer, *(resolve_layer(x, num_layers, "data.teacher_layers") for x in extra_layers)}
+    directory = base / "features" / artifact_key(teacher=repa.teacher, windows=n)
+    meta_path = directory / "manifest.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {"layers": []}
+    if not wanted <= set(meta["layers"]):  # a miss: compute every layer asked for so far in one pass
+        layers = sorted(wanted | set(meta["layers"]))
+        t0 = time.time()
+        rd = _ray_data()
+        use_gpu = torch.cuda.is_available() or _cluster_gpus() > 0
+        ds = rd.read_parquet(str(train_dir)).limit(n)
+        ds = ds.map_batches(TeacherFeatures, fn_constructor_args=(spec, layers), batch_format="pyarrow",
+                            batch_size=cfg.data.teacher_batch_size, concurrency=max(1, _cluster_gpus()),
+                            num_gpus=1 if use_gpu else 0)
+        shards = write_dataset_atomic(ds, directory / "shards")
+        meta = {"teacher": repa.teacher, "layers": layers, "teacher_dim": teacher_hidden_size(teacher_cfg),
+                "num_layers": num_layers, "windows": n, "shards": shards,
+                "tokens_per_second": round(n * cfg.data.seq_len / (time.time() - t0), 1)}
+        write_json(meta_path, meta)
+        log.info("teacher features: %s", {k: v for k, v in meta.items() if k != "shards"})
+    return str(directory / "shards"), meta["teacher_dim"], layer
+
+
+def _cluster_gpus() -> int:
+    import ray
+    return int(ray.cluster_resources().get("GPU", 0)) if ray.is_initialized() else 0

@@ -7,6 +7,7 @@ MAUVE features), so numbers are not comparable with papers that use roberta-larg
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import random
@@ -26,6 +27,19 @@ from .data import load_tokenizer, tokenize_windows
 
 log = logging.getLogger(__name__)
 EVAL_PROTOCOL = "textldm-continuation/v1"
+# Everything that changes a number without changing the model. The sampler's steps and CFG scale are
+# model-side choices recorded as sweep axes, so they are left out.
+PROTOCOL_FIELDS = ("datasets", "num_samples", "min_tokens", "split_range", "seed", "bertscore_model",
+                   "bertscore_num_layers", "mauve_model", "mauve_pooling", "mauve_max_length", "mauve_seed")
+
+
+def protocol_hash(cfg) -> str:
+    """Hash of the evaluation protocol: rows with different hashes are never ranked together."""
+    fields = {name: getattr(cfg.eval, name) for name in PROTOCOL_FIELDS}
+    split = {k: getattr(cfg.data, k) for k in ("seq_len", "valid_fraction", "test_fraction", "split_seed",
+                                               "tokenizer")}
+    blob = json.dumps({"protocol": EVAL_PROTOCOL, "eval": fields, "split": split}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 @dataclass

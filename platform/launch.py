@@ -57,12 +57,20 @@ def use_gpu(setting: str) -> bool:
     return ray.cluster_resources().get("GPU", 0) > 0
 
 
-def training_dataset(path: str, columns: list[str] | None, materialize_max_mb: int):
-    """The Parquet training set as a Ray Dataset: streamed, or materialized once when small (re-reading a
-    small file every epoch costs more than the epoch itself)."""
+def training_dataset(path: str, columns: list[str], materialize_max_mb: int, limit: int | None = None,
+                     rename: dict[str, str] | None = None):
+    """Parquet shards as a Ray Dataset of ``columns`` (first ``limit`` rows, columns renamed): streamed to
+    the workers, or materialized once when small (re-reading a small file every epoch costs more than the
+    epoch itself)."""
     import ray.data
+    ray.data.DataContext.get_current().execution_options.preserve_order = True
     dataset = ray.data.read_parquet(path, columns=columns)
-    if Path(path).stat().st_size <= materialize_max_mb * 2**20:
+    if limit is not None:
+        dataset = dataset.limit(limit)
+    if rename:
+        dataset = dataset.rename_columns(rename)
+    size = sum(f.stat().st_size for f in Path(path).rglob("*.parquet"))
+    if size <= materialize_max_mb * 2**20:
         dataset = dataset.materialize()
     return dataset
 

@@ -1,13 +1,18 @@
 """One TextLDM run end to end: validate -> tokenize (+ teacher features) -> VAE -> DiT -> evaluate.
 
-Every stage writes into ``<run_dir>`` and is skipped when its output already exists, so re-running
-an interrupted pipeline continues where it stopped. Shared data artifacts live in ``<root>/data``.
+Stages are content-addressed: a stage's key hashes every config section that can change its output,
+and its checkpoint path is recorded under ``<root>/artifacts``. A stage whose key was already trained
+is reused -- by a re-run of an interrupted pipeline, and by every sweep trial that shares it (one VAE
+per VAE config, one DiT per (VAE, DiT) config; evaluation-only axes such as the CFG scale retrain
+nothing).
 """
 from __future__ import annotations
 
 import logging
 import time
 from pathlib import Path
+
+from filelock import FileLock
 
 from latentlm.models.checkpoint import read_json, write_json
 from latentlm.models.config import ConfigError
@@ -16,7 +21,7 @@ from latentlm.models.teacher import load_teacher_config, resolve_layer, teacher_
 from . import assets
 from .config import to_dict
 from .corpus import CorpusSpec, load_documents
-from .data import load_tokenizer, prepare_data
+from .data import artifact_key, load_tokenizer, prepare_data
 from .evaluate import evaluate_checkpoint
 from .launch import init_ray, run_stage, training_dataset
 from .train_dit import train_dit_loop
@@ -28,8 +33,6 @@ log = logging.getLogger(__name__)
 def validate(cfg) -> dict:
     """Everything that can be checked before any cluster resource is used. Returns derived facts."""
     tokenizer = load_tokenizer(cfg.data.tokenizer)
-    if cfg.vae.vocab_size != len(tokenizer):
-        cfg.vae.vocab_size = len(tokenizer)  # the tokenizer decides; the field exists for hub users' records
     facts = {"vocab_size": len(tokenizer)}
     if cfg.vae.repa.enabled:
         teacher_cfg = load_teacher_config(assets.resolve_model(cfg.vae.repa.teacher))
@@ -42,42 +45,67 @@ def validate(cfg) -> dict:
     return facts
 
 
-def _stage(run_dir: Path, name: str, run) -> str:
-    """Run a stage once: its result (a checkpoint path) is recorded in run_dir/stages.json."""
-    record_path = run_dir / "stages.json"
-    record = read_json(record_path) if record_path.is_file() else {}
-    if name in record and Path(record[name]["checkpoint"]).is_dir():
-        log.info("stage %s already done: %s", name, record[name]["checkpoint"])
-        return record[name]["checkpoint"]
-    t0 = time.time()
-    checkpoint = run()
-    record = read_json(record_path) if record_path.is_file() else {}
-    record[name] = {"checkpoint": checkpoint, "seconds": round(time.time() - t0, 1)}
-    write_json(record_path, record)
-    return checkpoint
+def stage_keys(cfg) -> dict[str, str]:
+    """Content keys of the training stages (what each stage's output depends on)."""
+    common = {"data": to_dict(cfg.data), "seed": cfg.seed, "deepspeed": to_dict(cfg.deepspeed)}
+    vae = artifact_key(**common, vae=to_dict(cfg.vae), train_vae=to_dict(cfg.train_vae))
+    dit = artifact_key(vae=vae, dit=to_dict(cfg.dit), train_dit=to_dict(cfg.train_dit), **common)
+    return {"vae": vae, "dit": dit}
 
 
-def run_textldm(cfg, run_dir: Path, data_root: Path | None = None) -> dict:
-    """Train (VAE, DiT) and evaluate one TextLDM config. Returns metrics per eval dataset and paths."""
+class StageCache:
+    """Records which checkpoint a stage key produced; concurrent trials needing the same key wait for the
+    first one instead of training it twice."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root) / "artifacts"
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def get_or_run(self, stage: str, key: str, run) -> tuple[str, float]:
+        record_path = self.root / f"{stage}-{key}.json"
+        with FileLock(str(record_path) + ".lock"):
+            if record_path.is_file():
+                record = read_json(record_path)
+                if Path(record["checkpoint"]).is_dir():
+                    log.info("stage %s %s reused: %s", stage, key, record["checkpoint"])
+                    return record["checkpoint"], 0.0
+            t0 = time.time()
+            checkpoint = run()
+            seconds = round(time.time() - t0, 1)
+            write_json(record_path, {"stage": stage, "key": key, "checkpoint": checkpoint, "seconds": seconds})
+            return checkpoint, seconds
+
+
+def run_textldm(cfg, run_dir: Path, data_root: Path | None = None, cache_root: Path | None = None,
+                teacher_layers: list[int] | None = None) -> dict:
+    """Train (VAE, DiT) and evaluate one TextLDM config. Returns metrics per eval dataset and paths.
+
+    ``data_root``/``cache_root`` (default: the run dir's parent / the run dir) let several runs share
+    tokenized data, teacher features and trained stages."""
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     facts = validate(cfg)
     init_ray()
-    artifacts = prepare_data(cfg, data_root or run_dir.parent, need_teacher=cfg.vae.repa.enabled)
+    artifacts = prepare_data(cfg, data_root or run_dir.parent, cfg.vae.repa.enabled, teacher_layers)
     cfg.vae.vocab_size = artifacts.vocab_size
     write_json(run_dir / "config.json", to_dict(cfg))
+    keys = stage_keys(cfg)
+    cache = StageCache(cache_root or run_dir)
+    storage = (cache_root or run_dir) / "ray"
     common = {"experiment": to_dict(cfg), "run_dir": str(run_dir), "run_name": f"{cfg.name}-{run_dir.name}",
               "vocab": artifacts.vocab}
     token_columns = ["tokens", "length", "doc_id"]
     limit = cfg.data.materialize_max_mb
-    vae_ckpt = _stage(run_dir, "vae", lambda: run_stage(
+    teacher = [artifacts.teacher_column] if artifacts.teacher_column else []
+    vae_ckpt, vae_seconds = cache.get_or_run("vae", keys["vae"], lambda: run_stage(
         train_vae_loop, {**common, "teacher_dim": artifacts.teacher_dim},
-        training_dataset(artifacts.vae_train, None if cfg.vae.repa.enabled else token_columns, limit),
-        "vae", run_dir / "ray", cfg.resources))
-    dit_ckpt = _stage(run_dir, "dit", lambda: run_stage(
+        training_dataset(artifacts.vae_train, token_columns + teacher, limit, artifacts.vae_windows,
+                         {artifacts.teacher_column: "teacher"} if teacher else None),
+        f"vae-{keys['vae']}", storage, cfg.resources))
+    dit_ckpt, dit_seconds = cache.get_or_run("dit", keys["dit"], lambda: run_stage(
         train_dit_loop, {**common, "vae_checkpoint": vae_ckpt}, training_dataset(artifacts.train, token_columns, limit),
-        "dit", run_dir / "ray", cfg.resources))
+        f"dit-{keys['dit']}", storage, cfg.resources))
+    t0 = time.time()
     results = evaluate_checkpoint(cfg, dit_ckpt, run_dir / "eval")
-    stages = read_json(run_dir / "stages.json")
     return {"results": results, "vae_checkpoint": vae_ckpt, "dit_checkpoint": dit_ckpt, "facts": facts,
-            "stage_seconds": {k: v["seconds"] for k, v in stages.items()}}
+            "stage_seconds": {"vae": vae_seconds, "dit": dit_seconds, "eval": round(time.time() - t0, 1)}}

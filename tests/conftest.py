@@ -55,6 +55,28 @@ def tiny_lm_dir(tmp_path_factory) -> Path:
     return directory
 
 
+@pytest.fixture(scope="session")
+def tiny_overrides(tiny_corpus, tiny_lm_dir):
+    """``tiny_overrides(**sections)``: config overrides for a ~1-minute TextLDM run on the tiny corpus,
+    tokenizer and teacher (``sections`` are merged in, e.g. ``vae={"latent_dim": 4}``)."""
+    from latentlm.platform.config import merge
+    lm = str(tiny_lm_dir)
+    base = {
+        "data": {"corpus": str(tiny_corpus), "tokenizer": lm, "seq_len": 32, "teacher_windows": 128,
+                 "teacher_batch_size": 32, "valid_fraction": 0.1, "test_fraction": 0.1, "vocab_limit": 24},
+        "vae": {"latent_dim": 8, "hidden_dim": 32, "n_heads": 2, "encoder_layers": 1, "decoder_layers": 1,
+                "repa": {"teacher": lm, "layer": -2, "projector_hidden": 32}},
+        "dit": {"hidden_dim": 32, "depth": 2, "n_heads": 2},
+        "train_vae": {"optim": {"steps": 40, "batch_size": 16, "lr": 3e-3, "log_every": 20}},
+        "train_dit": {"optim": {"steps": 30, "batch_size": 16, "lr": 1e-3, "log_every": 15, "ema_decay": 0.9},
+                      "normalizer_windows": 32},
+        "eval": {"datasets": [str(tiny_corpus)], "num_samples": 8, "min_tokens": 10, "steps": 4, "batch_size": 8,
+                 "bertscore_model": lm, "bertscore_num_layers": 2, "mauve_model": lm},
+        "wandb": False,
+    }
+    return lambda **sections: merge(base, sections)
+
+
 @pytest.fixture(scope="module")
 def single_thread():
     """Tiny models: one intra-op thread is fastest and immune to OpenMP spin-waits on a busy machine."""

@@ -17,7 +17,7 @@ from latentlm.models.config import ConfigError
 from latentlm.platform import data as data_mod
 from latentlm.platform.config import merge
 from latentlm.platform.data import (artifact_key, load_tokenizer, prepare_data, read_windows,
-                                    tokenize_windows, windows_table, write_parquet_atomic)
+                                    tokenize_windows, windows_table)
 from latentlm.platform.experiment import build_config
 
 SEQ_LEN = 32
@@ -121,7 +121,7 @@ def test_tokenize_windows_empty(tok):
 def test_windows_table_round_trip(tok, tmp_path):
     w = tokenize_windows([_words(10), _words(3, 4), _words(17, 2)], tok, 8)
     path = tmp_path / "w.parquet"
-    write_parquet_atomic(windows_table(w), path)
+    pq.write_table(windows_table(w), path)
     back = read_windows(path)
     np.testing.assert_array_equal(back.tokens, w.tokens)
     np.testing.assert_array_equal(back.lengths, w.lengths)
@@ -136,23 +136,10 @@ def test_windows_table_with_teacher(tok, tmp_path):
     assert table.column_names == ["tokens", "length", "doc_id", "teacher"]
     assert table.schema.field("teacher").type == pa.list_(pa.float16())
     path = tmp_path / "f.parquet"
-    write_parquet_atomic(table, path)
+    pq.write_table(table, path)
     flat = np.stack(pq.read_table(path)["teacher"].to_numpy(zero_copy_only=False))
     np.testing.assert_array_equal(flat.reshape(feats.shape), feats)
     np.testing.assert_array_equal(read_windows(path).tokens, w.tokens)   # reading windows skips the features
-
-
-def test_write_parquet_atomic(tmp_path):
-    table = pa.table({"x": pa.array([1, 2, 3])})
-    path = tmp_path / "sub" / "dir" / "t.parquet"
-    digest = write_parquet_atomic(table, path)
-    assert digest == hashlib.sha256(path.read_bytes()).hexdigest()
-    assert [p.name for p in path.parent.iterdir()] == ["t.parquet"]
-    assert pq.read_table(path).equals(table)
-    # overwriting replaces the file and returns the new digest
-    digest2 = write_parquet_atomic(pa.table({"x": pa.array([4])}), path)
-    assert digest2 == hashlib.sha256(path.read_bytes()).hexdigest() != digest
-    assert [p.name for p in path.parent.iterdir()] == ["t.parquet"]
 
 
 def test_artifact_key():
@@ -170,7 +157,7 @@ def test_artifact_key():
 # -- prepare_data ----------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def prepared(tiny_corpus, tiny_lm_dir, tmp_path_factory, single_thread):
+def prepared(tiny_corpus, tiny_lm_dir, tmp_path_factory, single_thread, ray_local):
     root = tmp_path_factory.mktemp("data_root")
     cfg = build_config("tiny", overrides(tiny_corpus, tiny_lm_dir))
     torch.manual_seed(0)
@@ -183,12 +170,14 @@ def test_prepare_data_writes_manifest_and_train(prepared):
     base = Path(arts.root)
     assert base.parent == Path(root) / "data"
     manifest = json.loads(Path(arts.manifest).read_text())
-    assert Path(arts.manifest) == base / "manifest.json" and Path(arts.train) == base / "train.parquet"
+    assert Path(arts.manifest) == base / "manifest.json" and Path(arts.train) == base / "train"
     train = read_windows(Path(arts.train))
     assert train.tokens.shape[1] == SEQ_LEN
     assert manifest["train_windows"] == len(train.tokens) > TEACHER_WINDOWS
     assert manifest["train_tokens"] == int(train.lengths.sum())
-    assert manifest["train_sha256"] == hashlib.sha256(Path(arts.train).read_bytes()).hexdigest()
+    assert manifest["shards"] == {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+                                  for p in sorted(Path(arts.train).glob("*.parquet"))}
+    assert len(manifest["shards"]) >= 1
     assert manifest["documents"] == 400 and sum(manifest["split_documents"].values()) == 400
     assert manifest["seq_len"] == SEQ_LEN
     assert arts.pad_id == 0 and arts.eos_id == 0
@@ -209,8 +198,8 @@ def test_prepare_data_features_match_teacher(prepared, tiny_lm_dir):
     cfg, root, arts = prepared
     table = pq.read_table(arts.vae_train)
     assert table.num_rows == TEACHER_WINDOWS
-    assert "teacher" in table.column_names
-    feats = np.stack(table["teacher"].to_numpy(zero_copy_only=False))
+    assert arts.teacher_column == "teacher_3" and arts.vae_windows == TEACHER_WINDOWS
+    feats = np.stack(table["teacher_3"].to_numpy(zero_copy_only=False))
     assert feats.dtype == np.float16 and feats.shape == (TEACHER_WINDOWS, SEQ_LEN * 32)
     tokens = np.stack(table["tokens"].to_numpy(zero_copy_only=False))
     train = read_windows(Path(arts.train))
@@ -220,9 +209,10 @@ def test_prepare_data_features_match_teacher(prepared, tiny_lm_dir):
     expected = teacher(torch.from_numpy(tokens).long())[3].float().numpy().astype(np.float16)
     np.testing.assert_allclose(feats.reshape(expected.shape).astype(np.float32), expected.astype(np.float32),
                                atol=1e-2, rtol=0)
-    meta = json.loads(Path(arts.vae_train).with_suffix(".json").read_text())
-    assert meta["teacher_dim"] == 32 and meta["layer"] == 3 and meta["windows"] == TEACHER_WINDOWS
-    assert meta["sha256"] == hashlib.sha256(Path(arts.vae_train).read_bytes()).hexdigest()
+    meta = json.loads((Path(arts.vae_train).parent / "manifest.json").read_text())
+    assert meta["teacher_dim"] == 32 and meta["layers"] == [3] and meta["windows"] == TEACHER_WINDOWS
+    assert meta["shards"] == {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+                              for p in sorted(Path(arts.vae_train).glob("*.parquet"))}
 
 
 def test_prepare_data_second_call_is_a_cache_hit(prepared, monkeypatch):
@@ -247,14 +237,21 @@ def test_prepare_data_without_teacher(prepared, monkeypatch):
     monkeypatch.setattr(teacher_mod, "FrozenTeacher", lambda *a, **k: (_ for _ in ()).throw(AssertionError()))
     off = prepare_data(cfg, root, need_teacher=False)
     assert off.root == arts.root and off.train == arts.train and off.teacher_dim is None and off.teacher_layer is None
-    assert off.vae_train != arts.vae_train
-    subset = pq.read_table(off.vae_train)
-    assert subset.num_rows == TEACHER_WINDOWS and "teacher" not in subset.column_names
+    # REPA off reads the first teacher_windows training windows: the very windows the REPA VAE sees
+    assert off.vae_train == off.train and off.teacher_column is None and off.vae_windows == TEACHER_WINDOWS
+    subset = read_windows(Path(off.train))
     features = pq.read_table(arts.vae_train)
-    np.testing.assert_array_equal(np.stack(subset["tokens"].to_numpy(zero_copy_only=False)),
+    np.testing.assert_array_equal(subset.tokens[:TEACHER_WINDOWS],
                                   np.stack(features["tokens"].to_numpy(zero_copy_only=False)))
-    np.testing.assert_array_equal(subset["length"].to_numpy(), features["length"].to_numpy())
-    assert [p.name for p in Path(off.vae_train).parent.iterdir() if p.name.startswith(".")] == []
+    np.testing.assert_array_equal(subset.lengths[:TEACHER_WINDOWS], features["length"].to_numpy())
+
+
+def test_a_second_layer_is_added_in_one_new_pass(prepared):
+    cfg, root, arts = prepared
+    both = prepare_data(cfg, root, need_teacher=True, teacher_layers=[-1])
+    meta = json.loads((Path(both.vae_train).parent / "manifest.json").read_text())
+    assert meta["layers"] == [3, 4] and both.teacher_column == "teacher_3"
+    assert {"teacher_3", "teacher_4"} <= set(pq.read_schema(next(Path(both.vae_train).glob("*.parquet"))).names)
 
 
 def test_prepare_data_key_changes_with_data_config(prepared, tiny_corpus, tiny_lm_dir):
@@ -263,7 +260,7 @@ def test_prepare_data_key_changes_with_data_config(prepared, tiny_corpus, tiny_l
     out = prepare_data(other, root, need_teacher=False)
     assert out.root != arts.root
     assert len(read_windows(Path(out.train)).tokens) == 20
-    assert pq.read_table(out.vae_train).num_rows == 20   # teacher_windows > available windows: all of them
+    assert out.vae_train == out.train
 
 
 def test_prepare_data_empty_corpus(tmp_path, tiny_lm_dir):

@@ -13,44 +13,24 @@ from latentlm.platform.experiment import build_config
 pytestmark = pytest.mark.ray
 
 
-def tiny_overrides(corpus, lm_dir, **extra):
-    lm = str(lm_dir)
-    base = {
-        "data": {"corpus": str(corpus), "tokenizer": lm, "seq_len": 32, "teacher_windows": 128,
-                 "teacher_batch_size": 32, "valid_fraction": 0.1, "test_fraction": 0.1,
-                 "vocab_limit": 24},
-        "vae": {"latent_dim": 8, "hidden_dim": 32, "n_heads": 2, "encoder_layers": 1, "decoder_layers": 1,
-                "repa": {"teacher": lm, "layer": -2, "projector_hidden": 32}},
-        "dit": {"hidden_dim": 32, "depth": 2, "n_heads": 2},
-        "train_vae": {"optim": {"steps": 40, "batch_size": 16, "lr": 3e-3, "log_every": 20}},
-        "train_dit": {"optim": {"steps": 30, "batch_size": 16, "lr": 1e-3, "log_every": 15, "ema_decay": 0.9},
-                      "normalizer_windows": 32},
-        "eval": {"datasets": [str(corpus)], "num_samples": 8, "min_tokens": 10, "steps": 4, "batch_size": 8,
-                 "bertscore_model": lm, "bertscore_num_layers": 2, "mauve_model": lm},
-        "wandb": False,
-    }
-    from latentlm.platform.config import merge
-    return merge(base, extra)
-
-
-def test_bad_inputs_fail_before_training(tiny_corpus, tiny_lm_dir, tmp_path):
+def test_bad_inputs_fail_before_training(tiny_overrides, tmp_path):
     from latentlm.platform.pipeline import validate
     with pytest.raises(ConfigError, match="vae.latent_dim"):
-        build_config("tiny", tiny_overrides(tiny_corpus, tiny_lm_dir, vae={"latent_dim": 0}))
+        build_config("tiny", tiny_overrides(vae={"latent_dim": 0}))
     with pytest.raises(ConfigError, match="unknown config key train_vae.optim.stepz"):
-        build_config("tiny", tiny_overrides(tiny_corpus, tiny_lm_dir, train_vae={"optim": {"stepz": 3}}))
+        build_config("tiny", tiny_overrides(train_vae={"optim": {"stepz": 3}}))
     with pytest.raises(ConfigError, match="vae.repa.layer"):  # the tiny teacher has 4 layers
-        validate(build_config("tiny", tiny_overrides(tiny_corpus, tiny_lm_dir, vae={"repa": {"layer": 7}})))
+        validate(build_config("tiny", tiny_overrides(vae={"repa": {"layer": 7}})))
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     with pytest.raises(ConfigError, match="empty.jsonl"):
-        validate(build_config("tiny", tiny_overrides(empty, tiny_lm_dir)))
+        validate(build_config("tiny", tiny_overrides(data={"corpus": str(empty)})))
 
 
-def test_textldm_pipeline_end_to_end(tiny_corpus, tiny_lm_dir, tmp_path, ray_local):
+def test_textldm_pipeline_end_to_end(tiny_overrides, tiny_corpus, tmp_path, ray_local):
     from latentlm.models.textldm import load_textldm
     from latentlm.platform.pipeline import run_textldm
-    cfg = build_config("tiny", tiny_overrides(tiny_corpus, tiny_lm_dir))
+    cfg = build_config("tiny", tiny_overrides())
     out = run_textldm(cfg, tmp_path / "run")
     row = out["results"][str(tiny_corpus)]
     for key in ("rouge1", "rouge2", "rougeL", "bertscore", "mauve", "recon_acc"):

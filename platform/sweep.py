@@ -1,0 +1,220 @@
+"""Ray Tune ablation sweeps: a declarative grid over config fields, validated before any trial starts.
+
+Each trial is a Tune function that runs the method's pipeline (its training stages are TorchTrainer
+jobs). Trials share upstream artifacts through the pipeline's content-addressed stage cache: one VAE
+per VAE config, one DiT per (VAE, DiT) config, so evaluation-only axes (CFG scale, sampler steps)
+train nothing. Every evaluated trial lands in ``<run-dir>/leaderboard.parquet``. Re-running the same
+sweep restores it with ``Tuner.restore``: finished trials are kept, unfinished ones run.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import logging
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from latentlm.models.checkpoint import write_json
+from latentlm.models.config import ConfigError, require
+
+from .config import load_file, merge, parse_overrides, to_dict
+from .experiment import TextLDMConfig, build_config
+
+log = logging.getLogger(__name__)
+
+# Method family -> (config builder, config class). LDLM and Cola DLM register here when they land.
+METHODS: dict[str, tuple[Any, type]] = {"textldm": (build_config, TextLDMConfig)}
+
+
+@dataclass
+class SweepSpec:
+    name: str
+    method: str = "textldm"
+    preset: str = "tiny"
+    axes: dict[str, list[Any]] = field(default_factory=dict)    # dotted config path -> values (grid)
+    overrides: dict[str, Any] = field(default_factory=dict)     # applied to every trial
+    max_concurrent_trials: int = 1
+    run_dir: str = "runs"
+
+
+@dataclass
+class Trial:
+    trial_id: str
+    axes: dict[str, Any]
+    overrides: dict[str, Any]
+
+
+def field_type(cls: type, path: str, spec_field: str) -> Any:
+    """Walk dataclass fields along ``path``; ConfigError naming the axis if the method has no such field."""
+    tp: Any = cls
+    for part in path.split("."):
+        fields = {f.name: f for f in dataclasses.fields(tp)} if dataclasses.is_dataclass(tp) else {}
+        if part not in fields:
+            raise ConfigError(f"{spec_field}: the {cls.__name__} config has no field {path!r} "
+                              f"(no {part!r} in {getattr(tp, '__name__', tp)})")
+        tp = typing.get_type_hints(tp)[part]
+    return tp
+
+
+def nested(path: str, value: Any) -> dict[str, Any]:
+    out: dict[str, Any] = value
+    for part in reversed(path.split(".")):
+        out = {part: out}
+    return out
+
+
+def trial_id(axes: dict[str, Any]) -> str:
+    """A readable, filesystem-safe name: ``repa.enabled=True,repa.layer=-3``."""
+    def short(v):
+        if isinstance(v, dict):
+            return "_".join(short(x) for x in v.values())
+        return "_".join(map(short, v)) if isinstance(v, list) else str(v)
+    parts = [f"{'.'.join(k.split('.')[-2:])}={short(v)}" for k, v in axes.items()]
+    text = ",".join(parts) or "base"
+    return "".join(c if c.isalnum() or c in "=,.-_" else "_" for c in text)[:120]
+
+
+def effective(config: dict[str, Any]) -> dict[str, Any]:
+    """Knobs that cannot act are reset to their defaults, so e.g. REPA-off trials that differ only in
+    the (unused) REPA layer collapse into one trial."""
+    config = json.loads(json.dumps(config))
+    repa = config.get("vae", {}).get("repa")
+    if repa is not None and not repa.get("enabled", True):
+        from latentlm.models.repa import REPAConfig
+        config["vae"]["repa"] = {**dataclasses.asdict(REPAConfig()), "enabled": False}
+    return config
+
+
+def plan_trials(spec: SweepSpec) -> list[Trial]:
+    """Validate the spec and expand the grid into distinct trials. Raises ConfigError naming the field."""
+    require(spec.method in METHODS, "sweep.method", f"one of {sorted(METHODS)}", spec.method)
+    require(bool(spec.name) and "/" not in spec.name, "sweep.name", "a non-empty name without '/'", spec.name)
+    require(spec.max_concurrent_trials >= 1, "sweep.max_concurrent_trials", ">= 1", spec.max_concurrent_trials)
+    builder, config_cls = METHODS[spec.method]
+    for axis, values in spec.axes.items():
+        field_type(config_cls, axis, f"sweep.axes.{axis}")
+        require(isinstance(values, list) and len(values) > 0, f"sweep.axes.{axis}", "a non-empty list of values",
+                values)
+    trials, seen = [], set()
+    names = list(spec.axes)
+    for combo in itertools.product(*(spec.axes[a] for a in names)):
+        axes = dict(zip(names, combo))
+        overrides = spec.overrides
+        for axis, value in axes.items():
+            overrides = merge(overrides, nested(axis, value))
+        try:
+            config = builder(spec.preset, overrides)
+        except ConfigError as err:
+            raise ConfigError(f"sweep trial {trial_id(axes)}: {err}") from None
+        fingerprint = json.dumps(effective(to_dict(config)), sort_keys=True, default=str)
+        if fingerprint in seen:
+            continue
+        seen.add(fingerprint)
+        trials.append(Trial(trial_id(axes), axes, overrides))
+    return trials
+
+
+def run_trial(config: dict[str, Any], spec: dict[str, Any], root: str) -> None:
+    """One Tune trial: run the pipeline (stages shared through the cache) and add leaderboard rows."""
+    import torch
+    from ray import tune
+
+    from . import leaderboard
+    from .evaluate import EVAL_PROTOCOL, protocol_hash
+    from .pipeline import run_textldm
+    trial = config["trial"]
+    builder, _ = METHODS[spec["method"]]
+    cfg = builder(spec["preset"], trial["overrides"])
+    torch.set_num_threads(cfg.resources.torch_threads or os.cpu_count() or 1)  # Tune pins OMP threads to 1
+    root_path = Path(root)
+    out = run_textldm(cfg, root_path / "trials" / trial["trial_id"], data_root=root_path, cache_root=root_path,
+                      teacher_layers=spec["teacher_layers"])
+    rows = leaderboard.make_rows(
+        method=spec["method"], sweep=spec["name"], trial=trial["trial_id"], axes=trial["axes"],
+        results=out["results"], protocol=EVAL_PROTOCOL, protocol_hash=protocol_hash(cfg), seed=cfg.seed,
+        compute_seconds=sum(out["stage_seconds"].values()), checkpoint=out["dit_checkpoint"], config=to_dict(cfg))
+    leaderboard.Leaderboard(root_path / "leaderboard.parquet").add(rows)
+    tune.report({f"{dataset}/{metric}": value for dataset, metrics in out["results"].items()
+                 for metric, value in metrics.items()})
+
+
+def run_sweep(spec: SweepSpec) -> Path:
+    """Plan (validate), then run or restore the sweep; returns the sweep directory."""
+    from ray import tune
+
+    from .launch import init_ray
+    trials = plan_trials(spec)
+    root = Path(spec.run_dir).resolve() / spec.name
+    root.mkdir(parents=True, exist_ok=True)
+    write_json(root / "sweep.json", {**dataclasses.asdict(spec), "trials": [t.trial_id for t in trials]})
+    builder, _ = METHODS[spec.method]
+    configs = [builder(spec.preset, t.overrides) for t in trials]
+    # every REPA layer the sweep needs is stored by one teacher pass
+    layers = sorted({c.vae.repa.layer for c in configs if c.vae.repa.enabled})
+    log.info("sweep %s: %d trials: %s", spec.name, len(trials), [t.trial_id for t in trials])
+    init_ray()
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, spec={**dataclasses.asdict(spec), "teacher_layers": layers}, root=str(root)),
+        {"cpu": 0.01})  # the trial driver idles while its TorchTrainer workers hold the CPUs/GPUs
+    experiment = root / "tune" / spec.name
+    if tune.Tuner.can_restore(str(experiment)):
+        log.info("restoring interrupted sweep from %s", experiment)
+        tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"trial": tune.grid_search([dataclasses.asdict(t) for t in trials])},
+            tune_config=tune.TuneConfig(max_concurrent_trials=spec.max_concurrent_trials),
+            run_config=tune.RunConfig(name=spec.name, storage_path=str(root / "tune"),
+                                      failure_config=tune.FailureConfig(max_failures=1)))
+    results = tuner.fit()
+    errors = [r.error for r in results if r.error is not None]
+    if errors:
+        raise RuntimeError(f"{len(errors)} of {len(results)} trials failed; first error: {errors[0]}")
+    return root
+
+
+def parse_axis(text: str) -> tuple[str, list[Any]]:
+    """``vae.latent_dim=16,32`` -> ("vae.latent_dim", [16, 32]) (values parsed as YAML)."""
+    import yaml
+    if "=" not in text:
+        raise ConfigError(f"--axis {text!r}: expected key.path=v1,v2,...")
+    key, raw = text.split("=", 1)
+    values = yaml.safe_load(f"[{raw}]")
+    return key.strip(), values
+
+
+def sweep_main(name: str, default_axes, description: str, argv: list[str] | None = None) -> int:
+    """Shared command line of the ``experiments/ablate_*.py`` scripts. ``default_axes(preset)`` gives the
+    script's grid; ``--axis`` replaces or adds an axis."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="tiny", help="tiny | small | paper (default: tiny)")
+    parser.add_argument("--config", help="YAML/JSON file with config overrides for every trial")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    parser.add_argument("--axis", action="append", default=[], metavar="KEY=V1,V2", help="set a sweep axis")
+    parser.add_argument("--run-dir", default="runs", help="sweeps go to <run-dir>/<name>/")
+    parser.add_argument("--name", default=name, help=f"sweep name (default: {name})")
+    parser.add_argument("--max-concurrent-trials", type=int, default=1)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    from . import leaderboard
+    try:
+        axes = dict(default_axes(args.preset))
+        axes.update(parse_axis(a) for a in args.axis)
+        overrides = merge(load_file(args.config) if args.config else {}, parse_overrides(args.set))
+        spec = SweepSpec(name=args.name, preset=args.preset, axes=axes, overrides=overrides,
+                         max_concurrent_trials=args.max_concurrent_trials, run_dir=args.run_dir)
+        root = run_sweep(spec)
+    except ConfigError as err:
+        print(f"config error: {err}")
+        return 2
+    md_path, html_path = leaderboard.render(root / "leaderboard.parquet", root)
+    print(f"\n{description.splitlines()[0]} ({args.preset} preset)\n")
+    print(md_path.read_text())
+    print(f"leaderboard: {root / 'leaderboard.parquet'}\n             {md_path}\n             {html_path}")
+    return 0

@@ -1,0 +1,97 @@
+"""Tune sweeps: spec validation before any trial, shared upstream stages, leaderboard rows, restore."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from latentlm.models.config import ConfigError
+from latentlm.platform.sweep import SweepSpec, parse_axis, plan_trials, sweep_main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("axes, field", [
+    ({"vae.latnt_dim": [8]}, "sweep.axes.vae.latnt_dim"),          # unknown axis
+    ({"vae.latent_dim": []}, "sweep.axes.vae.latent_dim"),          # empty value list
+    ({"ldlm.warmup_steps": [0, 100]}, "sweep.axes.ldlm.warmup_steps"),  # an axis TextLDM does not have
+    ({"vae.latent_dim": [8, -1]}, "vae.latent_dim"),                # a bad value, caught while planning
+])
+def test_bad_specs_fail_before_any_trial_naming_the_field(axes, field, monkeypatch, tmp_path):
+    import latentlm.platform.launch as launch
+    monkeypatch.setattr(launch, "init_ray", lambda *a, **k: pytest.fail("Ray started for an invalid sweep"))
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        plan_trials(SweepSpec("bad", axes=axes, run_dir=str(tmp_path)))
+    argv = ["--run-dir", str(tmp_path)] + [f"--axis={k}={','.join(map(str, v))}" for k, v in axes.items()]
+    assert sweep_main("bad", lambda preset: {}, "bad sweep", argv) == 2
+
+
+def test_unknown_method_and_grid_expansion():
+    with pytest.raises(ConfigError, match="sweep.method"):
+        plan_trials(SweepSpec("x", method="nope"))
+    trials = plan_trials(SweepSpec("x", axes={"vae.repa.enabled": [False, True], "vae.repa.layer": [-3, -1]}))
+    # REPA-off ignores the layer: 2 x 2 grid -> 3 distinct trials
+    assert [t.trial_id for t in trials] == ["repa.enabled=False,repa.layer=-3", "repa.enabled=True,repa.layer=-3",
+                                           "repa.enabled=True,repa.layer=-1"]
+    assert trials[2].overrides["vae"]["repa"] == {"enabled": True, "layer": -1}
+    assert parse_axis("eval.cfg_scale=1,3.5") == ("eval.cfg_scale", [1, 3.5])
+
+
+def _micro_config(tmp_path: Path, tiny_overrides) -> Path:
+    path = tmp_path / "micro.yaml"
+    path.write_text(yaml.safe_dump(tiny_overrides(train_vae={"optim": {"steps": 20, "log_every": 10}},
+                                                  train_dit={"optim": {"steps": 10, "log_every": 5}})))
+    return path
+
+
+@pytest.mark.ray
+def test_cfg_sweep_trains_once_and_fills_the_leaderboard(tiny_overrides, tmp_path, ray_local):
+    import pandas as pd
+    config = _micro_config(tmp_path, tiny_overrides)
+    code = sweep_main("cfg", lambda preset: {"eval.cfg_scale": [1.0, 5.0]}, "CFG sweep",
+                      ["--config", str(config), "--run-dir", str(tmp_path / "runs")])
+    assert code == 0
+    root = tmp_path / "runs" / "cfg"
+    records = sorted(p.name.split("-")[0] for p in (root / "artifacts").glob("*.json"))
+    assert records == ["dit", "vae"]  # CFG is a sampling-time axis: one VAE, one DiT, two evaluations
+    board = pd.read_parquet(root / "leaderboard.parquet")
+    assert sorted(board["trial"]) == ["cfg_scale=1.0", "cfg_scale=5.0"]
+    assert board["row_id"].is_unique and board["checkpoint"].nunique() == 1
+    assert (root / "leaderboard.md").is_file() and (root / "leaderboard.html").is_file()
+
+
+@pytest.mark.ray
+def test_interrupted_sweep_is_restored_and_each_trial_lands_once(tiny_overrides, tmp_path):
+    """Kill the sweep driver after its first trial; running it again finishes the rest via Tuner.restore."""
+    import pandas as pd
+    config = _micro_config(tmp_path, tiny_overrides)
+    runs = tmp_path / "runs"
+    cmd = [sys.executable, str(REPO / "experiments" / "ablate_latent_dim.py"), "--config", str(config),
+           "--run-dir", str(runs), "--axis", "vae.latent_dim=4,8"]
+    env = {**os.environ, "RAY_TMPDIR": str(tmp_path / "ray")}
+    board_path = runs / "ablate_latent_dim" / "leaderboard.parquet"
+    first = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 400
+        while not board_path.is_file() and first.poll() is None and time.time() < deadline:
+            time.sleep(1)
+        assert board_path.is_file(), "the first trial never finished"
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)  # the driver and the local Ray cluster it started
+        first.wait()
+    assert len(pd.read_parquet(board_path)) == 1
+    second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    board = pd.read_parquet(board_path)
+    assert sorted(board["trial"]) == ["latent_dim=4", "latent_dim=8"]
+    assert board["row_id"].is_unique
+    sweep = json.loads((runs / "ablate_latent_dim" / "sweep.json").read_text())
+    assert sweep["trials"] == ["latent_dim=4", "latent_dim=8"]
