@@ -126,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     info.set_defaults(fn=cmd_info)
 
     board = sub.add_parser("leaderboard", help="show (and merge, or render as HTML) leaderboard Parquet files")
-    board.add_argument("paths", nargs="+", metavar="PATH", help="leaderboard file, or a dir holding leaderboard.parquet")
+    board.add_argument("paths", nargs="+", metavar="PATH",
+                       help="leaderboard file, or a dir holding leaderboard.parquet")
     board.add_argument("--sort", default="mauve", metavar="METRIC", help="metric to rank by (default: mauve)")
     board.add_argument("--ascending", action="store_true", help="rank lowest first (e.g. perplexities)")
     board.add_argument("--html", metavar="OUT", help="write the self-contained HTML page here")

@@ -17,7 +17,7 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -201,7 +201,7 @@ def _prepare_locked(cfg, tokenizer, base: Path, need_teacher: bool, extra_layers
         rd = _ray_data()
         ds = rd.from_items([{"doc_id": i, "text": t} for i, t in enumerate(split["train"])])
         ds = ds.map_batches(TokenizeWindows, fn_constructor_args=(d.tokenizer, d.seq_len), batch_format="pyarrow",
-                            batch_size=256, concurrency=1)
+                            batch_size=256, concurrency=1, num_cpus=0.5)
         if d.max_train_windows is not None:
             ds = ds.limit(d.max_train_windows)
         shards = write_dataset_atomic(ds, train_dir)
@@ -260,7 +260,8 @@ def _teacher_features(cfg, base: Path, train_dir: Path, extra_layers: list[int])
         ds = rd.read_parquet(str(train_dir)).limit(n)
         ds = ds.map_batches(TeacherFeatures, fn_constructor_args=(spec, layers), batch_format="pyarrow",
                             batch_size=cfg.data.teacher_batch_size, concurrency=max(1, _cluster_gpus()),
-                            num_gpus=1 if use_gpu else 0)
+                            num_gpus=1 if use_gpu else 0, num_cpus=0.5)
+        # Half a CPU per actor: a whole one starves Ray Data's own read tasks on a 2-core node (deadlock).
         shards = write_dataset_atomic(ds, directory / "shards")
         meta = {"teacher": repa.teacher, "layers": layers, "teacher_dim": teacher_hidden_size(teacher_cfg),
                 "num_layers": num_layers, "windows": n, "shards": shards,

@@ -33,6 +33,9 @@ def worker_env() -> dict[str, str]:
 
 def init_ray(num_cpus: int | None = None, temp_dir: str | None = None) -> None:
     """Connect to the cluster in RAY_ADDRESS (``ray job submit`` sets it) or start a local one."""
+    # A job's own runtime_env may set some of these already; naming them again makes ray.init refuse to
+    # merge the two, so only forward what the environment does not set.
+    missing = {k: v for k, v in worker_env().items() if k not in os.environ}
     for key, value in worker_env().items():
         os.environ.setdefault(key, value)
     import ray
@@ -40,7 +43,7 @@ def init_ray(num_cpus: int | None = None, temp_dir: str | None = None) -> None:
         return
     runtime_env = {"env_vars": worker_env()}
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(runtime_env=runtime_env)  # an existing cluster refuses num_cpus/num_gpus
+        ray.init(runtime_env={"env_vars": missing})  # an existing cluster refuses num_cpus/num_gpus
     else:
         # The dashboard (loopback only) also serves the state API that Ray Train's placement-group
         # cleaner polls; without it that actor logs a warning every second.
@@ -79,16 +82,24 @@ def run_stage(loop: Callable[[dict], None], loop_config: dict[str, Any], dataset
               storage_path: Path, resources, max_failures: int = 1) -> str:
     """Run ``loop`` under a TorchTrainer over ``dataset``; return the final checkpoint's path.
 
-    Runs are named, so re-running the same stage with the same storage resumes from its last checkpoint."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    Runs are named, so re-running the same stage with the same storage resumes from its last checkpoint.
+    Every worker gets the whole dataset, in a fixed order, and takes its rows of each global batch
+    (``training.stream_batches``): data order independent of the worker count and of scheduling."""
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
     import ray
+    from .engine import check_batch_plans
     gpu = use_gpu(resources.use_gpu)
     workers = resources.num_workers or (max(1, int(ray.cluster_resources().get("GPU", 0))) if gpu else 1)
+    if "experiment" in loop_config:  # fail fast: a batch that does not split over the workers
+        check_batch_plans(loop_config["experiment"], workers)
+    ordered = DataConfig.default_ingest_options()
+    ordered.preserve_order = True
     trainer = TorchTrainer(
         loop,
         train_loop_config=loop_config,
         datasets={"train": dataset},
+        dataset_config=DataConfig(datasets_to_split=[], execution_options=ordered),
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpu,
                                      resources_per_worker={"CPU": resources.cpus_per_worker}),
         run_config=RunConfig(name=name, storage_path=str(Path(storage_path).resolve()),

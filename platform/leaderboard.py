@@ -16,6 +16,15 @@ one machine lose no rows and readers never see a torn file. Across machines, let
 and ``merge`` them (``latentlm leaderboard A B --merge-into C``). Reading checks the schema and names the
 file on any problem; columns this version does not know (written by a newer one) are kept, not dropped.
 
+Row schema (``COLUMNS``; one row per trial x eval dataset):
+    row_id, method, sweep, trial, dataset, protocol, protocol_hash   strings
+    axes            JSON object of the trial's ablation axes ({"vae.latent_dim": 16, ...})
+    rouge1 rouge2 rougeL bertscore mauve recon_acc gen_tokens        float64, null when not measured
+    metrics_json    JSON object of any other numeric metric (samples, eval_seconds, gen_ppl, ...)
+    seed (int64), compute_seconds (float64, the trial's total), checkpoint, config_hash, machine,
+    created_at (UTC ISO 8601)
+``expand`` turns ``axes`` into ``axis.<name>`` columns and ``metrics_json`` into one column per metric.
+
 Rendering never imports matplotlib: the per-axis plots are hand-written inline SVG (no fonts, no network).
 """
 from __future__ import annotations
@@ -173,9 +182,11 @@ def empty_frame() -> pd.DataFrame:
 
 
 def resolve_path(path: str | os.PathLike) -> Path:
-    """A leaderboard file, or a directory meaning ``<dir>/leaderboard.parquet``."""
-    path = Path(path)
-    return path / FILENAME if path.is_dir() else path
+    """A leaderboard file, or a directory (existing, or written with a trailing slash) meaning
+    ``<dir>/leaderboard.parquet``."""
+    text = os.fspath(path)
+    path = Path(text)
+    return path / FILENAME if path.is_dir() or text.endswith(("/", os.sep)) else path
 
 
 def _compatible(actual: pa.DataType, expected: pa.DataType) -> bool:
@@ -241,8 +252,9 @@ def read(path: str | os.PathLike) -> pd.DataFrame:
     path = resolve_path(path)
     if not path.is_file():
         raise LeaderboardError(f"{path}: no such leaderboard file")
-    try:
-        table = pq.read_table(path)
+    try:  # one open file = one inode: a concurrent os.replace by a writer cannot mix two versions
+        with pa.OSFile(str(path), "rb") as handle:
+            table = pq.read_table(handle)
     except Exception as err:  # pyarrow raises several types for a damaged or non-Parquet file
         raise LeaderboardError(f"{path}: not a readable leaderboard (Parquet) file: {err}") from err
     return _from_table(table, path)
@@ -296,6 +308,8 @@ def _atomic_write(path: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        with open(tmp, "rb") as f:  # durable before it becomes visible
+            os.fsync(f.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
@@ -501,7 +515,8 @@ p.meta,p.board-meta,figcaption{color:#5a6272;font-size:12.5px;margin:2px 0 8px}
 nav#contents{font-size:13px}nav#contents a{margin-right:12px}
 .scroll{overflow-x:auto;max-width:100%}
 table.leaderboard{border-collapse:collapse;font-size:13px;font-variant-numeric:tabular-nums}
-table.leaderboard th,table.leaderboard td{padding:4px 9px;border-bottom:1px solid #e3e6ec;text-align:left;white-space:nowrap}
+table.leaderboard th,table.leaderboard td{padding:4px 9px;border-bottom:1px solid #e3e6ec;text-align:left;
+  white-space:nowrap}
 table.leaderboard th{background:#f3f5f9;cursor:pointer;user-select:none;position:sticky;top:0}
 table.leaderboard th[data-type=num],table.leaderboard td.num{text-align:right}
 table.leaderboard th[aria-sort=descending]::after{content:" \\25BC";font-size:10px}
@@ -546,7 +561,9 @@ _JS = """
         sortBy(table, th, col, order);
       }
       th.addEventListener("click", toggle);
-      th.addEventListener("keydown", function (e) { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); toggle(); } });
+      th.addEventListener("keydown", function (e) {
+        if (e.key === "Enter" || e.key === " ") { e.preventDefault(); toggle(); }
+      });
     });
   });
 })();
@@ -587,7 +604,8 @@ def _html_table(key: dict, group: pd.DataFrame, sort_by: str, descending: bool) 
         numeric = all(_is_number(v) or isinstance(v, bool) or _missing(v) for v in group[a])
         columns.append((a[len("axis."):], a, "num" if numeric else "text"))
     columns += [(_metric_label(m) + (" (x100)" if m in PERCENT_METRICS else ""), m, "num") for m in metrics]
-    columns += [("seed", "seed", "num"), ("compute (s)", "compute_seconds", "num"), ("checkpoint", "checkpoint", "text"),
+    columns += [("seed", "seed", "num"), ("compute (s)", "compute_seconds", "num"),
+                ("checkpoint", "checkpoint", "text"),
                 ("machine", "machine", "text"), ("created (UTC)", "created_at", "text"), ("row", "row_id", "text"),
                 ("config", "config_hash", "text")]
     head = []
@@ -688,7 +706,8 @@ def _axis_plot(rows: pd.DataFrame, ceilings: pd.DataFrame, axis: str, metric: st
     for dataset in datasets:
         points = []
         for index, (k, v) in enumerate(values):
-            mask = (data["dataset"] == dataset) & data[axis].map(lambda a, k=k: not _missing(a) and _axis_value_key(a) == k)
+            at_x = data[axis].map(lambda a, k=k: not _missing(a) and _axis_value_key(a) == k)
+            mask = (data["dataset"] == dataset) & at_x
             ys = [scale * float(y) for y in data.loc[mask, metric]]
             if ys:
                 mean, std, n = _stats(ys)
@@ -818,8 +837,8 @@ def html_page(df: pd.DataFrame, title: str = "latentlm leaderboard", sort_by: st
                  f"sorted by {_esc(_metric_label(sort_by))} ({'descending' if descending else 'ascending'}); click a "
                  "column header to re-sort. Rows are ranked only within one protocol (name and hash) and dataset. "
                  "Italic rows are reference ceilings.</p>")
-    links = [f'<a href="#{_slug("board", key.get("dataset", ""), *key.values())}">{_esc(_heading(key, sort_by, descending, 0)[0])}</a>'
-             for key, _ in groups]
+    links = [f'<a href="#{_slug("board", key.get("dataset", ""), *key.values())}">'
+             f'{_esc(_heading(key, sort_by, descending, 0)[0])}</a>' for key, _ in groups]
     links.append('<a href="#axis-plots">ablation axes</a>')
     parts.append(f'<nav id="contents">{" ".join(links)}</nav>')
     parts += [_html_table(key, group, sort_by, descending) for key, group in groups]
@@ -839,8 +858,11 @@ def html_page(df: pd.DataFrame, title: str = "latentlm leaderboard", sort_by: st
 
 def to_html(df: pd.DataFrame, path: str | os.PathLike, title: str = "latentlm leaderboard", sort_by: str = "mauve",
             descending: bool = True) -> Path:
-    """Write the self-contained page atomically; returns its path."""
-    path = Path(path)
+    """Write the self-contained page atomically (a directory means ``<dir>/leaderboard.html``); returns its path."""
+    text = os.fspath(path)
+    path = Path(text)
+    if path.is_dir() or text.endswith(("/", os.sep)):
+        path = path / "leaderboard.html"
     _atomic_write_text(path, html_page(df, title, sort_by, descending))
     return path
 

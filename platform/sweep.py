@@ -119,6 +119,12 @@ def plan_trials(spec: SweepSpec) -> list[Trial]:
     return trials
 
 
+def result_identity(cfg) -> dict[str, Any]:
+    """The config fields that can change a trial's numbers: where it ran, on how many workers and with
+    which tracking do not, so the same trial from another machine or sweep maps to the same row."""
+    return {k: v for k, v in to_dict(cfg).items() if k not in ("name", "run_dir", "resources", "wandb")}
+
+
 def run_trial(config: dict[str, Any], spec: dict[str, Any], root: str) -> None:
     """One Tune trial: run the pipeline (stages shared through the cache) and add leaderboard rows."""
     import torch
@@ -137,7 +143,8 @@ def run_trial(config: dict[str, Any], spec: dict[str, Any], root: str) -> None:
     rows = leaderboard.make_rows(
         method=spec["method"], sweep=spec["name"], trial=trial["trial_id"], axes=trial["axes"],
         results=out["results"], protocol=EVAL_PROTOCOL, protocol_hash=protocol_hash(cfg), seed=cfg.seed,
-        compute_seconds=sum(out["stage_seconds"].values()), checkpoint=out["dit_checkpoint"], config=to_dict(cfg))
+        compute_seconds=sum(out["stage_seconds"].values()), checkpoint=out["dit_checkpoint"],
+        config=result_identity(cfg))
     leaderboard.Leaderboard(root_path / "leaderboard.parquet").add(rows)
     tune.report({f"{dataset}/{metric}": value for dataset, metrics in out["results"].items()
                  for metric, value in metrics.items()})

@@ -11,12 +11,12 @@ from latentlm.models.text_vae import TextVAE
 from latentlm.models.textldm import LatentNormalizer, flow_matching_loss
 
 from .config import from_dict, to_dict
+from .engine import build_engine
 from .tracking import start_tracking
-from .train_vae import checkpoint_modules
-from .training import (EMA, Throughput, format_metrics, load_vocab, log_and_checkpoint, make_optimizer,
-                       model_ids, restore_optimizer, seed_everything,
-                       stack_column, should_log, stream_batches, worker_context,
-                       write_training_checkpoint)
+from .train_vae import vocab_modules
+from .training import (EMA, Throughput, inject_fault, load_vocab, log_and_checkpoint, mean_over_workers,
+                       micro_batches, model_ids, resume, seed_everything, should_log, stack_column, stream_batches,
+                       worker_context, worker_rows, write_checkpoint)
 
 
 def load_frozen_vae(cfg, vae_dir: str, device) -> TextVAE:
@@ -58,8 +58,9 @@ def split_point(seq_len: int, cfg, generator: torch.Generator) -> int:
 
 
 def train_dit_loop(config: dict) -> None:
+    """Ray Train function. ``config``: experiment (TextLDMConfig dict), run_dir, run_name, vocab,
+    vae_checkpoint, and the test-only ``inject_fault`` (see ``training.inject_fault``)."""
     import ray.train
-    import ray.train.torch
     from .experiment import TextLDMConfig
     cfg = from_dict(TextLDMConfig, config["experiment"])
     optim = cfg.train_dit.optim
@@ -69,63 +70,63 @@ def train_dit_loop(config: dict) -> None:
     vocab = load_vocab(config.get("vocab"), wc.device)
     dit = TextDiT(cfg.dit).to(wc.device)
     ema = EMA(dit, optim.ema_decay) if optim.ema_decay > 0 else None
-    opt, sched = make_optimizer(dit.parameters(), optim)
-    shard = ray.train.get_dataset_shard("train")
-    start_step, epoch, skip = 0, 0, 0
-    checkpoint = ray.train.get_checkpoint()
+    engine = build_engine(dit, optim, cfg.deepspeed, wc, optim.batch_size, name="dit")
+    split_rng = torch.Generator().manual_seed(cfg.seed * 7919)  # the same split on every rank
+    generators = {"split": split_rng}
     normalizer = LatentNormalizer(cfg.dit.latent_dim).to(wc.device)
-    if checkpoint:
-        with checkpoint.as_directory() as d:
-            dit.load_state_dict(load_tensors(Path(d) / "dit.safetensors"))
-            normalizer.load_state_dict(load_tensors(Path(d) / "normalizer.safetensors"))
-            if ema is not None:
-                ema.shadow = load_tensors(Path(d) / "ema.safetensors")
-            restore_optimizer(Path(d), opt, sched)
-            state = read_json(Path(d) / "state.json")
-            start_step, epoch, skip = state["step"], state["epoch"], state["batch_index"] + 1
-    else:
-        per_worker = max(1, optim.batch_size // wc.world_size)
-        normalizer = fit_normalizer(vae, stream_batches(shard, per_worker, cfg.seed + 99), cfg.train_dit.normalizer_windows,
-                                    cfg.dit.latent_dim, wc.device, wc.world_size, vocab)
-    model = ray.train.torch.prepare_model(dit) if wc.world_size > 1 else dit
-    per_worker = max(1, optim.batch_size // wc.world_size)
-    stream = stream_batches(shard, per_worker, cfg.seed, epoch, skip)
-    split_rng = torch.Generator().manual_seed(cfg.seed * 7919 + start_step)  # same split on every worker
-    meter = Throughput()
+
+    def restore_extra(d: Path) -> None:
+        normalizer.load_state_dict(load_tensors(d / "normalizer.safetensors", wc.device))
+        if ema is not None:
+            ema.shadow = load_tensors(d / "ema.safetensors", wc.device)
+
+    start_step, epoch, skip = resume(engine, generators, wc, restore_extra)
+    shard = ray.train.get_dataset_shard("train")
+    if start_step == 0:
+        windows = worker_rows(stream_batches(shard, optim.batch_size, cfg.seed + 99), wc)
+        normalizer = fit_normalizer(vae, windows, cfg.train_dit.normalizer_windows, cfg.dit.latent_dim, wc.device,
+                                    wc.world_size, vocab)
+    stream = stream_batches(shard, optim.batch_size, cfg.seed, epoch, skip)
+    meter = Throughput(engine.num_params, wc.device, wc.world_size)
     vae_state = read_json(Path(config["vae_checkpoint"]) / "state.json")
     tracker = start_tracking(cfg.wandb, wc.is_main, project="latentlm", group=config["run_name"], name="dit",
                              directory=config["run_dir"], config=to_dict(cfg))
-    model.train()
+    engine.module.train()
     for step in range(start_step + 1, optim.steps + 1):
         epoch, index, batch = next(stream)
-        tokens = model_ids(torch.from_numpy(stack_column(batch, "tokens")).to(wc.device), vocab)
-        s = split_point(tokens.shape[1], cfg, split_rng)
-        with torch.no_grad():  # context and target are encoded separately: no leakage into the context
-            target = normalizer.normalize(vae.encode(tokens[:, s:])[0])
-            context = normalizer.normalize(vae.encode(tokens[:, :s])[0]) if s > 0 else None
-        with wc.autocast():
-            out = flow_matching_loss(model, context, target, cfg.train_dit.schedule, cfg.dit.cfg_dropout)
-        opt.zero_grad(set_to_none=True)
-        out.loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), optim.grad_clip)
-        opt.step()
-        sched.step()
+        loss_sum = torch.zeros(1, device=wc.device)
+        for micro in micro_batches(batch, engine.micro_batch_size, engine.accumulation, wc):
+            tokens = model_ids(torch.from_numpy(stack_column(micro, "tokens")).to(wc.device), vocab)
+            s = split_point(tokens.shape[1], cfg, split_rng)
+            with torch.no_grad():  # context and target are encoded separately: no leakage into the context
+                target = normalizer.normalize(vae.encode(tokens[:, s:])[0])
+                context = normalizer.normalize(vae.encode(tokens[:, :s])[0]) if s > 0 else None
+            out = flow_matching_loss(engine, context, target, cfg.train_dit.schedule, cfg.dit.cfg_dropout)
+            engine.backward(out.loss)
+            engine.step()
+            loss_sum += out.loss.detach().float()
+            meter.add(tokens.numel() * wc.world_size)
         if ema is not None:
-            ema.update(dit)
-        meter.add(tokens.numel() * wc.world_size)
+            with engine.gathered():
+                ema.update(engine.module)
+        inject_fault(config, step, wc)
         if should_log(step, optim):
-            metrics = {"loss": out.loss.item(), "grad_norm": float(grad_norm), "lr": sched.get_last_lr()[0],
-                       "context_len": s, "tokens_per_s": meter.rate(), "step": step, "epoch": epoch}
+            loss, = mean_over_workers(loss_sum / engine.accumulation, wc.world_size)
+            metrics = {"loss": loss, "grad_norm": engine.grad_norm, "lr": engine.lr, "context_len": s,
+                       **meter.metrics(), "step": step, "epoch": epoch}
+
+            def modules():
+                # the VAE (and vocab) travel with the DiT: one self-contained export
+                exported = {"vae": vae.state_dict(), **vocab_modules(vocab), "normalizer": normalizer.state_dict()}
+                if ema is not None:
+                    exported["ema"] = ema.state_dict()
+                return exported
 
             def writer(d, step=step, epoch=epoch, index=index):
-                # the VAE (and vocab) travel with the DiT: one self-contained export
-                modules = {**checkpoint_modules(vae, vocab), "dit": dit.state_dict(),
-                           "normalizer": normalizer.state_dict()}
-                if ema is not None:
-                    modules["ema"] = ema.state_dict()
-                write_training_checkpoint(d, config=to_dict(cfg), modules=modules, optimizer=opt, scheduler=sched,
-                                          state={"stage": "dit", "step": step, "epoch": epoch, "batch_index": index,
-                                                 "teacher_dim": vae_state.get("teacher_dim"),
-                                                 "vae_checkpoint": config["vae_checkpoint"]})
-            log_and_checkpoint("dit", step, optim, metrics, wc, tracker, writer)
+                write_checkpoint(d, engine, wc, generators, config=to_dict(cfg), modules=modules,
+                                 state={"stage": "dit", "step": step, "epoch": epoch, "batch_index": index,
+                                        "teacher_dim": vae_state.get("teacher_dim"),
+                                        "vae_checkpoint": config["vae_checkpoint"]})
+            log_and_checkpoint("dit", step, optim, metrics, wc, tracker, writer,
+                               Path(config["run_dir"]) / "dit_metrics.jsonl")
     tracker.finish()

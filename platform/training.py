@@ -1,18 +1,19 @@
 """Pieces every Ray Train loop shares: worker setup, optimizer + schedule, EMA, batch streaming,
-throughput, checkpoint write/restore. Plain PyTorch plus ``ray.train`` context calls; no model logic.
+throughput, checkpoint write/restore (weights, optimizer, RNG, data position). Plain PyTorch plus
+``ray.train`` context calls; no model logic. The optimisation step itself lives in ``engine.py``.
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
 import random
 import tempfile
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -25,12 +26,6 @@ class WorkerContext:
     rank: int
     world_size: int
     device: torch.device
-    amp_dtype: torch.dtype | None  # bf16 autocast on GPU, none on CPU
-
-    def autocast(self):
-        if self.amp_dtype is None:
-            return nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
     @property
     def is_main(self) -> bool:
@@ -46,8 +41,7 @@ def worker_context(resources) -> WorkerContext:
         # Ray pins OMP threads to the worker's CPU reservation; small reservations (which keep Ray Data
         # from starving) would otherwise leave cores idle.
         torch.set_num_threads(resources.torch_threads or max(1, (os.cpu_count() or 1) // ctx.get_world_size()))
-    amp = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
-    return WorkerContext(ctx.get_world_rank(), ctx.get_world_size(), device, amp)
+    return WorkerContext(ctx.get_world_rank(), ctx.get_world_size(), device)
 
 
 def load_vocab(path: str | None, device):
@@ -94,6 +88,7 @@ class EMA:
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
+        """Under ZeRO-3 call this inside ``engine.gathered()`` (the parameters are sharded otherwise)."""
         for k, v in model.state_dict().items():
             if v.dtype.is_floating_point:
                 self.shadow[k].lerp_(v.float(), 1 - self.decay)
@@ -104,19 +99,55 @@ class EMA:
         return self.shadow
 
 
-def stream_batches(shard, batch_size: int, seed: int, start_epoch: int = 0, skip: int = 0) -> Iterator[tuple[int, int, dict]]:
-    """Endless (epoch, index, numpy batch) stream over a Ray Data shard, reshuffled locally every epoch.
+def stream_batches(dataset, batch_size: int, seed: int, start_epoch: int = 0,
+                   skip: int = 0) -> Iterator[tuple[int, int, dict]]:
+    """Endless (epoch, index, numpy batch) stream of *global* batches, reshuffled locally every epoch.
+
+    Every worker iterates the whole dataset in the same order (``launch.run_stage`` does not split it)
+    and keeps its own rows of each batch (``micro_batches``). So the batches do not depend on the
+    number of workers -- a ZeRO or DDP run sees exactly the batches of a single-process run -- nor on
+    Ray Data's scheduling, and ``(epoch, index)`` is a data position a resumed run continues from
+    bit-identically. The price: each worker reads every row (cheap next to the model's compute for token
+    windows; it multiplies the I/O of large teacher features by the worker count).
 
     ``skip`` batches of ``start_epoch`` are dropped: this restores the data position after a resume."""
     epoch = start_epoch
     while True:
-        for index, batch in enumerate(shard.iter_batches(batch_size=batch_size, batch_format="numpy",
-                                                         drop_last=True, local_shuffle_buffer_size=4 * batch_size,
-                                                         local_shuffle_seed=seed + epoch)):
+        for index, batch in enumerate(dataset.iter_batches(batch_size=batch_size, batch_format="numpy",
+                                                           drop_last=True, local_shuffle_buffer_size=4 * batch_size,
+                                                           local_shuffle_seed=seed + epoch)):
             if epoch == start_epoch and index < skip:
                 continue
             yield epoch, index, batch
         epoch += 1
+
+
+def take_rows(batch: dict, start: int, stop: int) -> dict:
+    return {name: column[start:stop] for name, column in batch.items()}
+
+
+def micro_batches(batch: dict, micro_batch_size: int, accumulation: int, wc: WorkerContext) -> Iterator[dict]:
+    """This worker's micro-batches of one global batch: micro-batch j of rank r holds rows
+    [(j * world + r) * micro, ... + micro); together the workers' micro-batches cover the batch once."""
+    for j in range(accumulation):
+        start = (j * wc.world_size + wc.rank) * micro_batch_size
+        yield take_rows(batch, start, start + micro_batch_size)
+
+
+def worker_rows(stream: Iterator[tuple[int, int, dict]], wc: WorkerContext) -> Iterator[tuple[int, int, dict]]:
+    """A global-batch stream narrowed to this worker's equal share of each batch."""
+    for epoch, index, batch in stream:
+        share = len(next(iter(batch.values()))) // wc.world_size
+        yield epoch, index, take_rows(batch, wc.rank * share, (wc.rank + 1) * share)
+
+
+def mean_over_workers(values: torch.Tensor, world_size: int) -> list[float]:
+    """Average per-worker metrics (e.g. losses of the worker's rows) over workers: the global batch's value."""
+    if world_size > 1:
+        values = values.clone()
+        torch.distributed.all_reduce(values)
+        values /= world_size
+    return values.tolist()
 
 
 def stack_column(batch: dict, name: str, dtype=np.int64) -> np.ndarray:
@@ -124,18 +155,47 @@ def stack_column(batch: dict, name: str, dtype=np.int64) -> np.ndarray:
     return (np.stack(column) if column.dtype == object else column).astype(dtype)
 
 
+# Dense bf16 tensor-core peak FLOP/s per GPU, matched as a substring of torch.cuda.get_device_name()
+# (first match wins, so specific names come first). Other devices: set LATENTLM_PEAK_FLOPS, else no MFU.
+PEAK_BF16_FLOPS = (("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("B200", 2250e12),
+                   ("A100", 312e12), ("L40S", 362e12), ("L4", 121e12), ("RTX 4090", 165e12))
+
+
+def peak_flops(device: torch.device) -> float | None:
+    """Peak bf16 FLOP/s of one ``device``; None on CPU or an unknown GPU (then MFU is not logged)."""
+    if device.type != "cuda":
+        return None
+    if os.environ.get("LATENTLM_PEAK_FLOPS"):
+        return float(os.environ["LATENTLM_PEAK_FLOPS"])
+    name = torch.cuda.get_device_name(device)
+    peak = next((flops for key, flops in PEAK_BF16_FLOPS if key in name), None)
+    if peak is None:
+        logging.getLogger("latentlm.train").warning("no peak FLOP/s known for %s: MFU not logged "
+                                                    "(set LATENTLM_PEAK_FLOPS)", name)
+    return peak
+
+
 class Throughput:
-    def __init__(self):
+    """Tokens/s over all workers since the last ``metrics()`` call, and the model FLOPs utilisation on GPU:
+    6 * params * tokens/s (forward + backward of a dense model) / the workers' summed peak bf16 FLOP/s."""
+
+    def __init__(self, num_params: int, device: torch.device, world_size: int):
+        peak = peak_flops(device)
+        self.flops_per_token = 6 * num_params
+        self.peak = None if peak is None else peak * world_size
         self.t0, self.tokens = time.perf_counter(), 0
 
     def add(self, tokens: int) -> None:
         self.tokens += tokens
 
-    def rate(self) -> float:
+    def metrics(self) -> dict[str, float]:
         now = time.perf_counter()
         rate = self.tokens / max(now - self.t0, 1e-9)
         self.t0, self.tokens = now, 0
-        return rate
+        out = {"tokens_per_s": rate}
+        if self.peak is not None:
+            out["mfu"] = self.flops_per_token * rate / self.peak
+        return out
 
 
 # -- checkpoints -----------------------------------------------------------------------------------
@@ -164,6 +224,12 @@ def load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
+def save_optimizer(directory: Path, optimizer: torch.optim.Optimizer, scheduler) -> None:
+    tensors, meta = optimizer_tensors(optimizer)
+    save_tensors(Path(directory) / "optimizer.safetensors", tensors)
+    write_json(Path(directory) / "optimizer.json", {**meta, "scheduler": scheduler.state_dict()})
+
+
 def write_training_checkpoint(directory: Path, *, config: dict, modules: dict[str, dict[str, torch.Tensor]],
                               optimizer: torch.optim.Optimizer | None, scheduler, state: dict[str, Any]) -> None:
     directory = Path(directory)
@@ -171,9 +237,7 @@ def write_training_checkpoint(directory: Path, *, config: dict, modules: dict[st
     for name, tensors in modules.items():
         save_tensors(directory / f"{name}.safetensors", tensors)
     if optimizer is not None:
-        tensors, meta = optimizer_tensors(optimizer)
-        save_tensors(directory / "optimizer.safetensors", tensors)
-        write_json(directory / "optimizer.json", {**meta, "scheduler": scheduler.state_dict()})
+        save_optimizer(directory, optimizer, scheduler)
     write_json(directory / "state.json", state)
 
 
@@ -183,32 +247,114 @@ def restore_optimizer(directory: Path, optimizer, scheduler) -> None:
     scheduler.load_state_dict(meta["scheduler"])
 
 
-def report(metrics: dict[str, Any], checkpoint_writer=None) -> None:
-    """``ray.train.report`` with an optional checkpoint written by ``checkpoint_writer(dir)`` on rank 0.
+def rng_state(generators: dict[str, torch.Generator]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Every random stream a loop draws from: python, numpy, torch (CPU and CUDA) and its own generators."""
+    tensors = {"torch": torch.get_rng_state(), **{f"generator.{k}": g.get_state() for k, g in generators.items()}}
+    if torch.cuda.is_available():
+        tensors.update({f"cuda.{i}": state for i, state in enumerate(torch.cuda.get_rng_state_all())})
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    meta = {"python": [version, list(internal), gauss], "numpy": [kind, keys.tolist(), pos, has_gauss, cached]}
+    return tensors, meta
 
-    Every worker must call report the same number of times; only rank 0 writes files."""
+
+def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any],
+                  generators: dict[str, torch.Generator]) -> None:
+    torch.set_rng_state(tensors["torch"])
+    for name, generator in generators.items():
+        generator.set_state(tensors[f"generator.{name}"])
+    cuda = [tensors[k] for k in sorted((k for k in tensors if k.startswith("cuda.")), key=lambda k: int(k[5:]))]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+    version, internal, gauss = meta["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = meta["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+
+
+def save_rng(directory: Path, rank: int, generators: dict[str, torch.Generator]) -> None:
+    """Each rank draws its own streams (seeded by rank), so each writes its own file."""
+    tensors, meta = rng_state(generators)
+    save_tensors(Path(directory) / f"rng_rank{rank}.safetensors", tensors)
+    write_json(Path(directory) / f"rng_rank{rank}.json", meta)
+
+
+def restore_rng(directory: Path, rank: int, generators: dict[str, torch.Generator]) -> None:
+    set_rng_state(load_tensors(Path(directory) / f"rng_rank{rank}.safetensors"),
+                  read_json(Path(directory) / f"rng_rank{rank}.json"), generators)
+
+
+def resume(engine, generators: dict[str, torch.Generator], wc: WorkerContext,
+           restore_extra: Callable[[Path], None] | None = None) -> tuple[int, int, int]:
+    """Restore the run from ``ray.train.get_checkpoint()`` (present after a FailureConfig restart or a
+    re-run of the same named stage): engine (weights, optimizer, LR schedule), ``restore_extra(dir)``
+    (EMA, normalizer, ...), then -- last, so nothing draws from them afterwards -- the RNG streams.
+    Returns (step, epoch, batches of that epoch to skip); (0, 0, 0) for a fresh run."""
+    import ray.train
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return 0, 0, 0
+    with checkpoint.as_directory() as d:
+        d = Path(d)
+        engine.load(d)
+        if restore_extra is not None:
+            restore_extra(d)
+        restore_rng(d, wc.rank, generators)
+        state = read_json(d / "state.json")
+    logging.getLogger("latentlm.train").info("rank %d resumed at step %d", wc.rank, state["step"])
+    return state["step"], state["epoch"], state["batch_index"] + 1
+
+
+def write_checkpoint(directory: Path, engine, wc: WorkerContext, generators: dict[str, torch.Generator], *,
+                     config: dict, modules: Callable[[], dict[str, dict[str, torch.Tensor]]],
+                     state: dict[str, Any]) -> None:
+    """Every rank: its engine state (a ZeRO shard) and RNG streams; rank 0 also the consolidated export
+    that loads without Ray or DeepSpeed (config.json, state.json, the engine's weights and ``modules()``)."""
+    engine.save(directory)
+    save_rng(directory, wc.rank, generators)
+    if wc.is_main:
+        write_training_checkpoint(directory, config=config, modules=modules(), optimizer=None, scheduler=None,
+                                  state=state)
+
+
+def report(metrics: dict[str, Any], checkpoint_writer=None) -> None:
+    """``ray.train.report`` with an optional checkpoint written by ``checkpoint_writer(dir)`` on every rank.
+
+    Every worker must call report the same number of times. Each rank writes its part into its own temp
+    dir and reports it; Ray merges the ranks' dirs into one checkpoint (the name is synced across ranks)."""
     import ray.train
     if checkpoint_writer is None:
         ray.train.report(metrics)
         return
     with tempfile.TemporaryDirectory() as tmp:
-        if ray.train.get_context().get_world_rank() == 0:
-            checkpoint_writer(Path(tmp))
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-        else:
-            ray.train.report(metrics)
+        checkpoint_writer(Path(tmp))
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
 def should_log(step: int, optim) -> bool:
     return step % optim.log_every == 0 or step == optim.steps
 
 
+def inject_fault(config: dict, step: int, wc: WorkerContext) -> None:
+    """Test-only fault injection: ``config["inject_fault"] = {"step": N, "marker": path}`` makes the rank-0
+    worker exit hard right after optimizer step N, once (the marker file records that it happened, so
+    the restarted run goes through). Exercises FailureConfig restarts + resume from the last checkpoint.
+    It travels in the loop config because the workers' environment is fixed when the cluster starts."""
+    fault = config.get("inject_fault")
+    if fault and wc.is_main and step == fault["step"] and not Path(fault["marker"]).exists():
+        Path(fault["marker"]).touch()
+        os._exit(1)
+
+
 def log_and_checkpoint(stage: str, step: int, optim, metrics: dict[str, Any], wc: WorkerContext, tracker,
-                       checkpoint_writer) -> None:
-    """Print + track on rank 0, then report to Ray; attach a checkpoint at the final step and every
-    ``optim.checkpoint_every`` steps (``checkpoint_writer(dir)`` writes it)."""
+                       checkpoint_writer, log_path: Path) -> None:
+    """Print + track on rank 0 and append to the JSON-lines ``log_path`` (on rank 0's node), then report
+    to Ray; attach a checkpoint at the final step and every ``optim.checkpoint_every`` steps
+    (``checkpoint_writer(dir)`` writes it, on every rank)."""
     if wc.is_main:  # Ray Train routes worker logging to the driver console (a print would be teed twice)
         logging.getLogger("latentlm.train").info(format_metrics(stage, step, optim.steps, metrics))
+        with open(log_path, "a") as f:  # a restarted run logs the steps it redoes again: the last line wins
+            f.write(json.dumps(metrics) + "\n")
     tracker.log({f"{stage}/{k}": v for k, v in metrics.items()}, step)
     due = step == optim.steps or (optim.checkpoint_every and step % optim.checkpoint_every == 0)
     report(metrics, checkpoint_writer if due else None)

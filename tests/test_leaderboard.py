@@ -106,18 +106,26 @@ def test_merge_from_two_machines_has_no_duplicates(tmp_path):
     assert lb.combine(a.frame(), b.frame(), a.frame())["row_id"].tolist() == df["row_id"].tolist()
 
 
-def _writer(path: str, worker: int, n: int) -> None:
+def _writer(path: str, worker: int, n: int, barrier=None) -> None:
     board = lb.Leaderboard(path)
+    if barrier is not None:
+        barrier.wait(60)  # both processes start writing together
     for i in range(n):
         board.add(trial_rows(latent_dim=1000 * worker + i, machine=f"w{worker}"))
 
 
 def test_concurrent_adds_from_two_processes_lose_no_rows(tmp_path):
     path, n = str(tmp_path / "leaderboard.parquet"), 12
-    ctx = multiprocessing.get_context("fork")
-    procs = [ctx.Process(target=_writer, args=(path, w, n)) for w in (1, 2)]
+    ctx = multiprocessing.get_context("spawn")  # no fork of a process with pyarrow threads
+    barrier = ctx.Barrier(2)
+    procs = [ctx.Process(target=_writer, args=(path, w, n, barrier)) for w in (1, 2)]
     for p in procs:
         p.start()
+    seen = [0]
+    while any(p.is_alive() for p in procs):  # lock-free readers never see a torn or shrinking file
+        if Path(path).exists():
+            seen.append(len(lb.read(path)))
+            assert seen[-1] >= seen[-2]
     for p in procs:
         p.join(60)
         assert p.exitcode == 0
@@ -175,7 +183,7 @@ def board_rows():
 
 
 def _tables(markdown: str) -> list[tuple[str, str, list[list[str]]]]:
-    """(title, note line, rows incl. header and separator) for every '## ' table."""
+    """(title, note line, [header, *rows]) for every '## ' table (the |---| line is skipped)."""
     tables = []
     for line in markdown.splitlines():
         if line.startswith("## "):
@@ -194,7 +202,7 @@ def _table(markdown: str, title: str, phash: str) -> list[list[str]]:
 
 def _column(rows: list[list[str]], header: str) -> list[float]:
     i = rows[0].index(header)
-    return [float(r[i]) if r[i] else float("nan") for r in rows[2:]]
+    return [float(r[i]) if r[i] else float("nan") for r in rows[1:]]
 
 
 def test_markdown_one_table_per_protocol_and_dataset_sorted():
@@ -211,8 +219,8 @@ def test_markdown_one_table_per_protocol_and_dataset_sorted():
     assert {"vae.repa.enabled", "vae.latent_dim", "eval.cfg_scale"} <= set(header)
     mauve = _column(rows, "**MAUVE**")
     assert len(mauve) == 7 and mauve == sorted(mauve, reverse=True) and mauve[0] == 95.0  # x100
-    assert rows[2][1] == "human" and [r[0] for r in rows[2:]] == [str(i) for i in range(1, 8)]
-    assert len(_table(text, f"{PROTOCOL} · embedded:wiki", "3333333333333333")) == 2 + 1
+    assert rows[1][1] == "human" and [r[0] for r in rows[1:]] == [str(i) for i in range(1, 8)]
+    assert len(_table(text, f"{PROTOCOL} · embedded:wiki", "3333333333333333")) == 1 + 1
 
     by_rouge = lb.to_markdown(df, sort_by="rouge1", descending=False)
     assert "sorted by ROUGE-1 (ascending" in by_rouge
@@ -279,7 +287,7 @@ def test_cli_shows_merges_and_writes_html(tmp_path, capsys):
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     tables = _tables(captured.out)
-    assert len(tables) == 2 and all(len(rows) == 2 + 3 for _, _, rows in tables)
+    assert len(tables) == 2 and all(len(rows) == 1 + 3 for _, _, rows in tables)
     assert "sorted by MAUVE (descending" in captured.out and "50.00" in captured.out
     assert out_html.is_file() and out_html.read_text().count('class="leaderboard"') == 2
     assert len(lb.read(merged)) == 6 and "merged 6 row(s)" in captured.err

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -46,8 +48,8 @@ def test_unknown_method_and_grid_expansion():
 
 def _micro_config(tmp_path: Path, tiny_overrides) -> Path:
     path = tmp_path / "micro.yaml"
-    path.write_text(yaml.safe_dump(tiny_overrides(train_vae={"optim": {"steps": 20, "log_every": 10}},
-                                                  train_dit={"optim": {"steps": 10, "log_every": 5}})))
+    short = {"steps": 12, "log_every": 6, "warmup_steps": 2}
+    path.write_text(yaml.safe_dump(tiny_overrides(train_vae={"optim": short}, train_dit={"optim": short})))
     return path
 
 
@@ -62,7 +64,7 @@ def test_cfg_sweep_trains_once_and_fills_the_leaderboard(tiny_overrides, tmp_pat
     records = sorted(p.name.split("-")[0] for p in (root / "artifacts").glob("*.json"))
     assert records == ["dit", "vae"]  # CFG is a sampling-time axis: one VAE, one DiT, two evaluations
     board = pd.read_parquet(root / "leaderboard.parquet")
-    assert sorted(board["trial"]) == ["cfg_scale=1.0", "cfg_scale=5.0"]
+    assert sorted(board["trial"]) == ["eval.cfg_scale=1.0", "eval.cfg_scale=5.0"]
     assert board["row_id"].is_unique and board["checkpoint"].nunique() == 1
     assert (root / "leaderboard.md").is_file() and (root / "leaderboard.html").is_file()
 
@@ -75,15 +77,17 @@ def test_interrupted_sweep_is_restored_and_each_trial_lands_once(tiny_overrides,
     runs = tmp_path / "runs"
     cmd = [sys.executable, str(REPO / "experiments" / "ablate_latent_dim.py"), "--config", str(config),
            "--run-dir", str(runs), "--axis", "vae.latent_dim=4,8"]
-    env = {**os.environ, "RAY_TMPDIR": str(tmp_path / "ray")}
+    # its own short Ray temp dir (Unix socket paths must stay under 107 bytes), removed with the test
+    ray_tmp = tempfile.mkdtemp(prefix="lr-", dir="/tmp")
+    env = {**os.environ, "RAY_TMPDIR": ray_tmp}
     board_path = runs / "ablate_latent_dim" / "leaderboard.parquet"
-    first = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
+    log = open(tmp_path / "first.log", "w")
+    first = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.time() + 400
         while not board_path.is_file() and first.poll() is None and time.time() < deadline:
             time.sleep(1)
-        assert board_path.is_file(), "the first trial never finished"
+        assert board_path.is_file(), "the first trial never finished:\n" + (tmp_path / "first.log").read_text()[-3000:]
     finally:
         os.killpg(first.pid, signal.SIGKILL)  # the driver and the local Ray cluster it started
         first.wait()
@@ -91,7 +95,8 @@ def test_interrupted_sweep_is_restored_and_each_trial_lands_once(tiny_overrides,
     second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     board = pd.read_parquet(board_path)
-    assert sorted(board["trial"]) == ["latent_dim=4", "latent_dim=8"]
+    assert sorted(board["trial"]) == ["vae.latent_dim=4", "vae.latent_dim=8"]
     assert board["row_id"].is_unique
     sweep = json.loads((runs / "ablate_latent_dim" / "sweep.json").read_text())
-    assert sweep["trials"] == ["latent_dim=4", "latent_dim=8"]
+    assert sweep["trials"] == ["vae.latent_dim=4", "vae.latent_dim=8"]
+    shutil.rmtree(ray_tmp, ignore_errors=True)

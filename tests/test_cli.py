@@ -2,8 +2,6 @@
 ``platform/`` folder must not shadow the stdlib ``platform`` module, and the console script exists."""
 from __future__ import annotations
 
-import csv
-import io
 import json
 import platform as stdlib_platform
 import shutil
@@ -13,71 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from latentlm.platform import cli, results
+from latentlm.platform import cli
 
 REPO = Path(__file__).resolve().parents[1]
-
-ROWS = [
-    {"run": "repa", "repa": True, "dataset": "wiki", "recon_acc": 0.9876, "rouge1": 0.1234, "rouge2": 0.05,
-     "rougeL": 0.1, "bertscore": 0.8, "mauve": 1.0, "samples": 8},
-    {"run": "norepa", "repa": False, "dataset": "shakespeare", "rouge1": 0.0, "mauve": 0.00001, "extra": "x"},
-]
-KEYS = ["run", "repa", "dataset"]
-
-
-# -- results ---------------------------------------------------------------------------------------
-
-def _cells(line: str) -> list[str]:
-    assert line.startswith("| ") and line.endswith(" |"), line
-    return [c.strip() for c in line[2:-2].split(" | ")]
-
-
-def test_to_markdown():
-    text = results.to_markdown(ROWS, KEYS)
-    lines = text.rstrip("\n").split("\n")
-    assert text.endswith("\n") and len(lines) == 2 + len(ROWS)
-    labels = [label for _, label in results.METRIC_COLUMNS]
-    assert _cells(lines[0]) == KEYS + labels
-    assert lines[1] == "|" + "---|" * (len(KEYS) + len(labels))
-    assert _cells(lines[2]) == ["repa", "True", "wiki", "98.76", "12.34", "5.00", "10.00", "80.00", "100.00"]
-    assert _cells(lines[3]) == ["norepa", "False", "shakespeare", "", "0.00", "", "", "", "0.00"]
-    assert "samples" not in text and "extra" not in text      # only key and metric columns
-
-
-def test_to_markdown_missing_key_column_and_empty():
-    text = results.to_markdown([{"rouge1": 0.5}], ["run", "arm"])
-    assert _cells(text.splitlines()[2])[:3] == ["", "", ""]
-    empty = results.to_markdown([], ["run"])
-    assert len(empty.splitlines()) == 2
-
-
-def test_to_csv_union_of_keys():
-    text = results.to_csv(ROWS)
-    reader = csv.DictReader(io.StringIO(text))
-    assert reader.fieldnames == ["run", "repa", "dataset", "recon_acc", "rouge1", "rouge2", "rougeL", "bertscore",
-                                 "mauve", "samples", "extra"]
-    rows = list(reader)
-    assert len(rows) == 2
-    assert rows[0]["rouge1"] == "0.1234" and rows[0]["extra"] == ""
-    assert rows[1]["extra"] == "x" and rows[1]["recon_acc"] == "" and rows[1]["repa"] == "False"
-    assert float(rows[1]["mauve"]) == 0.00001       # full precision in CSV
-
-
-def test_flatten():
-    rows = results.flatten("run1", {"repa": True}, {"wiki": {"rouge1": 0.1}, "shk": {"rouge1": 0.2}})
-    assert rows == [{"run": "run1", "repa": True, "dataset": "wiki", "rouge1": 0.1},
-                    {"run": "run1", "repa": True, "dataset": "shk", "rouge1": 0.2}]
-
-
-def test_write_tables(tmp_path):
-    csv_path, md_path = results.write_tables(ROWS, KEYS, tmp_path / "out")
-    assert csv_path == tmp_path / "out" / "results.csv" and md_path == tmp_path / "out" / "results.md"
-    assert csv_path.read_bytes() == results.to_csv(ROWS).encode()     # csv's own \r\n line ends, kept as is
-    assert md_path.read_bytes() == results.to_markdown(ROWS, KEYS).encode()
-    c2, m2 = results.write_tables(ROWS[:1], KEYS, tmp_path / "out", stem="ablation")
-    assert c2.name == "ablation.csv" and m2.name == "ablation.md"
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["ablation.csv", "ablation.md",
-                                                                    "results.csv", "results.md"]
 
 
 # -- CLI -------------------------------------------------------------------------------------------

@@ -1,0 +1,220 @@
+"""The optimisation step of the training loops, the same with or without DeepSpeed.
+
+A loop feeds this worker's micro-batches and calls ``engine(...)``, ``engine.backward(loss)`` and
+``engine.step()`` for each; ``step`` updates the weights only at the end of a global batch
+(``accumulation`` micro-batches per worker), as DeepSpeed does. Both engines optimise the same way:
+``training.make_optimizer``'s AdamW (decay on >= 2-D weights) and warmup + cosine LR, global-norm
+clipping at ``optim.grad_clip``, gradients averaged over the global batch. The models stay plain PyTorch.
+
+    global batch (optim.batch_size) = micro_batch_size * accumulation * world_size
+"""
+from __future__ import annotations
+
+import logging
+import math
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+from latentlm.models.checkpoint import load_tensors, save_tensors
+from latentlm.models.config import ConfigError
+
+from .training import WorkerContext, make_optimizer, restore_optimizer, save_optimizer
+
+
+def batch_plan(global_batch: int, micro_batch_size: int, world_size: int,
+               batch_field: str = "optim.batch_size") -> tuple[int, int]:
+    """(micro-batch per worker, gradient accumulation steps); ``micro_batch_size`` 0 means global / world."""
+    micro = micro_batch_size or global_batch // world_size
+    if micro < 1 or global_batch % (micro * world_size):
+        given = micro_batch_size or f"0 (automatic: {batch_field} / workers = {micro})"
+        raise ConfigError(f"deepspeed.micro_batch_size: {batch_field} = {global_batch} is not a multiple of "
+                          f"micro_batch_size {given} x {world_size} workers; pick a micro-batch that divides "
+                          f"{global_batch} / {world_size}")
+    return micro, global_batch // (micro * world_size)
+
+
+def check_batch_plans(experiment: dict, world_size: int) -> None:
+    """Driver-side fail-fast for a TextLDM config dict: every training stage's global batch splits into
+    micro-batches over ``world_size`` workers (before any worker starts)."""
+    micro = experiment["deepspeed"]["micro_batch_size"]
+    for stage in ("train_vae", "train_dit"):
+        if stage in experiment:
+            batch_plan(experiment[stage]["optim"]["batch_size"], micro, world_size, f"{stage}.optim.batch_size")
+
+
+def compute_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """``auto``: bf16 on a bf16-capable GPU, fp32 otherwise (CPU bf16 works but is slow; fp16 is unsupported)."""
+    if precision == "auto":
+        bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if bf16 else torch.float32
+    return torch.bfloat16 if precision == "bf16" else torch.float32
+
+
+class Engine:
+    """What the loops use. ``module`` is the unwrapped model (consolidated weights: ``full_state_dict``)."""
+
+    def __init__(self, module: torch.nn.Module, wc: WorkerContext, micro_batch_size: int, accumulation: int,
+                 name: str):
+        self.module, self.wc, self.name = module, wc, name
+        self.micro_batch_size, self.accumulation = micro_batch_size, accumulation
+        self.num_params = sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    def forward(self, *args, **kwargs):
+        raise NotImplementedError
+
+    def gathered(self):
+        """Context in which ``module``'s parameters are whole on every rank (ZeRO-3 shards them)."""
+        return nullcontext()
+
+
+class TorchEngine(Engine):
+    """Plain PyTorch: DDP (Ray's ``prepare_model``) when distributed, bf16 autocast when asked for,
+    no gradient all-reduce until the last micro-batch of a global batch."""
+
+    def __init__(self, model, optim, wc, micro_batch_size, accumulation, dtype, name):
+        super().__init__(model, wc, micro_batch_size, accumulation, name)
+        import ray.train.torch
+        self.optimizer, self.scheduler = make_optimizer(model.parameters(), optim)
+        self.model = ray.train.torch.prepare_model(model) if wc.world_size > 1 else model
+        self.grad_clip, self.dtype = optim.grad_clip, dtype
+        self.micro_steps, self.grad_norm = 0, math.nan
+
+    def forward(self, *args, **kwargs):
+        last = (self.micro_steps + 1) % self.accumulation == 0
+        sync = nullcontext() if last or self.model is self.module else self.model.no_sync()
+        autocast = (torch.autocast(self.wc.device.type, dtype=self.dtype) if self.dtype != torch.float32
+                    else nullcontext())
+        with sync, autocast:
+            return self.model(*args, **kwargs)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (loss / self.accumulation).backward()
+        self.micro_steps += 1
+
+    def step(self) -> None:
+        if self.micro_steps % self.accumulation:
+            return
+        max_norm = self.grad_clip if self.grad_clip > 0 else math.inf  # inf: measure, don't clip
+        self.grad_norm = float(torch.nn.utils.clip_grad_norm_(self.module.parameters(), max_norm))
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    @property
+    def lr(self) -> float:
+        return self.scheduler.get_last_lr()[0]
+
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        return self.module.state_dict()
+
+    def save(self, directory: Path) -> None:
+        """Rank 0: weights ``<name>.safetensors`` (also the export) + optimizer and schedule (safetensors/JSON)."""
+        if self.wc.is_main:
+            save_tensors(Path(directory) / f"{self.name}.safetensors", self.module.state_dict())
+            save_optimizer(directory, self.optimizer, self.scheduler)
+
+    def load(self, directory: Path) -> None:
+        self.module.load_state_dict(load_tensors(Path(directory) / f"{self.name}.safetensors", self.wc.device))
+        restore_optimizer(directory, self.optimizer, self.scheduler)
+
+
+class DeepSpeedEngine(Engine):
+    """``deepspeed.initialize`` over the process group Ray's TorchTrainer already set up, with our torch
+    AdamW and LR schedule (DeepSpeed steps the schedule at each accumulation boundary)."""
+
+    TAG = "state"  # checkpoint subdirectory of <checkpoint>/deepspeed
+
+    def __init__(self, model, optim, ds, wc, micro_batch_size, accumulation, dtype, name):
+        super().__init__(model, wc, micro_batch_size, accumulation, name)
+        import deepspeed
+        logging.getLogger("DeepSpeed").setLevel(logging.WARNING)  # it logs its whole config at INFO
+        self.stage = ds.zero_stage
+        optimizer, scheduler = make_optimizer(model.parameters(), optim)
+        zero = {"stage": ds.zero_stage}
+        if ds.offload_optimizer:
+            zero["offload_optimizer"] = {"device": "cpu"}
+        if ds.offload_param:
+            zero["offload_param"] = {"device": "cpu"}
+        config = {
+            "train_batch_size": micro_batch_size * accumulation * wc.world_size,
+            "train_micro_batch_size_per_gpu": micro_batch_size,
+            "gradient_accumulation_steps": accumulation,
+            "gradient_clipping": optim.grad_clip,
+            "zero_optimization": zero,
+            "bf16": {"enabled": dtype == torch.bfloat16},
+            "zero_force_ds_cpu_optimizer": False,  # keep our torch AdamW when offloading optimizer states
+            "steps_per_print": 2**31 - 1,
+        }
+        self.engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(),
+                                                    optimizer=optimizer, lr_scheduler=scheduler, config=config)
+        self.module = self.engine.module
+
+    def forward(self, *args, **kwargs):
+        return self.engine(*args, **kwargs)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.engine.backward(loss)  # scales by 1 / accumulation
+
+    def step(self) -> None:
+        self.engine.step()  # optimizer + schedule + zero_grad at accumulation boundaries only
+
+    @property
+    def grad_norm(self) -> float:
+        norm = self.engine.get_global_grad_norm()  # before clipping; None until the first update
+        return math.nan if norm is None else float(norm)
+
+    @property
+    def lr(self) -> float:
+        return self.engine.get_lr()[0]
+
+    def gathered(self):
+        if self.stage < 3:
+            return nullcontext()
+        import deepspeed
+        return deepspeed.zero.GatheredParameters(list(self.module.parameters()), modifier_rank=None)
+
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        """The state dict with each parameter's full fp32 master copy (not the bf16 compute copy, not a ZeRO
+        shard). Collective: every rank must call it, and gets the full tensors."""
+        from deepspeed.utils import safe_get_full_fp32_param
+        full: dict[int, torch.Tensor] = {}
+        out = {}
+        for key, value in self.module.state_dict(keep_vars=True).items():
+            if isinstance(value, torch.nn.Parameter):
+                if id(value) not in full:  # tied weights appear under two keys; gather once
+                    master = safe_get_full_fp32_param(value)  # None: no master copy (ZeRO 0 in fp32)
+                    full[id(value)] = (value if master is None else master).detach()
+                out[key] = full[id(value)]
+            else:
+                out[key] = value.detach()
+        return out
+
+    def save(self, directory: Path) -> None:
+        """Every rank writes its ZeRO shard (DeepSpeed's format) under ``deepspeed/``; rank 0 also writes
+        the consolidated fp32 weights ``<name>.safetensors`` that load without DeepSpeed."""
+        self.engine.save_checkpoint(str(Path(directory) / "deepspeed"), tag=self.TAG)
+        weights = self.full_state_dict()
+        if self.wc.is_main:
+            save_tensors(Path(directory) / f"{self.name}.safetensors", weights)
+
+    def load(self, directory: Path) -> None:
+        path, _ = self.engine.load_checkpoint(str(Path(directory) / "deepspeed"), tag=self.TAG,
+                                              load_optimizer_states=True, load_lr_scheduler_states=True)
+        if path is None:
+            raise FileNotFoundError(f"no DeepSpeed checkpoint under {directory}/deepspeed/{self.TAG}")
+
+
+def build_engine(model: torch.nn.Module, optim, ds, wc: WorkerContext, global_batch: int,
+                 name: str = "model") -> Engine:
+    """The engine for ``model`` (already on ``wc.device``): DeepSpeed ZeRO when ``ds.enabled``, else plain
+    PyTorch. ``name`` names the consolidated weights file of checkpoints (``vae``, ``dit``)."""
+    micro, accumulation = batch_plan(global_batch, ds.micro_batch_size, wc.world_size)
+    dtype = compute_dtype(ds.precision, wc.device)
+    if ds.enabled:
+        return DeepSpeedEngine(model, optim, ds, wc, micro, accumulation, dtype, name)
+    return TorchEngine(model, optim, wc, micro, accumulation, dtype, name)
