@@ -92,7 +92,7 @@ def run_textldm(cfg, run_dir: Path, data_root: Path | None = None, cache_root: P
     keys = stage_keys(cfg)
     cache = StageCache(cache_root or run_dir)
     storage = (cache_root or run_dir) / "ray"
-    common = {"experiment": to_dict(cfg), "run_dir": str(run_dir), "run_name": f"{cfg.name}-{run_dir.name}",
+    common = {"experiment": to_dict(cfg), "run_dir": str(run_dir), "run_name": cfg.name, "trial": run_dir.name,
               "vocab": artifacts.vocab}
     token_columns = ["tokens", "length", "doc_id"]
     limit = cfg.data.materialize_max_mb

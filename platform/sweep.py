@@ -136,6 +136,7 @@ def run_trial(config: dict[str, Any], spec: dict[str, Any], root: str) -> None:
     trial = config["trial"]
     builder, _ = METHODS[spec["method"]]
     cfg = builder(spec["preset"], trial["overrides"])
+    cfg.name = spec["name"]  # W&B groups a sweep's runs by its name
     torch.set_num_threads(cfg.resources.torch_threads or os.cpu_count() or 1)  # Tune pins OMP threads to 1
     root_path = Path(root)
     out = run_textldm(cfg, root_path / "trials" / trial["trial_id"], data_root=root_path, cache_root=root_path,

@@ -4,6 +4,7 @@ later ``wandb sync``), online when WANDB_API_KEY is set. Only rank 0 logs, with 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,8 @@ def start_tracking(enabled: bool, is_main: bool, *, project: str, group: str, na
     mode = os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    run_id = f"{group}-{name}".replace("/", "-")[-120:]
+    # W&B run ids allow letters, digits, '-' and '_' only; the id makes a restarted stage resume its run
+    run_id = re.sub(r"[^A-Za-z0-9_-]", "_", f"{group}-{name}")[-120:]
     run = wandb.init(project=project, group=group, name=name, id=run_id, resume="allow", dir=str(directory),
                      mode=mode, config=config, reinit="finish_previous")
     return Tracker(run)

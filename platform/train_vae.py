@@ -52,7 +52,8 @@ def train_vae_loop(config: dict) -> None:
     start_step, epoch, skip = resume(engine, generators, wc)
     stream = stream_batches(ray.train.get_dataset_shard("train"), optim.batch_size, cfg.seed, epoch, skip)
     meter, repa_on = Throughput(engine.num_params, wc.device, wc.world_size), cfg.vae.repa.enabled
-    tracker = start_tracking(cfg.wandb, wc.is_main, project="latentlm", group=config["run_name"], name="vae",
+    tracker = start_tracking(cfg.wandb, wc.is_main, project="latentlm", group=config["run_name"],
+                             name=f"{config['trial']}-vae",
                              directory=config["run_dir"], config=to_dict(cfg))
     engine.module.train()
     for step in range(start_step + 1, optim.steps + 1):
