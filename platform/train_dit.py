@@ -90,7 +90,7 @@ def train_dit_loop(config: dict) -> None:
     meter = Throughput(engine.num_params, wc.device, wc.world_size)
     vae_state = read_json(Path(config["vae_checkpoint"]) / "state.json")
     tracker = start_tracking(cfg.wandb, wc.is_main, project="latentlm", group=config["run_name"],
-                             name=f"{config['trial']}-dit",
+                             name=f"{config.get('trial', 'run')}-dit",
                              directory=config["run_dir"], config=to_dict(cfg))
     engine.module.train()
     for step in range(start_step + 1, optim.steps + 1):

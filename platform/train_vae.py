@@ -53,7 +53,7 @@ def train_vae_loop(config: dict) -> None:
     stream = stream_batches(ray.train.get_dataset_shard("train"), optim.batch_size, cfg.seed, epoch, skip)
     meter, repa_on = Throughput(engine.num_params, wc.device, wc.world_size), cfg.vae.repa.enabled
     tracker = start_tracking(cfg.wandb, wc.is_main, project="latentlm", group=config["run_name"],
-                             name=f"{config['trial']}-vae",
+                             name=f"{config.get('trial', 'run')}-vae",
                              directory=config["run_dir"], config=to_dict(cfg))
     engine.module.train()
     for step in range(start_step + 1, optim.steps + 1):

@@ -22,16 +22,15 @@ REPO = Path(__file__).resolve().parents[1]
 def no_ray(monkeypatch):
     """Any attempt to start Ray fails the test."""
     import latentlm.platform.launch as launch
+    # Import the pipeline before patching launch: importing it afterwards would bind the patched function
+    # for good (monkeypatch would then "restore" the patch and break every later test).
+    import latentlm.platform.pipeline as pipeline
 
     def forbidden(*args, **kwargs):
         raise AssertionError("Ray must not be started for a config error")
 
     monkeypatch.setattr(launch, "init_ray", forbidden)
-    try:
-        import latentlm.platform.pipeline as pipeline
-        monkeypatch.setattr(pipeline, "init_ray", forbidden)   # it holds its own reference
-    except ImportError:
-        pass
+    monkeypatch.setattr(pipeline, "init_ray", forbidden)   # it holds its own reference
     import ray
     monkeypatch.setattr(ray, "init", forbidden)
     yield

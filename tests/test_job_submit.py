@@ -210,7 +210,9 @@ def test_ray_job_submit_runs_the_main_job(tiny_corpus, tiny_lm_dir, tmp_path):
     # Caches go where `make` puts them, not to ~/.cache; set on the head (not in the runtime_env: init_ray
     # forwards TORCH_EXTENSIONS_DIR itself, and Ray refuses a job whose runtime_env names it too).
     node_env = {"TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_extensions")),
-                "MPLCONFIGDIR": os.environ.get("MPLCONFIGDIR", str(REPO / ".cache" / "matplotlib"))}
+                "MPLCONFIGDIR": os.environ.get("MPLCONFIGDIR", str(REPO / ".cache" / "matplotlib")),
+                # the job's `python` is this environment's, as on a cluster node whose image carries latentlm
+                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     # A short temp dir of its own: Ray's Unix sockets live under it and pytest's tmp_path is too long for
     # the 107-byte socket path limit. LATENTLM_TEST_HEAD_CPUS only exists to diagnose CPU deadlocks.
     head = LocalHead(Path(tempfile.mkdtemp(prefix="rjs", dir="/tmp")),
