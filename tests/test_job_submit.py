@@ -33,6 +33,7 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.ray
 RAY = str(Path(sys.executable).with_name("ray"))
 JOB_TIMEOUT_S = 600
 
@@ -167,44 +168,18 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _micro_config(corpus: Path, lm_dir: Path) -> dict:
-    """tests/test_pipeline.py's tiny_overrides() (values copied), as the job's --config file."""
-    lm = str(lm_dir)
-    return {
-        "data": {"corpus": str(corpus), "tokenizer": lm, "seq_len": 32, "teacher_windows": 128,
-                 "teacher_batch_size": 32, "valid_fraction": 0.1, "test_fraction": 0.1, "vocab_limit": 24},
-        "vae": {"latent_dim": 8, "hidden_dim": 32, "n_heads": 2, "encoder_layers": 1, "decoder_layers": 1,
-                "repa": {"teacher": lm, "layer": -2, "projector_hidden": 32}},
-        "dit": {"hidden_dim": 32, "depth": 2, "n_heads": 2},
-        "train_vae": {"optim": {"steps": 40, "batch_size": 16, "lr": 3e-3, "log_every": 20}},
-        "train_dit": {"optim": {"steps": 30, "batch_size": 16, "lr": 1e-3, "log_every": 15, "ema_decay": 0.9},
-                      "normalizer_windows": 32},
-        "eval": {"datasets": [str(corpus)], "num_samples": 8, "min_tokens": 10, "steps": 4, "batch_size": 8,
-                 "bertscore_model": lm, "bertscore_num_layers": 2, "mauve_model": lm},
-        "wandb": False,
-    }
+def _result_rows(run_dir: Path) -> list[dict]:
+    """The sweep's leaderboard: one row per trial x dataset at <run-dir>/<sweep name>/leaderboard.parquet."""
+    import pyarrow.parquet as pq
+    boards = sorted(run_dir.glob("*/leaderboard.parquet"))
+    assert len(boards) == 1, boards
+    return pq.read_table(boards[0]).to_pylist()
 
 
-def _result_rows(run_dir: Path) -> tuple[str, list[dict]]:
-    # TARGET: the sweep's leaderboard, one row per trial x dataset (issue 3: the script is a Ray Tune sweep),
-    # at <run-dir>/<sweep name>/leaderboard.parquet (sweep_main) or <run-dir>/leaderboard.parquet. The
-    # fallback, <run-dir>/results.csv (one row per REPA arm x dataset), is what the script wrote before the
-    # sweep landed; it keeps this test meaningful for both.
-    boards = sorted([*run_dir.glob("leaderboard.parquet"), *run_dir.glob("*/leaderboard.parquet")])
-    if boards:
-        import pyarrow.parquet as pq
-        assert len(boards) == 1, boards
-        return "leaderboard", pq.read_table(boards[0]).to_pylist()
-    import csv
-    with open(run_dir / "results.csv", newline="") as f:
-        return "results.csv", list(csv.DictReader(f))
-
-
-@pytest.mark.ray
-def test_ray_job_submit_runs_the_main_job(tiny_corpus, tiny_lm_dir, tmp_path):
+def test_ray_job_submit_runs_the_main_job(tiny_overrides, tmp_path):
     t0 = time.time()
     run_dir, cfg_path = tmp_path / "run", tmp_path / "micro.yaml"
-    cfg_path.write_text(yaml.safe_dump(_micro_config(tiny_corpus, tiny_lm_dir)))
+    cfg_path.write_text(yaml.safe_dump(tiny_overrides()))
     # The same runtime_env a user submits with (cluster/runtime_env.yaml); the working dir is this repo.
     runtime_env = yaml.safe_load((REPO / "cluster" / "runtime_env.yaml").read_text())
     # Caches go where `make` puts them, not to ~/.cache; set on the head (not in the runtime_env: init_ray
@@ -253,18 +228,14 @@ def test_ray_job_submit_runs_the_main_job(tiny_corpus, tiny_lm_dir, tmp_path):
             shutil.rmtree(head.temp_dir, ignore_errors=True)
     assert not leftover, f"processes of the local head survived: {sorted(leftover)}"
 
-    kind, rows = _result_rows(run_dir)
-    assert rows, kind
-    if kind == "leaderboard":
-        assert {"trial", "dataset", "axes", "rouge1", "mauve"} <= set(rows[0]), sorted(rows[0])
-        axes = [json.loads(row["axes"]) if isinstance(row["axes"], str) else row["axes"] for row in rows]
-        assert {a.get("vae.repa.enabled") for a in axes} == {False, True}, axes  # REPA off and on
-        assert len({row["trial"] for row in rows}) == len(rows), rows  # one dataset: one row per trial
-    else:
-        assert sorted(row["repa"] for row in rows) == ["off", "on"], rows
-    assert {row["dataset"] for row in rows} == {str(tiny_corpus)}, rows
+    rows = _result_rows(run_dir)
+    assert {"trial", "dataset", "axes", "rouge1", "mauve"} <= set(rows[0]), sorted(rows[0])
+    axes = [json.loads(row["axes"]) for row in rows]
+    assert {a.get("vae.repa.enabled") for a in axes} == {False, True}, axes  # REPA off and on
+    assert len({row["trial"] for row in rows}) == len(rows), rows  # one dataset: one row per trial
+    assert {row["dataset"] for row in rows} == set(tiny_overrides()["eval"]["datasets"]), rows
     for row in rows:
         for key in ("rouge1", "mauve"):
-            assert 0.0 <= float(row[key]) <= 100.0, (key, row)
-    print(f"\n{kind}: {len(rows)} rows; head up {t_up - t0:.0f}s, probe job {t_probe - t_up:.0f}s, "
+            assert 0.0 <= float(row[key]) <= 1.0, (key, row)
+    print(f"\nleaderboard: {len(rows)} rows; head up {t_up - t0:.0f}s, probe job {t_probe - t_up:.0f}s, "
           f"ablate job {t_job - t_probe:.0f}s, total {time.time() - t0:.0f}s")
