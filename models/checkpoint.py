@@ -17,29 +17,35 @@ import torch
 from safetensors.torch import load_file, save_file
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write via a temp file in the same directory + rename: readers see the old file or the new one,
-    never a torn one, and a failed write leaves neither a temp file nor a damaged original."""
+def atomic_write(path: Path, write) -> None:
+    """Write via a temp file in the same directory + fsync + rename: readers see the old file or the new
+    one, never a torn one, and a failed write leaves neither a temp file nor a damaged original.
+    ``write(tmp_path)`` produces the content; an existing file's permissions are kept."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     os.close(fd)
     try:
         write(tmp)
+        with open(tmp, "rb") as f:  # durable before it becomes visible
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
-        os.unlink(tmp)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
         raise
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    _atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     # safetensors refuses shared/non-contiguous storage: store independent contiguous copies.
     tensors = {k: v.detach().contiguous().cpu().clone() for k, v in tensors.items()}
-    _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
 def load_tensors(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:

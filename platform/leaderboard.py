@@ -38,7 +38,6 @@ import numbers
 import os
 import re
 import socket
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -47,6 +46,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 from filelock import FileLock, Timeout
+from latentlm.models.checkpoint import atomic_write, atomic_write_text
 
 SCHEMA_VERSION = 1
 SCHEMA_KEY = b"latentlm.leaderboard.schema"
@@ -301,27 +301,6 @@ def combine(*frames: pd.DataFrame) -> pd.DataFrame:
     return df.drop(columns=["_when", "_order"]).reset_index(drop=True)
 
 
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:  # durable before it becomes visible
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    _atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
-
-
 class Leaderboard:
     """One leaderboard Parquet file (a directory means ``<dir>/leaderboard.parquet``)."""
 
@@ -354,7 +333,7 @@ class Leaderboard:
             with FileLock(str(self.lock_path), timeout=self.lock_timeout):
                 merged = combine(self.frame(), *frames)  # a damaged file raises here and is left untouched
                 table = _to_table(merged, str(self.path))
-                _atomic_write(self.path, lambda tmp: pq.write_table(table, tmp))
+                atomic_write(self.path, lambda tmp: pq.write_table(table, tmp))
         except Timeout as err:
             raise LeaderboardError(f"{self.path}: could not take the lock {self.lock_path} within "
                                    f"{self.lock_timeout:g}s (another writer holds it)") from err
@@ -863,7 +842,7 @@ def to_html(df: pd.DataFrame, path: str | os.PathLike, title: str = "latentlm le
     path = Path(text)
     if path.is_dir() or text.endswith(("/", os.sep)):
         path = path / "leaderboard.html"
-    _atomic_write_text(path, html_page(df, title, sort_by, descending))
+    atomic_write_text(path, html_page(df, title, sort_by, descending))
     return path
 
 
@@ -874,6 +853,6 @@ def render(path: str | os.PathLike, out_dir: str | os.PathLike, sort_by: str = "
     out_dir = Path(out_dir)
     markdown, page = to_markdown(df, sort_by, descending=descending), html_page(df, title, sort_by, descending)
     md_path, html_path = out_dir / "leaderboard.md", out_dir / "leaderboard.html"
-    _atomic_write_text(md_path, f"# {title}\n\n{markdown}")
-    _atomic_write_text(html_path, page)
+    atomic_write_text(md_path, f"# {title}\n\n{markdown}")
+    atomic_write_text(html_path, page)
     return md_path, html_path
