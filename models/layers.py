@@ -21,8 +21,11 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
     def forward(self, seq_len: int, device: torch.device, offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        pos = torch.arange(offset, offset + seq_len, device=device, dtype=torch.float32)
-        freqs = torch.outer(pos, self.inv_freq.to(device))
+        return self.at(torch.arange(offset, offset + seq_len, device=device, dtype=torch.float32))
+
+    def at(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin at arbitrary (also fractional) positions."""
+        freqs = torch.outer(pos.float(), self.inv_freq.to(pos.device))
         angles = torch.cat((freqs, freqs), dim=-1)  # (T, head_dim)
         return angles.cos(), angles.sin()
 
