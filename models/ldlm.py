@@ -180,7 +180,8 @@ def self_conditioned_x0(denoiser: nn.Module, z_t: torch.Tensor, t: torch.Tensor,
     pass makes an x0 estimate that the second pass receives; otherwise the second input is zeros.
     Returns (x0 prediction, the self-conditioning input that was used)."""
     self_cond = torch.zeros_like(z_t)
-    if prob > 0 and float(torch.rand((), generator=generator)) < prob:
+    coin_device = generator.device if generator is not None else "cpu"
+    if prob > 0 and float(torch.rand((), generator=generator, device=coin_device)) < prob:
         with torch.no_grad():
             self_cond = denoiser(z_t, t, self_cond).detach().to(z_t.dtype)
     return denoiser(z_t, t, self_cond), self_cond
@@ -226,6 +227,7 @@ class LDLM(nn.Module):
         in the model's vocabulary; t: (B,) diffusion timesteps (from the trainer's sampler); mask: (B, T) real
         tokens. ``generator`` draws the decoder noise, diffusion noise and self-conditioning coin."""
         c = self.config
+        hidden = hidden.to(self.encoder.in_proj.weight.dtype)  # bf16 under DeepSpeed
         z = self.encode(hidden, mask)
         # reconstruction branch: noisy latents -> hidden states (MSE) -> tokens (CE)
         noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)

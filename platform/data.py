@@ -241,15 +241,18 @@ def _compact_vocab(base: Path, train_dir: Path, limit: int, full_size: int, alwa
 
 
 def _teacher_features(cfg, base: Path, train_dir: Path, extra_layers: list[int]):
-    """Teacher hidden states for the VAE's windows, all requested layers in one Ray Data pass."""
+    """Teacher hidden states for the first ``data.teacher_windows`` windows, every requested layer in one
+    Ray Data pass. The teacher and its layer come from ``cfg.teacher_request()`` (REPA target for TextLDM,
+    token encoder for LDLM), so both methods share one cache."""
     from latentlm.models.teacher import load_teacher_config, resolve_layer, teacher_hidden_size, teacher_num_layers
-    repa, n = cfg.vae.repa, cfg.data.teacher_windows
-    spec = assets.resolve_model(repa.teacher)
+    teacher, requested_layer = cfg.teacher_request()
+    n = cfg.data.teacher_windows
+    spec = assets.resolve_model(teacher)
     teacher_cfg = load_teacher_config(spec)
     num_layers = teacher_num_layers(teacher_cfg)
-    layer = resolve_layer(repa.layer, num_layers)
+    layer = resolve_layer(requested_layer, num_layers)
     wanted = {layer, *(resolve_layer(x, num_layers, "data.teacher_layers") for x in extra_layers)}
-    directory = base / "features" / artifact_key(teacher=repa.teacher, windows=n)
+    directory = feature_dir(base, teacher, n)
     meta_path = directory / "manifest.json"
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {"layers": []}
     if not wanted <= set(meta["layers"]):  # a miss: compute every layer asked for so far in one pass
@@ -263,12 +266,50 @@ def _teacher_features(cfg, base: Path, train_dir: Path, extra_layers: list[int])
                             num_gpus=1 if use_gpu else 0, num_cpus=0.5)
         # Half a CPU per actor: a whole one starves Ray Data's own read tasks on a 2-core node (deadlock).
         shards = write_dataset_atomic(ds, directory / "shards")
-        meta = {"teacher": repa.teacher, "layers": layers, "teacher_dim": teacher_hidden_size(teacher_cfg),
+        for stale in directory.glob("stats_*.safetensors"):  # recomputed from the new shards on demand
+            stale.unlink()
+        meta = {"teacher": teacher, "layers": layers, "teacher_dim": teacher_hidden_size(teacher_cfg),
                 "num_layers": num_layers, "windows": n, "shards": shards,
                 "tokens_per_second": round(n * cfg.data.seq_len / (time.time() - t0), 1)}
         write_json(meta_path, meta)
         log.info("teacher features: %s", {k: v for k, v in meta.items() if k != "shards"})
     return str(directory / "shards"), meta["teacher_dim"], layer
+
+
+def feature_dir(base: Path, teacher: str, windows: int) -> Path:
+    return Path(base) / "features" / artifact_key(teacher=teacher, windows=windows)
+
+
+def feature_stats(shards: str, layer: int, dim: int, windows: int) -> str:
+    """Per-channel mean/std of one layer's stored features over every position of the first ``windows``
+    windows (LDLM trains on whole windows, EOS padding included), computed once and stored next to the
+    shards (``stats_<layer>_<windows>.safetensors``). LDLM standardises its token encoder's states with these."""
+    from latentlm.models.checkpoint import save_tensors
+    from latentlm.models.token_encoder import HiddenStats
+    path = Path(shards).parent / f"stats_{layer}_{windows}.safetensors"
+    with FileLock(str(path) + ".lock"):
+        if path.is_file():
+            return str(path)
+        moments = torch.zeros(3, dim, dtype=torch.float64)
+        seen = 0
+        for batch in _feature_batches(Path(shards), [teacher_column(layer)]):
+            column = batch[teacher_column(layer)]
+            take = min(len(column), windows - seen)
+            if take <= 0:
+                break
+            states = np.stack(column[:take]).astype(np.float32).reshape(take, -1, dim)
+            moments += HiddenStats.moments(torch.from_numpy(states))
+            seen += take
+        stats = HiddenStats(dim).set_from_moments(moments)
+        save_tensors(path, stats.state_dict(), metadata={"windows": str(seen), "layer": str(layer)})
+    return str(path)
+
+
+def _feature_batches(shards: Path, columns: list[str]):
+    """Shards in file order (the order the training stream reads them) as dicts of numpy/object columns."""
+    for file in sorted(shards.glob("*.parquet")):
+        for batch in pq.ParquetFile(file).iter_batches(batch_size=256, columns=columns):
+            yield {name: batch.column(name).to_numpy(zero_copy_only=False) for name in columns}
 
 
 def _cluster_gpus() -> int:

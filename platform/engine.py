@@ -36,12 +36,12 @@ def batch_plan(global_batch: int, micro_batch_size: int, world_size: int,
 
 
 def check_batch_plans(experiment: dict, world_size: int) -> None:
-    """Driver-side fail-fast for a TextLDM config dict: every training stage's global batch splits into
-    micro-batches over ``world_size`` workers (before any worker starts)."""
+    """Driver-side fail-fast for an experiment config dict: every training stage's (every section with an
+    ``optim``) global batch splits into micro-batches over ``world_size`` workers (before any worker starts)."""
     micro = experiment["deepspeed"]["micro_batch_size"]
-    for stage in ("train_vae", "train_dit"):
-        if stage in experiment:
-            batch_plan(experiment[stage]["optim"]["batch_size"], micro, world_size, f"{stage}.optim.batch_size")
+    for stage, section in experiment.items():
+        if isinstance(section, dict) and isinstance(section.get("optim"), dict):
+            batch_plan(section["optim"]["batch_size"], micro, world_size, f"{stage}.optim.batch_size")
 
 
 def compute_dtype(precision: str, device: torch.device) -> torch.dtype:

@@ -187,6 +187,10 @@ class TextLDMConfig:
         for owner, value in (("vae.max_seq_len", self.vae.max_seq_len), ("dit.max_seq_len", self.dit.max_seq_len)):
             require(value >= self.data.seq_len, owner, f">= data.seq_len ({self.data.seq_len})", value)
 
+    def teacher_request(self) -> tuple[str, int]:
+        """(model, layer) whose hidden states the data stage precomputes: REPA's alignment target."""
+        return self.vae.repa.teacher, self.vae.repa.layer
+
 
 def build_config(preset: str = "tiny", overrides: dict[str, Any] | None = None) -> TextLDMConfig:
     """Preset values, then ``overrides`` (nested dict), validated into a TextLDMConfig.

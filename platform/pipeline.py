@@ -107,5 +107,6 @@ def run_textldm(cfg, run_dir: Path, data_root: Path | None = None, cache_root: P
         f"dit-{keys['dit']}", storage, cfg.resources))
     t0 = time.time()
     results = evaluate_checkpoint(cfg, dit_ckpt, run_dir / "eval")
-    return {"results": results, "vae_checkpoint": vae_ckpt, "dit_checkpoint": dit_ckpt, "facts": facts,
+    return {"results": results, "vae_checkpoint": vae_ckpt, "dit_checkpoint": dit_ckpt, "checkpoint": dit_ckpt,
+            "facts": facts,
             "stage_seconds": {"vae": vae_seconds, "dit": dit_seconds, "eval": round(time.time() - t0, 1)}}

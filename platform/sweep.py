@@ -17,18 +17,80 @@ import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from latentlm.models.checkpoint import write_json
 from latentlm.models.config import ConfigError, require
 
 from .config import load_file, merge, parse_overrides, to_dict
 from .experiment import TextLDMConfig, build_config
+from .ldlm_config import LDLMExperimentConfig, build_ldlm_config
 
 log = logging.getLogger(__name__)
 
-# Method family -> (config builder, config class). LDLM and Cola DLM register here when they land.
-METHODS: dict[str, tuple[Any, type]] = {"textldm": (build_config, TextLDMConfig)}
+
+@dataclass(frozen=True)
+class Method:
+    """What the sweep machinery needs from a method family. ``run(cfg, run_dir, data_root, cache_root,
+    teacher_layers)`` trains and evaluates one config and returns ``{"results", "stage_seconds",
+    "checkpoint"}``; ``protocol(cfg)`` names its evaluation protocol and hash; ``teacher_layers(configs)``
+    lists every frozen-LM layer the sweep's trials read (stored by one teacher pass); ``effective(config)``
+    resets knobs that cannot act so equivalent trials collapse into one."""
+    build: Callable[[str, dict], Any]
+    config_cls: type
+    run: Callable[..., dict]
+    protocol: Callable[[Any], tuple[str, str]]
+    teacher_layers: Callable[[list], list[int]]
+    effective: Callable[[dict], dict]
+
+
+def _textldm_effective(config: dict) -> dict:
+    repa = config.get("vae", {}).get("repa")
+    if repa is not None and not repa.get("enabled", True):
+        from latentlm.models.repa import REPAConfig
+        config["vae"]["repa"] = {**dataclasses.asdict(REPAConfig()), "enabled": False}
+    return config
+
+
+def _ldlm_effective(config: dict) -> dict:
+    from latentlm.models.ldlm import LDLMConfig
+    model, defaults = config.get("ldlm", {}), LDLMConfig()
+    if model.get("warmup_steps", 1) == 0:  # no warmup: its curve's shape cannot act
+        model["warmup_midpoint"], model["warmup_steepness"] = defaults.warmup_midpoint, defaults.warmup_steepness
+    if model.get("timestep_sampler") == "uniform":
+        for name in ("adaptive_bins", "adaptive_ema", "adaptive_update_every", "adaptive_uniform_mix"):
+            model[name] = getattr(defaults, name)
+    return config
+
+
+def _run_textldm(cfg, *args, **kwargs) -> dict:
+    from .pipeline import run_textldm
+    return run_textldm(cfg, *args, **kwargs)
+
+
+def _run_ldlm(cfg, *args, **kwargs) -> dict:
+    from .ldlm_pipeline import run_ldlm
+    return run_ldlm(cfg, *args, **kwargs)
+
+
+def _textldm_protocol(cfg) -> tuple[str, str]:
+    from .evaluate import EVAL_PROTOCOL, protocol_hash
+    return EVAL_PROTOCOL, protocol_hash(cfg)
+
+
+def _ldlm_protocol(cfg) -> tuple[str, str]:
+    from .evaluate_uncond import UNCOND_PROTOCOL, uncond_protocol_hash
+    return UNCOND_PROTOCOL, uncond_protocol_hash(cfg)
+
+
+# Method family -> how to build, run and evaluate it. Cola DLM registers here when it lands.
+METHODS: dict[str, Method] = {
+    "textldm": Method(build_config, TextLDMConfig, _run_textldm, _textldm_protocol,
+                      lambda configs: sorted({c.vae.repa.layer for c in configs if c.vae.repa.enabled}),
+                      _textldm_effective),
+    "ldlm": Method(build_ldlm_config, LDLMExperimentConfig, _run_ldlm, _ldlm_protocol,
+                   lambda configs: sorted({c.token_encoder.layer for c in configs}), _ldlm_effective),
+}
 
 
 @dataclass
@@ -79,15 +141,10 @@ def trial_id(axes: dict[str, Any]) -> str:
     return "".join(c if c.isalnum() or c in "=,.-_" else "_" for c in text)[:120]
 
 
-def effective(config: dict[str, Any]) -> dict[str, Any]:
+def effective(config: dict[str, Any], method: str = "textldm") -> dict[str, Any]:
     """Knobs that cannot act are reset to their defaults, so e.g. REPA-off trials that differ only in
     the (unused) REPA layer collapse into one trial."""
-    config = json.loads(json.dumps(config))
-    repa = config.get("vae", {}).get("repa")
-    if repa is not None and not repa.get("enabled", True):
-        from latentlm.models.repa import REPAConfig
-        config["vae"]["repa"] = {**dataclasses.asdict(REPAConfig()), "enabled": False}
-    return config
+    return METHODS[method].effective(json.loads(json.dumps(config)))
 
 
 def plan_trials(spec: SweepSpec) -> list[Trial]:
@@ -95,7 +152,7 @@ def plan_trials(spec: SweepSpec) -> list[Trial]:
     require(spec.method in METHODS, "sweep.method", f"one of {sorted(METHODS)}", spec.method)
     require(bool(spec.name) and "/" not in spec.name, "sweep.name", "a non-empty name without '/'", spec.name)
     require(spec.max_concurrent_trials >= 1, "sweep.max_concurrent_trials", ">= 1", spec.max_concurrent_trials)
-    builder, config_cls = METHODS[spec.method]
+    builder, config_cls = METHODS[spec.method].build, METHODS[spec.method].config_cls
     for axis, values in spec.axes.items():
         field_type(config_cls, axis, f"sweep.axes.{axis}")
         require(isinstance(values, list) and len(values) > 0, f"sweep.axes.{axis}", "a non-empty list of values",
@@ -111,7 +168,7 @@ def plan_trials(spec: SweepSpec) -> list[Trial]:
             config = builder(spec.preset, overrides)
         except ConfigError as err:
             raise ConfigError(f"sweep trial {trial_id(axes)}: {err}") from None
-        fingerprint = json.dumps(effective(to_dict(config)), sort_keys=True, default=str)
+        fingerprint = json.dumps(effective(to_dict(config), spec.method), sort_keys=True, default=str)
         if fingerprint in seen:
             continue
         seen.add(fingerprint)
@@ -131,20 +188,19 @@ def run_trial(config: dict[str, Any], spec: dict[str, Any], root: str) -> None:
     from ray import tune
 
     from . import leaderboard
-    from .evaluate import EVAL_PROTOCOL, protocol_hash
-    from .pipeline import run_textldm
     trial = config["trial"]
-    builder, _ = METHODS[spec["method"]]
-    cfg = builder(spec["preset"], trial["overrides"])
+    method = METHODS[spec["method"]]
+    cfg = method.build(spec["preset"], trial["overrides"])
     cfg.name = spec["name"]  # W&B groups a sweep's runs by its name
     torch.set_num_threads(cfg.resources.torch_threads or os.cpu_count() or 1)  # Tune pins OMP threads to 1
     root_path = Path(root)
-    out = run_textldm(cfg, root_path / "trials" / trial["trial_id"], data_root=root_path, cache_root=root_path,
-                      teacher_layers=spec["teacher_layers"])
+    out = method.run(cfg, root_path / "trials" / trial["trial_id"], data_root=root_path, cache_root=root_path,
+                     teacher_layers=spec["teacher_layers"])
+    protocol, protocol_digest = method.protocol(cfg)
     rows = leaderboard.make_rows(
         method=spec["method"], sweep=spec["name"], trial=trial["trial_id"], axes=trial["axes"],
-        results=out["results"], protocol=EVAL_PROTOCOL, protocol_hash=protocol_hash(cfg), seed=cfg.seed,
-        compute_seconds=sum(out["stage_seconds"].values()), checkpoint=out["dit_checkpoint"],
+        results=out["results"], protocol=protocol, protocol_hash=protocol_digest, seed=cfg.seed,
+        compute_seconds=sum(out["stage_seconds"].values()), checkpoint=out["checkpoint"],
         config=result_identity(cfg))
     leaderboard.Leaderboard(root_path / "leaderboard.parquet").add(rows)
     tune.report({f"{dataset}/{metric}": value for dataset, metrics in out["results"].items()
@@ -160,10 +216,9 @@ def run_sweep(spec: SweepSpec) -> Path:
     root = Path(spec.run_dir).resolve() / spec.name
     root.mkdir(parents=True, exist_ok=True)
     write_json(root / "sweep.json", {**dataclasses.asdict(spec), "trials": [t.trial_id for t in trials]})
-    builder, _ = METHODS[spec.method]
-    configs = [builder(spec.preset, t.overrides) for t in trials]
-    # every REPA layer the sweep needs is stored by one teacher pass
-    layers = sorted({c.vae.repa.layer for c in configs if c.vae.repa.enabled})
+    method = METHODS[spec.method]
+    configs = [method.build(spec.preset, t.overrides) for t in trials]
+    layers = method.teacher_layers(configs)  # every frozen-LM layer the sweep needs: one teacher pass
     log.info("sweep %s: %d trials: %s", spec.name, len(trials), [t.trial_id for t in trials])
     init_ray()
     trainable = tune.with_resources(
@@ -197,9 +252,10 @@ def parse_axis(text: str) -> tuple[str, list[Any]]:
     return key.strip(), values
 
 
-def sweep_main(name: str, default_axes, description: str, argv: list[str] | None = None) -> int:
+def sweep_main(name: str, default_axes, description: str, argv: list[str] | None = None,
+               method: str = "textldm") -> int:
     """Shared command line of the ``experiments/ablate_*.py`` scripts. ``default_axes(preset)`` gives the
-    script's grid; ``--axis`` replaces or adds an axis."""
+    script's grid over ``method``'s config; ``--axis`` replaces or adds an axis."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="tiny", help="tiny | small | paper (default: tiny)")
     parser.add_argument("--config", help="YAML/JSON file with config overrides for every trial")
@@ -215,7 +271,7 @@ def sweep_main(name: str, default_axes, description: str, argv: list[str] | None
         axes = dict(default_axes(args.preset))
         axes.update(parse_axis(a) for a in args.axis)
         overrides = merge(load_file(args.config) if args.config else {}, parse_overrides(args.set))
-        spec = SweepSpec(name=args.name, preset=args.preset, axes=axes, overrides=overrides,
+        spec = SweepSpec(name=args.name, method=method, preset=args.preset, axes=axes, overrides=overrides,
                          max_concurrent_trials=args.max_concurrent_trials, run_dir=args.run_dir)
         root = run_sweep(spec)
     except ConfigError as err:
