@@ -210,6 +210,8 @@ class LDLM(nn.Module):
         self.token_decoder = TokenDecoder(c.hidden_size, c.vocab_size, c.token_decoder)
         self.denoiser = LatentDenoiser(c.latent_dim, c.denoiser)
         self.schedule = c.schedule()
+        if not c.train_token_decoder:  # dropped during joint training (post-trained in its own stage)
+            self.token_decoder.requires_grad_(False)
 
     def encode(self, hidden: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.encoder(hidden, mask)
@@ -236,7 +238,8 @@ class LDLM(nn.Module):
         denom = weights.sum().clamp_min(1)
         mse = (((h_hat.float() - hidden.float()) ** 2).mean(-1) * weights).sum() / denom
         ce_through = c.recon_loss in ("ce", "ce+mse")  # the CE ablation lets token loss shape the latents
-        logits = self.token_decoder(h_hat if ce_through else h_hat.detach())
+        with torch.set_grad_enabled(torch.is_grad_enabled() and (c.train_token_decoder or ce_through)):
+            logits = self.token_decoder(h_hat if ce_through else h_hat.detach())
         ce_all = F.cross_entropy(logits.float().transpose(1, 2), tokens, reduction="none")
         ce = (ce_all * weights).sum() / denom
         accuracy = (((logits.argmax(-1) == tokens).to(h_hat.dtype) * weights).sum() / denom).detach()

@@ -12,15 +12,15 @@ from latentlm.models.config import ConfigError
 
 def _config(args):
     from .config import load_file, merge, parse_overrides
-    from .experiment import build_config
+    from .sweep import METHODS
     overrides = merge(load_file(args.config) if args.config else {}, parse_overrides(args.set))
-    return build_config(args.preset, overrides)
+    return METHODS[args.method].build(args.preset, overrides)
 
 
 def cmd_train(args) -> int:
-    from .pipeline import run_textldm
+    from .sweep import METHODS
     cfg = _config(args)
-    out = run_textldm(cfg, Path(args.run_dir))
+    out = METHODS[args.method].run(cfg, Path(args.run_dir or f"runs/{args.method}"))
     print(json.dumps(out, indent=2, default=str))
     return 0
 
@@ -37,6 +37,20 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def _sample_ldlm(args, saved: dict, state: dict, tokenizer, generator):
+    """LDLM checkpoints (joint or post-decoder stage): unconditional samples of one full window each."""
+    from .config import from_dict
+    from .evaluate_uncond import LDLMGenerator
+    from .ldlm_config import LDLMExperimentConfig
+    if args.prompt:
+        raise ConfigError("--prompt: LDLM generates unconditionally (its protocol); drop the prompt")
+    cfg = from_dict(LDLMExperimentConfig, saved)
+    cfg.eval.use_ema = not args.no_ema
+    post = args.checkpoint if state["stage"] == "post_decoder" else None
+    joint = state["joint_checkpoint"] if post else args.checkpoint
+    return LDLMGenerator(cfg, joint, post).sample(args.num, args.steps, generator)
+
+
 def cmd_sample(args) -> int:
     import torch
     from latentlm.models.checkpoint import read_json
@@ -44,13 +58,17 @@ def cmd_sample(args) -> int:
     from .data import load_tokenizer
     from .evaluate import strip_at_eos
     saved = read_json(Path(args.checkpoint) / "config.json")
+    state = read_json(Path(args.checkpoint) / "state.json")
     tokenizer = load_tokenizer(saved["data"]["tokenizer"])
-    model = load_textldm(args.checkpoint, use_ema=not args.no_ema)
     generator = torch.Generator().manual_seed(args.seed)
-    if args.prompt:
+    if state.get("stage") in ("ldlm", "post_decoder"):
+        ids = _sample_ldlm(args, saved, state, tokenizer, generator)
+    elif args.prompt:
+        model = load_textldm(args.checkpoint, use_ema=not args.no_ema)
         prompt = torch.tensor([tokenizer(args.prompt, add_special_tokens=False)["input_ids"]] * args.num)
         ids = model.generate(prompt, args.length, steps=args.steps, cfg_scale=args.cfg_scale, generator=generator)
     else:
+        model = load_textldm(args.checkpoint, use_ema=not args.no_ema)
         ids = model.generate(None, args.length, steps=args.steps, generator=generator, batch_size=args.num)
     for row in ids.tolist():
         text = tokenizer.decode(strip_at_eos(row, tokenizer.eos_token_id), skip_special_tokens=True)
@@ -100,9 +118,11 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--config", help="YAML/JSON overrides file")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
 
-    train = sub.add_parser("train", help="train a TextLDM (VAE then DiT) and evaluate it")
+    train = sub.add_parser("train", help="train one config of a method family end to end and evaluate it")
     with_config(train)
-    train.add_argument("--run-dir", default="runs/textldm")
+    train.add_argument("--method", default="textldm", choices=["textldm", "ldlm"],
+                       help="textldm: VAE then DiT (continuation); ldlm: joint encoder/diffusion/decoder")
+    train.add_argument("--run-dir", help="default: runs/<method>")
     train.set_defaults(fn=cmd_train)
 
     evaluate = sub.add_parser("evaluate", help="run the continuation protocol on a DiT checkpoint")
@@ -111,10 +131,11 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--out")
     evaluate.set_defaults(fn=cmd_evaluate)
 
-    sample = sub.add_parser("sample", help="continue a prompt (or sample unconditionally) from a checkpoint")
+    sample = sub.add_parser("sample", help="continue a prompt (or sample unconditionally) from a TextLDM DiT "
+                                           "checkpoint, or sample from an LDLM checkpoint")
     sample.add_argument("checkpoint")
     sample.add_argument("--prompt", default="")
-    sample.add_argument("--length", type=int, default=32, help="target tokens")
+    sample.add_argument("--length", type=int, default=32, help="target tokens (TextLDM; LDLM: its window)")
     sample.add_argument("--num", type=int, default=1)
     sample.add_argument("--steps", type=int, default=50)
     sample.add_argument("--cfg-scale", type=float, default=7.0)

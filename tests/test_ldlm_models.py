@@ -303,3 +303,12 @@ def test_hidden_stats_moments_are_additive_and_normalise():
     torch.testing.assert_close(normed.mean(0), torch.zeros(6), atol=1e-5, rtol=0)
     torch.testing.assert_close(normed.std(0), torch.ones(6), atol=1e-5, rtol=0)
     assert not math.isnan(float(stats.std.sum()))
+
+
+def test_dropped_token_decoder_gets_no_gradient_and_is_frozen():
+    model = LDLM(tiny_config(train_token_decoder=False))
+    assert not any(p.requires_grad for p in model.token_decoder.parameters())
+    out = model(torch.randn(2, 12, 24), torch.randint(0, 50, (2, 12)), 0, torch.full((2,), 0.5))
+    out.loss.backward()
+    assert all(p.grad is None for p in model.token_decoder.parameters())
+    assert out.ce > 0  # still measured

@@ -64,6 +64,12 @@ def test_ldlm_bad_inputs_fail_before_training(ldlm_overrides, tiny_lm_dir):
         build_ldlm_config("tiny", ldlm_overrides(ldlm={"seq_len": 8}))
 
 
+def test_cli_train_ldlm_rejects_bad_config_before_running(capsys):
+    from latentlm.platform import cli
+    assert cli.main(["train", "--method", "ldlm", "--set", "ldlm.decoder_noise=-1"]) == 2
+    assert "ldlm.decoder_noise" in capsys.readouterr().err
+
+
 def test_every_preset_builds():
     for preset in ("tiny", "small", "paper"):
         cfg = build_ldlm_config(preset)
@@ -102,6 +108,11 @@ def test_ldlm_pipeline_end_to_end(ldlm_overrides, tiny_corpus, tmp_path, ray_loc
     a = gen.sample(3, 4, torch.Generator().manual_seed(0))
     b = gen.sample(3, 4, torch.Generator().manual_seed(0))
     assert a.shape == (3, 16) and torch.equal(a, b)
+
+    # ... and from the command line, which recognises LDLM checkpoints
+    from latentlm.platform import cli
+    assert cli.main(["sample", out["post_decoder_checkpoint"], "--num", "2", "--steps", "3"]) == 0
+    assert cli.main(["sample", out["joint_checkpoint"], "--prompt", "the river"]) == 2  # unconditional only
 
     # A second run of the same config reuses both stages; an eval-only change retrains nothing.
     again = run_ldlm(build_ldlm_config("tiny", ldlm_overrides(eval={"steps": 3})), tmp_path / "run2",
