@@ -21,8 +21,8 @@ from torch import nn
 
 from .config import require, require_fraction, require_positive
 from .dit import DiTBlock, FinalLayer, TimestepEmbedder
-from .layers import RotaryEmbedding, TransformerBlock
-from .perceiver import CoderConfig, build_coder
+from .layers import RotaryEmbedding
+from .perceiver import CoderConfig, SelfAttentionCoder, build_coder
 from .vp_diffusion import (AdaptiveTimestepSampler, TangentSchedule, euler_maruyama_sample, sampling_times,
                            scale_gradient, warmup_gamma)
 
@@ -153,25 +153,12 @@ class LatentDenoiser(nn.Module):
         return self.final(h, c)
 
 
-class TokenDecoder(nn.Module):
+class TokenDecoder(SelfAttentionCoder):
     """``layers`` bidirectional Transformer blocks + a vocabulary head (0 layers: a linear head)."""
 
     def __init__(self, in_dim: int, vocab_size: int, config: TokenDecoderConfig):
-        super().__init__()
-        dim = config.hidden_dim
-        self.in_proj = nn.Linear(in_dim, dim)
-        self.rope = RotaryEmbedding(dim // config.n_heads)
-        self.blocks = nn.ModuleList(TransformerBlock(dim, config.n_heads, config.mlp_ratio)
-                                    for _ in range(config.layers))
-        self.norm = nn.LayerNorm(dim)
-        self.head = nn.Linear(dim, vocab_size)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.in_proj(x)
-        rope = self.rope(x.shape[1], x.device)
-        for block in self.blocks:
-            h = block(h, rope)
-        return self.head(self.norm(h))
+        super().__init__(CoderConfig("self_attention", config.layers, config.hidden_dim, config.n_heads,
+                                     config.mlp_ratio), in_dim, vocab_size)
 
 
 def self_conditioned_x0(denoiser: nn.Module, z_t: torch.Tensor, t: torch.Tensor, prob: float,

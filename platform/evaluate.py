@@ -33,13 +33,18 @@ PROTOCOL_FIELDS = ("datasets", "num_samples", "min_tokens", "split_range", "seed
                    "bertscore_num_layers", "mauve_model", "mauve_pooling", "mauve_max_length", "mauve_seed")
 
 
-def protocol_hash(cfg) -> str:
-    """Hash of the evaluation protocol: rows with different hashes are never ranked together."""
-    fields = {name: getattr(cfg.eval, name) for name in PROTOCOL_FIELDS}
+def protocol_digest(protocol: str, cfg, fields: tuple[str, ...]) -> str:
+    """Hash of an evaluation protocol: its name, the ``cfg.eval`` fields that change numbers and the data
+    split. Rows with different hashes are never ranked together."""
+    values = {name: getattr(cfg.eval, name) for name in fields}
     split = {k: getattr(cfg.data, k) for k in ("seq_len", "valid_fraction", "test_fraction", "split_seed",
                                                "tokenizer")}
-    blob = json.dumps({"protocol": EVAL_PROTOCOL, "eval": fields, "split": split}, sort_keys=True, default=str)
+    blob = json.dumps({"protocol": protocol, "eval": values, "split": split}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def protocol_hash(cfg) -> str:
+    return protocol_digest(EVAL_PROTOCOL, cfg, PROTOCOL_FIELDS)
 
 
 @dataclass

@@ -13,7 +13,6 @@ same scorer (a smooth latent space keeps Gen-PPL low along the whole path).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -29,7 +28,7 @@ from latentlm.models.vocab import CompactVocab
 
 from . import assets, metrics
 from .data import load_tokenizer, tokenize_windows
-from .evaluate import held_out_documents, strip_at_eos
+from .evaluate import held_out_documents, protocol_digest, strip_at_eos
 from .train_ldlm import load_joint_model
 
 log = logging.getLogger(__name__)
@@ -40,11 +39,7 @@ PROTOCOL_FIELDS = ("datasets", "num_samples", "seeds", "scorer_model", "scorer_m
 
 
 def uncond_protocol_hash(cfg) -> str:
-    fields = {name: getattr(cfg.eval, name) for name in PROTOCOL_FIELDS}
-    split = {k: getattr(cfg.data, k) for k in ("seq_len", "valid_fraction", "test_fraction", "split_seed",
-                                               "tokenizer")}
-    blob = json.dumps({"protocol": UNCOND_PROTOCOL, "eval": fields, "split": split}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return protocol_digest(UNCOND_PROTOCOL, cfg, PROTOCOL_FIELDS)
 
 
 class LDLMGenerator:

@@ -147,3 +147,42 @@ def test_ldlm_experiment_scripts_plan_on_the_tiny_preset():
         spec.loader.exec_module(module)
         trials = plan_trials(SweepSpec(name, method="ldlm", axes=module.axes("tiny")))
         assert len(trials) == count, name
+
+
+@pytest.mark.ray
+def test_ldlm_killed_worker_resumes_bit_identically(ldlm_overrides, tmp_path, ray_local):
+    """The joint stage killed at step 10 resumes from its step-8 checkpoint (weights, optimizer, EMA, RNG
+    streams, data position and the adaptive sampler's statistics) and ends exactly like an uninterrupted run."""
+    from latentlm.platform.config import to_dict
+    from latentlm.platform.data import feature_stats, prepare_data
+    from latentlm.platform.launch import run_stage, training_dataset
+    from latentlm.platform.train_ldlm import train_ldlm_loop
+    from latentlm.models.checkpoint import load_tensors
+    cfg = build_ldlm_config("tiny", ldlm_overrides(
+        train={"optim": {"steps": 12, "log_every": 1, "checkpoint_every": 4, "ema_decay": 0.9}},
+        ldlm={"adaptive_update_every": 3}))
+    art = prepare_data(cfg, tmp_path / "data", True)
+    cfg.ldlm.vocab_size, cfg.ldlm.hidden_size = art.vocab_size, art.teacher_dim
+    stats = feature_stats(art.vae_train, art.teacher_layer, art.teacher_dim, cfg.token_encoder.stats_windows)
+
+    def run(name, **extra):
+        run_dir = tmp_path / name
+        run_dir.mkdir()
+        loop = {"experiment": to_dict(cfg), "run_dir": str(run_dir), "run_name": "resume", "vocab": art.vocab,
+                "hidden_stats": stats, **extra}
+        dataset = training_dataset(art.vae_train, ["tokens", "length", art.teacher_column], 256, art.vae_windows,
+                                   {art.teacher_column: "hidden"})
+        checkpoint = Path(run_stage(train_ldlm_loop, loop, dataset, name, tmp_path / "ray", cfg.resources))
+        lines = (run_dir / "ldlm_metrics.jsonl").read_text().splitlines()
+        return checkpoint, [json.loads(line)["step"] for line in lines], {m["step"]: m for m in map(json.loads, lines)}
+
+    clean_checkpoint, _, clean = run("clean")
+    marker = tmp_path / "fault-injected"
+    checkpoint, steps, resumed = run("faulty", inject_fault={"step": 10, "marker": str(marker)})
+    assert marker.exists() and steps == [*range(1, 10), *range(9, 13)]  # died after 10, resumed at 9
+    assert [resumed[s]["loss"] for s in range(1, 13)] == [clean[s]["loss"] for s in range(1, 13)]
+    for name in ("ldlm", "ema", "timestep_sampler"):
+        got, want = load_tensors(checkpoint / f"{name}.safetensors"), load_tensors(clean_checkpoint / f"{name}.safetensors")
+        assert all(torch.equal(got[k], want[k]) for k in want), name
+    sampler = load_tensors(checkpoint / "timestep_sampler.safetensors")
+    assert int(sampler["updates"]) == 12 and bool(sampler["edge_seen"].any())
