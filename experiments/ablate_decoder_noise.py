@@ -12,7 +12,7 @@ from latentlm.platform.sweep import sweep_main
 
 
 def axes(preset: str) -> dict:
-    return {"ldlm.decoder_noise": [0.0, 0.5, 2.0] if preset == "tiny" else [0.0, 0.5, 1.0, 2.0, 3.0, 5.0]}
+    return {"ldlm.decoder_noise": [0.0, 0.1, 1.0] if preset == "tiny" else [0.0, 0.5, 1.0, 2.0, 3.0, 5.0]}
 
 
 if __name__ == "__main__":

@@ -16,10 +16,10 @@ from latentlm.platform.sweep import sweep_main
 
 def axes(preset: str) -> dict:
     if preset == "tiny":  # the full recipe and three single-part ablations; see the README results
-        return {"ldlm": [{"recon_loss": "mse", "warmup_steps": 300, "timestep_sampler": "adaptive"},
-                         {"recon_loss": "ce", "warmup_steps": 300, "timestep_sampler": "adaptive"},
+        return {"ldlm": [{"recon_loss": "mse", "warmup_steps": 250, "timestep_sampler": "adaptive"},
+                         {"recon_loss": "ce", "warmup_steps": 250, "timestep_sampler": "adaptive"},
                          {"recon_loss": "mse", "warmup_steps": 0, "timestep_sampler": "adaptive"},
-                         {"recon_loss": "mse", "warmup_steps": 300, "timestep_sampler": "uniform"}]}
+                         {"recon_loss": "mse", "warmup_steps": 250, "timestep_sampler": "uniform"}]}
     return {"ldlm.recon_loss": ["mse", "ce", "ce+mse"], "ldlm.warmup_steps": [0, 5000, 10000],
             "ldlm.timestep_sampler": ["uniform", "adaptive"]}
 

@@ -27,6 +27,7 @@ class TokenEncoderConfig:
 
 @dataclass
 class JointTrainConfig:
+    # LDLM: AdamW, linear warm-up then constant LR (min_lr_ratio 1 disables the cosine decay), clipping
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(
         steps=1000, batch_size=32, lr=1e-3, warmup_steps=50, min_lr_ratio=1.0, ema_decay=0.999))
 
@@ -121,8 +122,9 @@ LDLM_PRESETS: dict[str, dict[str, Any]] = {
         "ldlm": {"latent_dim": 32, "encoder": _TINY_CODER, "decoder": _TINY_CODER,
                  "token_decoder": {"layers": 1, "hidden_dim": 128, "n_heads": 4},
                  "denoiser": {"hidden_dim": 128, "depth": 4, "n_heads": 4},
-                 "warmup_steps": 300, "adaptive_bins": 50, "adaptive_update_every": 10, "decoder_noise": 0.5},
-        "train": {"optim": {"steps": 800, "batch_size": 32, "lr": 1e-3, "log_every": 100, "ema_decay": 0.995}},
+                 "warmup_steps": 250, "adaptive_bins": 50, "adaptive_update_every": 10, "decoder_noise": 0.1},
+        "train": {"optim": {"steps": 500, "batch_size": 16, "lr": 2e-3, "warmup_steps": 20, "min_lr_ratio": 1.0,
+                            "log_every": 50, "ema_decay": 0.995}},
         "eval": {"num_samples": 64, "seeds": [0, 1], "steps": 100, "interpolation_pairs": 4},
     },
     "small": {
@@ -133,7 +135,7 @@ LDLM_PRESETS: dict[str, dict[str, Any]] = {
                  "denoiser": {"hidden_dim": 512, "depth": 8, "n_heads": 8}, "warmup_steps": 5000,
                  "adaptive_update_every": 100},
         "train": {"optim": {"steps": 100_000, "batch_size": 128, "lr": 3e-4, "warmup_steps": 2000,
-                            "log_every": 100, "checkpoint_every": 5000, "ema_decay": 0.9999}},
+                            "min_lr_ratio": 1.0, "log_every": 100, "checkpoint_every": 5000, "ema_decay": 0.9999}},
         "eval": {"num_samples": 500, "seeds": [0, 1, 2, 3, 4], "steps": 256},
     },
     # LDLM's ablation scale (OWT-128 / LM1B): GPT-2 small as token encoder, 768-d latents, 12-layer DiT,
@@ -144,7 +146,7 @@ LDLM_PRESETS: dict[str, dict[str, Any]] = {
         "token_encoder": {"model": "gpt2", "layer": -3, "stats_windows": 100_000},
         "ldlm": {"latent_dim": 768, "hidden_size": 768, "vocab_size": 50257, "warmup_steps": 10_000},
         "train": {"optim": {"steps": 500_000, "batch_size": 512, "lr": 3e-4, "warmup_steps": 5000,
-                            "log_every": 100, "checkpoint_every": 10_000, "ema_decay": 0.9999}},
+                            "min_lr_ratio": 1.0, "log_every": 100, "checkpoint_every": 10_000, "ema_decay": 0.9999}},
         "eval": {"num_samples": 1000, "seeds": [0, 1, 2, 3, 4], "steps": 1024, "scorer_model": "gpt2-large",
                  "mauve_model": "gpt2-large", "mauve_max_length": 1024, "datasets": ["hf:Skylion007/openwebtext"]},
         "resources": {"num_workers": 4, "use_gpu": "true"},

@@ -194,7 +194,8 @@ def run_trial(config: dict[str, Any], spec: dict[str, Any], root: str) -> None:
     cfg.name = spec["name"]  # W&B groups a sweep's runs by its name
     torch.set_num_threads(cfg.resources.torch_threads or os.cpu_count() or 1)  # Tune pins OMP threads to 1
     root_path = Path(root)
-    out = method.run(cfg, root_path / "trials" / trial["trial_id"], data_root=root_path, cache_root=root_path,
+    # tokenized data and teacher features are shared by every sweep under the same --run-dir
+    out = method.run(cfg, root_path / "trials" / trial["trial_id"], data_root=root_path.parent, cache_root=root_path,
                      teacher_layers=spec["teacher_layers"])
     protocol, protocol_digest = method.protocol(cfg)
     rows = leaderboard.make_rows(
