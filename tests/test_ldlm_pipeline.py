@@ -186,3 +186,29 @@ def test_ldlm_killed_worker_resumes_bit_identically(ldlm_overrides, tmp_path, ra
         assert all(torch.equal(got[k], want[k]) for k in want), name
     sampler = load_tensors(checkpoint / "timestep_sampler.safetensors")
     assert int(sampler["updates"]) == 12 and bool(sampler["edge_seen"].any())
+
+
+def test_unconditional_protocol_hash_tracks_every_protocol_field(ldlm_overrides):
+    from latentlm.platform.evaluate_uncond import PROTOCOL_FIELDS, uncond_protocol_hash
+    cfg = build_ldlm_config("tiny", ldlm_overrides())
+    base = uncond_protocol_hash(cfg)
+    changed = {"datasets": ["embedded:shakespeare"], "num_samples": 9, "seeds": [5], "scorer_model": "x",
+               "scorer_max_length": 17, "mauve_model": "y", "mauve_pooling": "mean", "mauve_max_length": 33,
+               "mauve_seed": 3, "diversity_ns": [1], "interpolation_pairs": 1, "interpolation_points": 4}
+    assert set(changed) == set(PROTOCOL_FIELDS)
+    for name, value in changed.items():
+        assert uncond_protocol_hash(build_ldlm_config("tiny", ldlm_overrides(eval={name: value}))) != base, name
+    # sampler settings are model-side axes, not protocol: the same protocol ranks them together
+    assert uncond_protocol_hash(build_ldlm_config("tiny", ldlm_overrides(eval={"steps": 7}))) == base
+
+
+def test_reference_windows_are_length_matched_and_cut_at_eos(tiny_lm_dir):
+    from latentlm.platform.data import load_tokenizer
+    from latentlm.platform.evaluate_uncond import reference_windows
+    tokenizer = load_tokenizer(str(tiny_lm_dir))
+    docs = ["the river city music people king war science old new small large early later north south",
+            "the old king ."]
+    texts, windows = reference_windows(docs, tokenizer, seq_len=8, n=5)
+    assert windows.shape == (2, 8)  # one window per document, at most n
+    assert texts[0] == "the river city music people king war science"  # first seq_len tokens
+    assert texts[1] == "the old king ."  # short document: cut at its EOS, padding dropped
