@@ -39,8 +39,10 @@ def load_tokenizer(spec: str):
     from transformers import AutoTokenizer
     path = assets.resolve_model(spec)
     tok = AutoTokenizer.from_pretrained(path, local_files_only=Path(path).is_dir())
+    if tok.eos_token_id is None and tok.sep_token_id is not None:
+        tok.eos_token = tok.sep_token  # masked LMs (BERT, MiniLM) end a segment with [SEP]
     if tok.eos_token_id is None:
-        raise ConfigError(f"data.tokenizer: {spec} has no EOS token; latentlm needs one to end documents")
+        raise ConfigError(f"data.tokenizer: {spec} has no EOS (or SEP) token; latentlm needs one to end documents")
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok

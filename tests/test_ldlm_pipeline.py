@@ -212,3 +212,18 @@ def test_reference_windows_are_length_matched_and_cut_at_eos(tiny_lm_dir):
     assert windows.shape == (2, 8)  # one window per document, at most n
     assert texts[0] == "the river city music people king war science"  # first seq_len tokens
     assert texts[1] == "the old king ."  # short document: cut at its EOS, padding dropped
+
+
+def test_masked_lm_tokenizers_end_documents_with_sep(tmp_path):
+    """A BERT-style token encoder (LDLM App. B.3) has no EOS: its [SEP] ends documents instead."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    from latentlm.platform.data import load_tokenizer, tokenize_windows
+    tok = Tokenizer(models.WordLevel({"[PAD]": 0, "[UNK]": 1, "[SEP]": 2, "a": 3, "b": 4}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    PreTrainedTokenizerFast(tokenizer_object=tok, sep_token="[SEP]", pad_token="[PAD]",
+                            unk_token="[UNK]").save_pretrained(tmp_path)
+    loaded = load_tokenizer(str(tmp_path))
+    assert loaded.eos_token_id == 2 and loaded.pad_token_id == 0
+    w = tokenize_windows(["a b a"], loaded, seq_len=6)
+    assert w.tokens[0].tolist() == [3, 4, 3, 2, 0, 0] and w.lengths[0] == 4
