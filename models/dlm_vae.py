@@ -1,0 +1,177 @@
+"""Cola DLM's Text VAE: one latent per ``patch_size`` tokens, selectable attention, and the stage-1 losses
+
+    CE(x, decode(z)) + beta * KL(q(z|x) || N(0, I)) + mask_weight * CE(masked positions | encode(masked x))
+
+with the posterior's noise level under control: the **VAE logSNR**, log(mean mu^2 / mean sigma^2) over all
+latent coordinates, is the paper's smoothness knob.
+
+* ``logsnr_mode = "predicted"``: a plain VAE, the encoder predicts the log-variance; the logSNR is only measured.
+* ``"fixed"``: the posterior mean is LayerNorm-ed (no affine, so mean mu^2 = 1 per position) and the variance
+  is exp(-logsnr) everywhere, so the logSNR is exactly ``logsnr`` (the paper compares 1.0 / 1.5 / 2.0).
+* ``"learnable"``: as fixed, with the logSNR a trained scalar initialised at ``logsnr``.
+
+Attention: ``causal`` (token-causal, the paper's VAE), ``block_causal`` (bidirectional inside blocks of
+``block_size`` positions, causal across them; the released code) or ``bidirectional``. With
+``patch_size = 2`` pairs of tokens share one latent; a length that is not a multiple of the patch is padded
+and the padding is cut off after decoding.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import require, require_fraction, require_positive
+from .layers import RotaryEmbedding, TransformerBlock
+
+ATTENTION_KINDS = ("causal", "block_causal", "bidirectional")
+LOGSNR_MODES = ("predicted", "fixed", "learnable")
+
+
+@dataclass
+class DLMVAEConfig:
+    vocab_size: int = 49152
+    latent_dim: int = 16
+    hidden_dim: int = 256
+    n_heads: int = 4
+    encoder_layers: int = 4
+    decoder_layers: int = 4
+    mlp_ratio: float = 4.0
+    attention: str = "causal"
+    block_size: int = 16          # for block_causal attention, in latent positions
+    patch_size: int = 1           # tokens per latent: 1 or 2
+    kl_weight: float = 1e-4       # beta (lost in the paper)
+    mask_ratio: float = 0.15      # BERT-style masking loss (ratio and weight lost; BERT's 15% chosen)
+    mask_weight: float = 0.5
+    logsnr_mode: str = "learnable"
+    logsnr: float = 1.5           # fixed value, or the learnable one's initial value
+
+    def __post_init__(self):
+        require_positive("dlm.vae", vocab_size=self.vocab_size, latent_dim=self.latent_dim,
+                         hidden_dim=self.hidden_dim, n_heads=self.n_heads, encoder_layers=self.encoder_layers,
+                         decoder_layers=self.decoder_layers, block_size=self.block_size)
+        require(self.hidden_dim % self.n_heads == 0 and (self.hidden_dim // self.n_heads) % 2 == 0,
+                "dlm.vae.hidden_dim", f"a multiple of 2*n_heads ({2 * self.n_heads})", self.hidden_dim)
+        require(self.attention in ATTENTION_KINDS, "dlm.vae.attention", f"one of {ATTENTION_KINDS}", self.attention)
+        require(self.patch_size in (1, 2), "dlm.vae.patch_size", "1 or 2", self.patch_size)
+        require(self.logsnr_mode in LOGSNR_MODES, "dlm.vae.logsnr_mode", f"one of {LOGSNR_MODES}", self.logsnr_mode)
+        require(self.kl_weight >= 0 and self.mask_weight >= 0, "dlm.vae.kl_weight/mask_weight", ">= 0",
+                (self.kl_weight, self.mask_weight))
+        require_fraction("dlm.vae", mask_ratio=self.mask_ratio)
+
+
+def attention_mask(kind: str, length: int, block_size: int, device=None) -> torch.Tensor | None:
+    """(T, T) bool, True = may attend; None for bidirectional."""
+    if kind == "bidirectional":
+        return None
+    pos = torch.arange(length, device=device)
+    if kind == "causal":
+        return pos[None, :] <= pos[:, None]
+    blocks = pos // block_size
+    return blocks[None, :] <= blocks[:, None]
+
+
+@dataclass
+class DLMVAEOutput:
+    loss: torch.Tensor
+    recon: torch.Tensor
+    kl: torch.Tensor
+    mask: torch.Tensor
+    accuracy: torch.Tensor
+    logsnr: torch.Tensor          # measured on this batch: log(mean mu^2 / mean sigma^2)
+
+
+class DLMTextVAE(nn.Module):
+    def __init__(self, config: DLMVAEConfig):
+        super().__init__()
+        self.config = c = config
+        self.mask_id = c.vocab_size  # one extra input id for the masking loss
+        self.embed = nn.Embedding(c.vocab_size + 1, c.hidden_dim)
+        self.patch_in = nn.Linear(c.patch_size * c.hidden_dim, c.hidden_dim) if c.patch_size > 1 else nn.Identity()
+        self.rope = RotaryEmbedding(c.hidden_dim // c.n_heads)
+        self.encoder = nn.ModuleList(TransformerBlock(c.hidden_dim, c.n_heads, c.mlp_ratio)
+                                     for _ in range(c.encoder_layers))
+        self.enc_norm = nn.LayerNorm(c.hidden_dim)
+        self.to_mean = nn.Linear(c.hidden_dim, c.latent_dim)
+        self.to_logvar = nn.Linear(c.hidden_dim, c.latent_dim) if c.logsnr_mode == "predicted" else None
+        if c.logsnr_mode == "learnable":
+            self.logsnr = nn.Parameter(torch.tensor(float(c.logsnr)))
+        else:
+            self.register_buffer("logsnr", torch.tensor(float(c.logsnr)))
+        self.from_latent = nn.Linear(c.latent_dim, c.hidden_dim)
+        self.decoder = nn.ModuleList(TransformerBlock(c.hidden_dim, c.n_heads, c.mlp_ratio)
+                                     for _ in range(c.decoder_layers))
+        self.dec_norm = nn.LayerNorm(c.hidden_dim)
+        self.head = nn.Linear(c.hidden_dim, c.patch_size * c.vocab_size)
+
+    # -- shapes ------------------------------------------------------------------------------------------
+    def num_latents(self, num_tokens: int) -> int:
+        return -(-num_tokens // self.config.patch_size)
+
+    def _patchify(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, T) ids -> (B, ceil(T / p), hidden); a ragged tail is padded with the mask id."""
+        p = self.config.patch_size
+        pad = self.num_latents(tokens.shape[1]) * p - tokens.shape[1]
+        if pad:
+            tokens = F.pad(tokens, (0, pad), value=self.mask_id)
+        h = self.embed(tokens)
+        return self.patch_in(h.reshape(h.shape[0], -1, p * h.shape[-1]))
+
+    def _run(self, blocks: nn.ModuleList, h: torch.Tensor) -> torch.Tensor:
+        mask = attention_mask(self.config.attention, h.shape[1], self.config.block_size, h.device)
+        rope = self.rope(h.shape[1], h.device)
+        for block in blocks:
+            h = block(h, rope, mask)
+        return h
+
+    # -- encoder / decoder ---------------------------------------------------------------------------------
+    def posterior(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, log-variance), each (B, latents, latent_dim)."""
+        h = self.enc_norm(self._run(self.encoder, self._patchify(tokens)))
+        mean = self.to_mean(h)
+        if self.to_logvar is not None:
+            return mean, self.to_logvar(h).clamp(-30.0, 20.0)
+        mean = F.layer_norm(mean, mean.shape[-1:])  # mean mu^2 = 1 per position: the logSNR is -logvar
+        return mean, (-self.logsnr).expand_as(mean)
+
+    def decode_logits(self, z: torch.Tensor, num_tokens: int) -> torch.Tensor:
+        """(B, latents, latent_dim) -> (B, num_tokens, vocab): patches unfold, padding is cut off."""
+        h = self.dec_norm(self._run(self.decoder, self.from_latent(z.to(self.from_latent.weight.dtype))))
+        logits = self.head(h).view(h.shape[0], -1, self.config.vocab_size)
+        return logits[:, :num_tokens]
+
+    @staticmethod
+    def measured_logsnr(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+        return torch.log(mean.float().pow(2).mean()) - torch.log(logvar.float().exp().mean())
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None,
+                generator: torch.Generator | None = None) -> DLMVAEOutput:
+        """tokens (B, T); mask (B, T) real tokens (None: all)."""
+        c = self.config
+        weights = torch.ones_like(tokens, dtype=torch.float32) if mask is None else mask.float()
+        denom = weights.sum().clamp_min(1)
+        mean, logvar = self.posterior(tokens)
+        eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        z = mean + (0.5 * logvar).exp() * eps
+        logits = self.decode_logits(z, tokens.shape[1])
+        recon = (F.cross_entropy(logits.float().transpose(1, 2), tokens, reduction="none") * weights).sum() / denom
+        kl = 0.5 * (mean.float().pow(2) + logvar.float().exp() - 1 - logvar.float()).sum(-1).mean()
+        accuracy = (((logits.argmax(-1) == tokens).float() * weights).sum() / denom).detach()
+        masked_loss = torch.zeros((), device=tokens.device)
+        if c.mask_weight > 0 and c.mask_ratio > 0:
+            chosen = (torch.rand(tokens.shape, generator=generator, device=tokens.device) < c.mask_ratio) & weights.bool()
+            if chosen.any():
+                m_mean, _ = self.posterior(torch.where(chosen, torch.full_like(tokens, self.mask_id), tokens))
+                m_logits = self.decode_logits(m_mean, tokens.shape[1])
+                masked_loss = F.cross_entropy(m_logits.float()[chosen], tokens[chosen])
+        loss = recon + c.kl_weight * kl + c.mask_weight * masked_loss
+        return DLMVAEOutput(loss, recon.detach(), kl.detach(), masked_loss.detach(), accuracy,
+                            self.measured_logsnr(mean.detach(), logvar.detach()))
+
+    @torch.no_grad()
+    def reconstruct(self, tokens: torch.Tensor) -> torch.Tensor:
+        mean, _ = self.posterior(tokens)
+        return self.decode_logits(mean, tokens.shape[1]).argmax(-1)
+
