@@ -198,36 +198,58 @@ class BlockCausalDiT(nn.Module):
 
 @torch.no_grad()
 def sample_blocks(model: BlockCausalDiT, prefix: torch.Tensor | None, noise: torch.Tensor, steps: int,
-                  cfg_scale: float = 1.0, use_cache: bool = True) -> torch.Tensor:
-    """Block-by-block generation: each block of ``noise`` (B, num_blocks * block_size, d) is integrated with
-    ``steps`` Euler steps from t = 0 (noise) to 1 (data), then committed as clean history for the next.
-    CFG's unconditional branch sees the current block only (the history is dropped, positions restart at 0).
-    ``use_cache=False`` recomputes the whole history every step (the reference the KV cache must match).
-    The latent state is accumulated in float64. Returns the generated latents (B, num_blocks * size, d)."""
+                  cfg_scale: float = 1.0, use_cache: bool = True, first_block: str = "repaint") -> torch.Tensor:
+    """Block-by-block generation after the clean ``prefix`` latents (B, P, d) or None.
+
+    Blocks stay aligned to position 0 as in training. When P is not a multiple of the block size, the
+    prompt's last r latents lie inside the first generated block: ``first_block="repaint"`` (clean-condition
+    repaint) keeps them on the path of the clean prompt latents, t z_prompt + (1 - t) noise, at every step and
+    exactly clean at the end; ``"partial"`` commits the partial block as history and starts the response at a
+    block boundary that is shifted off the training grid (the paper's alternative; padding the prompt to a
+    block multiple happens before encoding, see ``dlm.ColaDLM``). Each block of ``noise``
+    (B, N, d) is integrated with ``steps`` Euler steps from t = 0 (noise) to 1 (data), then committed as clean
+    history. CFG's unconditional branch sees the current block only (history dropped, positions from 0).
+    ``use_cache=False`` recomputes the history every step (the reference the KV cache must match). The state
+    is accumulated in float64. Returns the N generated latents that follow the prefix."""
+    require(first_block in ("repaint", "partial"), "dlm.sampler.first_block", "'repaint' or 'partial'", first_block)
     size = model.config.block_size
     history = prefix if prefix is not None else noise[:, :0]
+    known = history[:, :0]
+    if first_block == "repaint" and history.shape[1] % size:
+        cut = history.shape[1] - history.shape[1] % size
+        history, known = history[:, :cut], history[:, cut:]
     cache = None
     if use_cache:
         cache = BlockKVCache(len(model.layers))
         if history.shape[1]:
             model.commit_blocks(history, cache)
     grid = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
+    # the known prompt tail rides along in front of the first block's noise
+    work = torch.cat([known, noise], 1)
+    known_noise = torch.randn_like(known) if known.shape[1] else known
     out = []
-    for start in range(0, noise.shape[1], size):
-        x = noise[:, start:start + size].double()
+    for start in range(0, work.shape[1], size):
+        x = work[:, start:start + size].double()
+        r = known.shape[1] if start == 0 else 0
+        if r:
+            x[:, :r] = known_noise.double()
         for i in range(steps):
             t = torch.full((x.shape[0],), float(grid[i]), device=x.device)
+            if r:  # repaint: the prompt positions follow the clean prompt's path
+                x[:, :r] = float(grid[i]) * known.double() + (1 - float(grid[i])) * known_noise.double()
             current = x.to(noise.dtype)
             if use_cache:
                 v = model.block_velocity(current, t, cache)
             else:
                 v = _uncached_velocity(model, history, current, t)
-            if cfg_scale != 1.0 and history.shape[1]:
+            if cfg_scale != 1.0 and history.shape[1] + r:
                 uncond = model.block_velocity(current, t, None)
                 v = uncond + cfg_scale * (v - uncond)
             x = x + float(grid[i + 1] - grid[i]) * v.double()
+        if r:
+            x[:, :r] = known.double()
         block = x.to(noise.dtype)
-        out.append(block)
+        out.append(block[:, r:])
         history = torch.cat([history, block], 1)
         if use_cache:
             model.commit(block, cache)

@@ -121,3 +121,20 @@ def test_block_flow_matching_loss_falls_and_history_is_stop_gradient():
     z = torch.randn(2, 8, 4, requires_grad=True)
     block_flow_matching_loss(m, z, schedule).backward()
     assert z.grad is not None  # through the noisy stream and the target, not the clean history
+
+
+def test_prompt_not_a_block_multiple_repaint_and_partial():
+    """A 6-latent prompt with blocks of 4: repaint keeps the prompt's last 2 latents inside the first block
+    (block-aligned like training, so the cache still matches recomputation); "partial" commits them as a short
+    block instead and generates from position 6."""
+    m = model(block_size=4, depth=2).double()
+    prefix = torch.randn(1, 6, 6, dtype=torch.float64)
+    noise = torch.randn(1, 10, 6, dtype=torch.float64)
+    torch.manual_seed(5)
+    cached = sample_blocks(m, prefix, noise, steps=4, cfg_scale=2.0)
+    torch.manual_seed(5)
+    uncached = sample_blocks(m, prefix, noise, steps=4, cfg_scale=2.0, use_cache=False)
+    assert cached.shape == (1, 10, 6)
+    torch.testing.assert_close(cached, uncached, rtol=1e-9, atol=1e-9)
+    partial = sample_blocks(m, prefix, noise, steps=4, cfg_scale=2.0, first_block="partial")
+    assert partial.shape == (1, 10, 6) and not torch.allclose(partial, cached)
