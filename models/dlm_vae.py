@@ -81,6 +81,8 @@ class DLMVAEOutput:
     mask: torch.Tensor
     accuracy: torch.Tensor
     logsnr: torch.Tensor          # measured on this batch: log(mean mu^2 / mean sigma^2)
+    z: torch.Tensor | None = None  # the posterior sample that was decoded (with gradient: joint training)
+    mean: torch.Tensor | None = None
 
 
 class DLMTextVAE(nn.Module):
@@ -168,7 +170,7 @@ class DLMTextVAE(nn.Module):
                 masked_loss = F.cross_entropy(m_logits.float()[chosen], tokens[chosen])
         loss = recon + c.kl_weight * kl + c.mask_weight * masked_loss
         return DLMVAEOutput(loss, recon.detach(), kl.detach(), masked_loss.detach(), accuracy,
-                            self.measured_logsnr(mean.detach(), logvar.detach()))
+                            self.measured_logsnr(mean.detach(), logvar.detach()), z, mean)
 
     @torch.no_grad()
     def reconstruct(self, tokens: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,105 @@
+"""Cola DLM: a Text VAE, a block-causal DiT prior over its latents, and conditional decoding.
+
+    stage 1   VAE alone: CE + beta KL + masking loss
+    stage 2   joint: VAE loss + flow matching of the DiT on the VAE's posterior samples, with the gradient
+              reaching the encoder through the noisy blocks and targets; the VAE's learning rate is
+              ``vae_lr_ratio`` x the DiT's (``vae_strategy``: joint / frozen / scratch), and a reference
+              regulariser (MSE to the frozen stage-1 encoder's means, ``ref_weight``) holds the latent space
+              in place.
+    inference prompt -> clean latents (posterior means) -> block-by-block generation with a KV cache
+              (``block_dit.sample_blocks``) -> the causal VAE decoder over [prompt ; generated] latents.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .block_dit import BlockCausalDiT, BlockDiTConfig, block_flow_matching_loss, sample_blocks
+from .config import require
+from .dlm_vae import DLMTextVAE, DLMVAEConfig
+from .flow import TimestepSchedule
+
+VAE_STRATEGIES = ("joint", "frozen", "scratch")
+
+
+@dataclass
+class ColaDLMConfig:
+    vae: DLMVAEConfig = field(default_factory=DLMVAEConfig)
+    dit: BlockDiTConfig = field(default_factory=BlockDiTConfig)
+    # the "timestep shift": logit-normal loc/scale of the per-block flow-matching times (t = 1 is data here,
+    # so a larger loc means *less* noise; the paper's loc is on its noise-at-1 axis: loc_paper = -loc)
+    schedule: TimestepSchedule = field(default_factory=lambda: TimestepSchedule("logit_normal", 0.0, 1.0))
+    vae_strategy: str = "joint"   # joint (stage 1 then joint) | frozen (stage 1, then only the DiT) | scratch
+    vae_lr_ratio: float = 1.0     # joint: VAE LR = ratio x DiT LR (the paper compares x1 and x0.01)
+    ref_weight: float = 1.0       # stage-2 reference-encoder regulariser (0: off)
+    fm_weight: float = 1.0
+
+    def __post_init__(self):
+        if isinstance(self.vae, dict):
+            self.vae = DLMVAEConfig(**self.vae)
+        if isinstance(self.dit, dict):
+            self.dit = BlockDiTConfig(**self.dit)
+        if isinstance(self.schedule, dict):
+            self.schedule = TimestepSchedule(**self.schedule)
+        require(self.dit.latent_dim == self.vae.latent_dim, "dlm.dit.latent_dim",
+                f"dlm.vae.latent_dim ({self.vae.latent_dim})", self.dit.latent_dim)
+        require(self.vae_strategy in VAE_STRATEGIES, "dlm.vae_strategy", f"one of {VAE_STRATEGIES}",
+                self.vae_strategy)
+        require(self.vae_lr_ratio >= 0, "dlm.vae_lr_ratio", ">= 0", self.vae_lr_ratio)
+        require(self.ref_weight >= 0 and self.fm_weight > 0, "dlm.ref_weight/fm_weight", ">= 0 / > 0",
+                (self.ref_weight, self.fm_weight))
+
+
+@dataclass
+class JointOutput:
+    loss: torch.Tensor
+    fm: torch.Tensor
+    vae: torch.Tensor
+    recon: torch.Tensor
+    kl: torch.Tensor
+    mask: torch.Tensor
+    ref: torch.Tensor
+    accuracy: torch.Tensor
+    logsnr: torch.Tensor
+
+
+class ColaDLM(nn.Module):
+    def __init__(self, config: ColaDLMConfig):
+        super().__init__()
+        self.config = config
+        self.vae = DLMTextVAE(config.vae)
+        self.dit = BlockCausalDiT(config.dit)
+
+    def joint_loss(self, tokens: torch.Tensor, mask: torch.Tensor | None = None,
+                   reference: DLMTextVAE | None = None, generator: torch.Generator | None = None) -> JointOutput:
+        """Stage 2: VAE loss + per-block flow matching on the posterior samples (+ reference regulariser)."""
+        c = self.config
+        out = self.vae(tokens, mask, generator)
+        fm = block_flow_matching_loss(self.dit, out.z, c.schedule, generator)
+        ref = torch.zeros((), device=tokens.device)
+        if reference is not None and c.ref_weight > 0:
+            with torch.no_grad():
+                ref_mean, _ = reference.posterior(tokens)
+            ref = (out.mean.float() - ref_mean.float()).pow(2).mean()
+        loss = c.fm_weight * fm + out.loss + c.ref_weight * ref
+        return JointOutput(loss, fm.detach(), out.loss.detach(), out.recon, out.kl, out.mask, ref.detach(),
+                           out.accuracy, out.logsnr)
+
+    @torch.no_grad()
+    def generate(self, prompt: torch.Tensor, new_tokens: int, steps: int = 16, cfg_scale: float = 7.0,
+                 generator: torch.Generator | None = None, first_block: str = "repaint",
+                 use_cache: bool = True) -> torch.Tensor:
+        """prompt (B, P) ids (P a multiple of the patch size) -> (B, new_tokens) ids."""
+        p = self.config.vae.patch_size
+        require(prompt.shape[1] % p == 0, "prompt length", f"a multiple of dlm.vae.patch_size ({p})",
+                prompt.shape[1])
+        prefix = self.vae.posterior(prompt)[0] if prompt.shape[1] else None
+        n_latents = -(-new_tokens // p)
+        noise = torch.randn(prompt.shape[0], n_latents, self.config.vae.latent_dim, generator=generator)
+        noise = noise.to(prompt.device)
+        latents = sample_blocks(self.dit, prefix, noise, steps, cfg_scale, use_cache, first_block)
+        full = latents if prefix is None else torch.cat([prefix, latents], 1)
+        logits = self.vae.decode_logits(full, prompt.shape[1] + new_tokens)  # conditional decoding
+        return logits[:, prompt.shape[1]:].argmax(-1)
