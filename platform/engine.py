@@ -76,10 +76,10 @@ class TorchEngine(Engine):
     """Plain PyTorch: DDP (Ray's ``prepare_model``) when distributed, bf16 autocast when asked for,
     no gradient all-reduce until the last micro-batch of a global batch."""
 
-    def __init__(self, model, optim, wc, micro_batch_size, accumulation, dtype, name):
+    def __init__(self, model, optim, wc, micro_batch_size, accumulation, dtype, name, lr_multiplier=None):
         super().__init__(model, wc, micro_batch_size, accumulation, name)
         import ray.train.torch
-        self.optimizer, self.scheduler = make_optimizer(model.parameters(), optim)
+        self.optimizer, self.scheduler = make_optimizer(model.parameters(), optim, lr_multiplier)
         self.model = ray.train.torch.prepare_model(model) if wc.world_size > 1 else model
         self.grad_clip, self.dtype = optim.grad_clip, dtype
         self.micro_steps, self.grad_norm = 0, math.nan
@@ -129,12 +129,12 @@ class DeepSpeedEngine(Engine):
 
     TAG = "state"  # checkpoint subdirectory of <checkpoint>/deepspeed
 
-    def __init__(self, model, optim, ds, wc, micro_batch_size, accumulation, dtype, name):
+    def __init__(self, model, optim, ds, wc, micro_batch_size, accumulation, dtype, name, lr_multiplier=None):
         super().__init__(model, wc, micro_batch_size, accumulation, name)
         import deepspeed
         logging.getLogger("DeepSpeed").setLevel(logging.WARNING)  # it logs its whole config at INFO
         self.stage = ds.zero_stage
-        optimizer, scheduler = make_optimizer(model.parameters(), optim)
+        optimizer, scheduler = make_optimizer(model.parameters(), optim, lr_multiplier)
         zero = {"stage": ds.zero_stage}
         if ds.offload_optimizer:
             zero["offload_optimizer"] = {"device": "cpu"}
@@ -210,11 +210,12 @@ class DeepSpeedEngine(Engine):
 
 
 def build_engine(model: torch.nn.Module, optim, ds, wc: WorkerContext, global_batch: int,
-                 name: str = "model") -> Engine:
+                 name: str = "model", lr_multiplier=None) -> Engine:
     """The engine for ``model`` (already on ``wc.device``): DeepSpeed ZeRO when ``ds.enabled``, else plain
-    PyTorch. ``name`` names the consolidated weights file of checkpoints (``vae``, ``dit``)."""
+    PyTorch. ``name`` names the consolidated weights file of checkpoints (``vae``, ``dit``);
+    ``lr_multiplier(param)`` scales parameters' learning rates (``training.make_optimizer``)."""
     micro, accumulation = batch_plan(global_batch, ds.micro_batch_size, wc.world_size)
     dtype = compute_dtype(ds.precision, wc.device)
     if ds.enabled:
-        return DeepSpeedEngine(model, optim, ds, wc, micro, accumulation, dtype, name)
-    return TorchEngine(model, optim, wc, micro, accumulation, dtype, name)
+        return DeepSpeedEngine(model, optim, ds, wc, micro, accumulation, dtype, name, lr_multiplier)
+    return TorchEngine(model, optim, wc, micro, accumulation, dtype, name, lr_multiplier)

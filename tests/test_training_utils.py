@@ -301,3 +301,20 @@ def test_fit_normalizer_matches_numpy():
     next(stream)
     with pytest.raises(StopIteration):
         next(stream)
+
+
+def test_make_optimizer_scales_learning_rates_per_parameter_through_the_schedule():
+    import torch
+    from latentlm.platform.experiment import OptimConfig
+    from latentlm.platform.training import make_optimizer
+    slow, fast = torch.nn.Linear(3, 3), torch.nn.Linear(3, 3)
+    slow_ids = {id(p) for p in slow.parameters()}
+    optim = OptimConfig(steps=10, warmup_steps=2, lr=1e-2)
+    opt, sched = make_optimizer([*slow.parameters(), *fast.parameters()], optim,
+                                lambda p: 0.01 if id(p) in slow_ids else 1.0)
+    for _ in range(5):
+        opt.step()
+        sched.step()
+    lrs = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    assert lrs[id(slow.weight)] == pytest.approx(0.01 * lrs[id(fast.weight)])
+    assert {g["weight_decay"] for g in opt.param_groups} == {optim.weight_decay, 0.0}
