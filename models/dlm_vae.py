@@ -98,10 +98,11 @@ class DLMTextVAE(nn.Module):
         self.enc_norm = nn.LayerNorm(c.hidden_dim)
         self.to_mean = nn.Linear(c.hidden_dim, c.latent_dim)
         self.to_logvar = nn.Linear(c.hidden_dim, c.latent_dim) if c.logsnr_mode == "predicted" else None
+        # shape (1,), not a scalar: DeepSpeed broadcasts parameters as bytes and cannot view 0-dim tensors
         if c.logsnr_mode == "learnable":
-            self.logsnr = nn.Parameter(torch.tensor(float(c.logsnr)))
+            self.logsnr = nn.Parameter(torch.tensor([float(c.logsnr)]))
         else:
-            self.register_buffer("logsnr", torch.tensor(float(c.logsnr)))
+            self.register_buffer("logsnr", torch.tensor([float(c.logsnr)]))
         self.from_latent = nn.Linear(c.latent_dim, c.hidden_dim)
         self.decoder = nn.ModuleList(TransformerBlock(c.hidden_dim, c.n_heads, c.mlp_ratio)
                                      for _ in range(c.decoder_layers))

@@ -120,8 +120,9 @@ def main(argv: list[str] | None = None) -> int:
 
     train = sub.add_parser("train", help="train one config of a method family end to end and evaluate it")
     with_config(train)
-    train.add_argument("--method", default="textldm", choices=["textldm", "ldlm"],
-                       help="textldm: VAE then DiT (continuation); ldlm: joint encoder/diffusion/decoder")
+    train.add_argument("--method", default="textldm", choices=["textldm", "ldlm", "dlm"],
+                       help="textldm: VAE then DiT (continuation); ldlm: joint encoder/diffusion/decoder; "
+                            "dlm: Cola DLM (Text VAE, then joint VAE + block-causal DiT)")
     train.add_argument("--run-dir", help="default: runs/<method>")
     train.set_defaults(fn=cmd_train)
 

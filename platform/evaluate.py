@@ -118,11 +118,13 @@ def reconstruction_accuracy(model: TextLDM, documents: list[str], tokenizer, cfg
     return metrics.token_accuracy(predicted, tokens, mask)
 
 
-def evaluate_checkpoint(cfg, checkpoint_dir: str, out_dir: Path) -> dict[str, dict[str, float]]:
-    """Run the continuation protocol on every eval dataset; writes samples and metrics under out_dir."""
+def evaluate_checkpoint(cfg, checkpoint_dir: str, out_dir: Path, model=None) -> dict[str, dict[str, float]]:
+    """Run the continuation protocol on every eval dataset; writes samples and metrics under out_dir.
+    ``model``: any object with TextLDM's ``generate``/``reconstruct`` (default: the TextLDM checkpoint)."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(cfg.eval.seed)
-    model = load_textldm(checkpoint_dir, use_ema=cfg.eval.use_ema, device=device)
+    if model is None:
+        model = load_textldm(checkpoint_dir, use_ema=cfg.eval.use_ema, device=device)
     tokenizer = load_tokenizer(cfg.data.tokenizer)
     featurizer = metrics.LMFeaturizer(assets.resolve_model(cfg.eval.mauve_model), max_length=cfg.eval.mauve_max_length,
                                       pooling=cfg.eval.mauve_pooling, device=device)

@@ -24,6 +24,7 @@ from latentlm.models.config import ConfigError, require
 
 from .config import load_file, merge, parse_overrides, to_dict
 from .experiment import TextLDMConfig, build_config
+from .dlm_config import DLMExperimentConfig, build_dlm_config
 from .ldlm_config import LDLMExperimentConfig, build_ldlm_config
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,14 @@ def _ldlm_effective(config: dict) -> dict:
     return config
 
 
+def _dlm_effective(config: dict) -> dict:
+    from latentlm.models.dlm import ColaDLMConfig
+    model, defaults = config.get("dlm", {}), ColaDLMConfig()
+    if model.get("vae_strategy") in ("frozen", "scratch"):  # no VAE learning-rate ratio / reference to apply
+        model["vae_lr_ratio"], model["ref_weight"] = defaults.vae_lr_ratio, defaults.ref_weight
+    return config
+
+
 def _run_textldm(cfg, *args, **kwargs) -> dict:
     from .pipeline import run_textldm
     return run_textldm(cfg, *args, **kwargs)
@@ -71,6 +80,11 @@ def _run_textldm(cfg, *args, **kwargs) -> dict:
 def _run_ldlm(cfg, *args, **kwargs) -> dict:
     from .ldlm_pipeline import run_ldlm
     return run_ldlm(cfg, *args, **kwargs)
+
+
+def _run_dlm(cfg, *args, **kwargs) -> dict:
+    from .dlm_pipeline import run_dlm
+    return run_dlm(cfg, *args, **kwargs)
 
 
 def _textldm_protocol(cfg) -> tuple[str, str]:
@@ -83,13 +97,15 @@ def _ldlm_protocol(cfg) -> tuple[str, str]:
     return UNCOND_PROTOCOL, uncond_protocol_hash(cfg)
 
 
-# Method family -> how to build, run and evaluate it. Cola DLM registers here when it lands.
+# Method family -> how to build, run and evaluate it. Cola DLM is scored by TextLDM's continuation protocol.
 METHODS: dict[str, Method] = {
     "textldm": Method(build_config, TextLDMConfig, _run_textldm, _textldm_protocol,
                       lambda configs: sorted({c.vae.repa.layer for c in configs if c.vae.repa.enabled}),
                       _textldm_effective),
     "ldlm": Method(build_ldlm_config, LDLMExperimentConfig, _run_ldlm, _ldlm_protocol,
                    lambda configs: sorted({c.token_encoder.layer for c in configs}), _ldlm_effective),
+    "dlm": Method(build_dlm_config, DLMExperimentConfig, _run_dlm, _textldm_protocol, lambda configs: [],
+                  _dlm_effective),
 }
 
 

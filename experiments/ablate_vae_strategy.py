@@ -1,0 +1,21 @@
+"""Cola DLM ablation: the VAE in stage 2 (paper Sec. 4.2): frozen after stage 1, trained jointly at the
+DiT's learning rate (x1) or at x0.01, or everything from scratch without stage 1.
+
+    python experiments/ablate_vae_strategy.py            # tiny preset, embedded offline assets
+    ray job submit --working-dir . --runtime-env cluster/runtime_env.yaml -- \\
+        python experiments/ablate_vae_strategy.py --preset small
+
+One stage-1 VAE is trained and shared by the three strategies that start from it.
+"""
+import sys
+
+from latentlm.platform.sweep import sweep_main
+
+
+def axes(preset: str) -> dict:
+    return {"dlm": [{"vae_strategy": "frozen"}, {"vae_strategy": "joint", "vae_lr_ratio": 1.0},
+                    {"vae_strategy": "joint", "vae_lr_ratio": 0.01}, {"vae_strategy": "scratch"}]}
+
+
+if __name__ == "__main__":
+    sys.exit(sweep_main("ablate_vae_strategy", axes, __doc__, method="dlm"))
