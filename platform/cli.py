@@ -63,6 +63,12 @@ def cmd_sample(args) -> int:
     generator = torch.Generator().manual_seed(args.seed)
     if state.get("stage") in ("ldlm", "post_decoder"):
         ids = _sample_ldlm(args, saved, state, tokenizer, generator)
+    elif state.get("stage") == "dlm_joint":  # Cola DLM: block-wise continuation of the prompt
+        from .dlm_pipeline import load_dlm
+        prompt = torch.tensor([tokenizer(args.prompt, add_special_tokens=False)["input_ids"]] * args.num,
+                              dtype=torch.long)
+        ids = load_dlm(args.checkpoint, use_ema=not args.no_ema).generate(
+            prompt, args.length, steps=args.steps, cfg_scale=args.cfg_scale, generator=generator)
     elif args.prompt:
         model = load_textldm(args.checkpoint, use_ema=not args.no_ema)
         prompt = torch.tensor([tokenizer(args.prompt, add_special_tokens=False)["input_ids"]] * args.num)

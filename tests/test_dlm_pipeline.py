@@ -77,6 +77,8 @@ def test_dlm_pipeline_end_to_end(dlm_overrides, tiny_corpus, tmp_path, ray_local
     a = gen.generate(prompt, 9, steps=3, cfg_scale=2.0, generator=torch.Generator().manual_seed(0))
     b = gen.generate(prompt, 9, steps=3, cfg_scale=2.0, generator=torch.Generator().manual_seed(0))
     assert a.shape == (2, 9) and torch.equal(a, b)
+    from latentlm.platform import cli
+    assert cli.main(["sample", out["stage2_checkpoint"], "--prompt", "the river", "--length", "6", "--steps", "2"]) == 0
     # a frozen-VAE trial reuses the stage-1 VAE (one VAE per VAE config)
     frozen = run_dlm(build_dlm_config("tiny", dlm_overrides(dlm={"vae_strategy": "frozen"})), tmp_path / "run2",
                      data_root=tmp_path, cache_root=tmp_path / "run")
