@@ -203,9 +203,6 @@ class LDLM(nn.Module):
     def encode(self, hidden: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.encoder(hidden, mask)
 
-    def decode_hidden(self, z: torch.Tensor) -> torch.Tensor:
-        return self.decoder(z)
-
     def decode_tokens(self, z: torch.Tensor) -> torch.Tensor:
         """Clean latents -> token ids (inference: no decoder-input noise)."""
         return self.token_decoder(self.decoder(z)).argmax(-1)

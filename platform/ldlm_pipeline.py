@@ -48,10 +48,6 @@ def ldlm_stage_keys(cfg) -> dict[str, str]:
     return {"joint": joint, "post_decoder": post}
 
 
-def ldlm_teacher_layers(configs) -> list[int]:
-    return sorted({c.token_encoder.layer for c in configs})
-
-
 def run_ldlm(cfg, run_dir: Path, data_root: Path | None = None, cache_root: Path | None = None,
              teacher_layers: list[int] | None = None) -> dict:
     """Train and evaluate one LDLM config. Returns metrics per eval dataset, checkpoints and stage times."""
