@@ -19,6 +19,7 @@ t = 1 data, velocity = data - noise.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -198,7 +199,8 @@ class BlockCausalDiT(nn.Module):
 
 @torch.no_grad()
 def sample_blocks(model: BlockCausalDiT, prefix: torch.Tensor | None, noise: torch.Tensor, steps: int,
-                  cfg_scale: float = 1.0, use_cache: bool = True, first_block: str = "repaint") -> torch.Tensor:
+                  cfg_scale: float = 1.0, use_cache: bool = True, first_block: str = "repaint",
+                  on_commit: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor:
     """Block-by-block generation after the clean ``prefix`` latents (B, P, d) or None.
 
     Blocks stay aligned to position 0 as in training. When P is not a multiple of the block size, the
@@ -210,7 +212,8 @@ def sample_blocks(model: BlockCausalDiT, prefix: torch.Tensor | None, noise: tor
     (B, N, d) is integrated with ``steps`` Euler steps from t = 0 (noise) to 1 (data), then committed as clean
     history. CFG's unconditional branch sees the current block only (history dropped, positions from 0).
     ``use_cache=False`` recomputes the history every step (the reference the KV cache must match). The state
-    is accumulated in float64. Returns the N generated latents that follow the prefix."""
+    is accumulated in float64. ``on_commit`` receives each block's new latents as it is committed (a
+    streaming decoder's input). Returns the N generated latents that follow the prefix."""
     require(first_block in ("repaint", "partial"), "dlm.sampler.first_block", "'repaint' or 'partial'", first_block)
     size = model.config.block_size
     history = prefix if prefix is not None else noise[:, :0]
@@ -250,6 +253,8 @@ def sample_blocks(model: BlockCausalDiT, prefix: torch.Tensor | None, noise: tor
             x[:, :r] = known.double()
         block = x.to(noise.dtype)
         out.append(block[:, r:])
+        if on_commit is not None:
+            on_commit(block[:, r:])
         history = torch.cat([history, block], 1)
         if use_cache:
             model.commit(block, cache)

@@ -97,9 +97,20 @@ class ColaDLM(nn.Module):
                 prompt.shape[1])
         prefix = self.vae.posterior(prompt)[0] if prompt.shape[1] else None
         n_latents = -(-new_tokens // p)
-        noise = torch.randn(prompt.shape[0], n_latents, self.config.vae.latent_dim, generator=generator)
+        # drawn on the generator's device (the continuation protocol passes a CUDA generator on GPU), so CPU
+        # draws are unchanged
+        noise = torch.randn(prompt.shape[0], n_latents, self.config.vae.latent_dim, generator=generator,
+                            device=generator.device if generator is not None else "cpu")
         noise = noise.to(prompt.device)
-        latents = sample_blocks(self.dit, prefix, noise, steps, cfg_scale, use_cache, first_block)
-        full = latents if prefix is None else torch.cat([prefix, latents], 1)
-        logits = self.vae.decode_logits(full, prompt.shape[1] + new_tokens)  # conditional decoding
+        total = prompt.shape[1] + new_tokens
+        if self.config.vae.attention == "bidirectional":  # the decoder needs the whole sequence at once
+            latents = sample_blocks(self.dit, prefix, noise, steps, cfg_scale, use_cache, first_block)
+            full = latents if prefix is None else torch.cat([prefix, latents], 1)
+            logits = self.vae.decode_logits(full, total)  # conditional decoding
+        else:  # stream: decode each block as it is committed, with a KV cache over the decoded blocks
+            decoder = self.vae.streaming_decoder()
+            pieces = [] if prefix is None else [decoder.feed(prefix)]
+            sample_blocks(self.dit, prefix, noise, steps, cfg_scale, use_cache, first_block,
+                          on_commit=lambda block: pieces.append(decoder.feed(block)))
+            logits = torch.cat([*pieces, decoder.flush()], 1)[:, :total]
         return logits[:, prompt.shape[1]:].argmax(-1)

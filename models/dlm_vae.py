@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import require, require_fraction, require_positive
-from .layers import RotaryEmbedding, TransformerBlock
+from .layers import KVSlot, RotaryEmbedding, TransformerBlock
 
 ATTENTION_KINDS = ("causal", "block_causal", "bidirectional")
 LOGSNR_MODES = ("predicted", "fixed", "learnable")
@@ -173,8 +173,59 @@ class DLMTextVAE(nn.Module):
         return DLMVAEOutput(loss, recon.detach(), kl.detach(), masked_loss.detach(), accuracy,
                             self.measured_logsnr(mean.detach(), logvar.detach()), z, mean)
 
+    def streaming_decoder(self) -> "StreamingDecoder":
+        return StreamingDecoder(self)
+
     @torch.no_grad()
     def reconstruct(self, tokens: torch.Tensor) -> torch.Tensor:
         mean, _ = self.posterior(tokens)
         return self.decode_logits(mean, tokens.shape[1]).argmax(-1)
 
+
+
+class StreamingDecoder:
+    """Decodes latents as generation commits them: each completed VAE block (``block_size`` latents, aligned to
+    position 0 as in training) runs through the decoder once, attending to the cached keys/values of the
+    blocks before it. Same logits as ``decode_logits`` over the whole sequence, for a causal or block-causal
+    decoder (a bidirectional one needs the whole sequence: it cannot stream)."""
+
+    def __init__(self, vae: DLMTextVAE):
+        c = vae.config
+        require(c.attention != "bidirectional", "dlm.vae.attention", "'causal' or 'block_causal' to stream-decode",
+                c.attention)
+        self.vae, self.chunk = vae, c.block_size
+        self.slots = [KVSlot() for _ in vae.decoder]
+        self.pending: torch.Tensor | None = None
+        self.position = 0  # latents decoded so far
+
+    @torch.no_grad()
+    def feed(self, z: torch.Tensor) -> torch.Tensor:
+        """Add (B, n, d) latents; returns the logits (B, p * k, V) of every block this completes (k latents)."""
+        self.pending = z if self.pending is None else torch.cat([self.pending, z], 1)
+        full = (self.position + self.pending.shape[1]) // self.chunk * self.chunk - self.position
+        return self._decode(full)
+
+    @torch.no_grad()
+    def flush(self) -> torch.Tensor:
+        """Decode what is left (a ragged last block)."""
+        return self._decode(0 if self.pending is None else self.pending.shape[1])
+
+    def _decode(self, n: int) -> torch.Tensor:
+        vae, c = self.vae, self.vae.config
+        z, self.pending = self.pending[:, :n], self.pending[:, n:]
+        if n == 0:
+            return z.new_zeros(z.shape[0], 0, c.vocab_size)
+        device = z.device
+        pos = torch.arange(self.position, self.position + n, device=device)
+        seen = torch.arange(0, self.position + n, device=device)
+        if c.attention == "causal":
+            mask = seen[None, :] <= pos[:, None]
+        else:
+            mask = (seen[None, :] // c.block_size) <= (pos[:, None] // c.block_size)
+        rope = vae.rope(n, device, offset=self.position)
+        h = vae.from_latent(z.to(vae.from_latent.weight.dtype))
+        for block, slot in zip(vae.decoder, self.slots):
+            h = block(h, rope, mask, slot)
+        self.position += n
+        h = vae.dec_norm(h)
+        return vae.head(h).view(h.shape[0], -1, c.vocab_size)

@@ -37,6 +37,24 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return (x * cos + rotated * sin).to(x.dtype)
 
 
+class KVSlot:
+    """One attention layer's cached keys and values (B, H, L, D) for incremental decoding."""
+
+    def __init__(self):
+        self.k: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
+
+    @property
+    def length(self) -> int:
+        return 0 if self.k is None else self.k.shape[2]
+
+    def extend(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append the new positions' keys/values; returns all cached ones (past + new)."""
+        self.k = k if self.k is None else torch.cat([self.k, k], 2)
+        self.v = v if self.v is None else torch.cat([self.v, v], 2)
+        return self.k, self.v
+
+
 class SelfAttention(nn.Module):
     def __init__(self, dim: int, n_heads: int, dropout: float = 0.0):
         super().__init__()
@@ -49,12 +67,15 @@ class SelfAttention(nn.Module):
         self.dropout = dropout
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
-                attn_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (B, T, C); attn_mask: bool, broadcastable to (B, H, T, T), True = may attend."""
+                attn_mask: torch.Tensor | None = None, cache: KVSlot | None = None) -> torch.Tensor:
+        """x: (B, T, C); rope: cos/sin at x's positions; attn_mask: bool, broadcastable to (B, H, T, L),
+        True = may attend, where L = T, or cached + T with ``cache`` (whose new keys/values are appended)."""
         b, t, c = x.shape
         q, k, v = self.qkv(x).view(b, t, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         cos, sin = rope
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if cache is not None:
+            k, v = cache.extend(k, v)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
                                              dropout_p=self.dropout if self.training else 0.0)
         return self.proj(out.transpose(1, 2).reshape(b, t, c))
@@ -82,8 +103,8 @@ class TransformerBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = MLP(dim, mlp_ratio, dropout)
 
-    def forward(self, x, rope, attn_mask=None):
-        x = x + self.attn(self.norm1(x), rope, attn_mask)
+    def forward(self, x, rope, attn_mask=None, cache: KVSlot | None = None):
+        x = x + self.attn(self.norm1(x), rope, attn_mask, cache)
         return x + self.mlp(self.norm2(x))
 
 

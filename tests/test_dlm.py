@@ -67,3 +67,20 @@ def test_config_errors_name_the_field():
         config(dit=dict(latent_dim=5, hidden_dim=32, depth=1, n_heads=2))
     with pytest.raises(ConfigError, match="dlm.vae_strategy"):
         config(vae_strategy="warm")
+
+
+@pytest.mark.parametrize("attention", ["causal", "block_causal"])
+def test_generation_streams_the_decoder_and_matches_one_full_decode(attention):
+    """With a causal / block-causal VAE, generate() decodes each block as it is committed (decoder KV cache);
+    the tokens equal one decoder pass over [prompt ; generated] latents."""
+    from latentlm.models.block_dit import sample_blocks
+    torch.manual_seed(0)
+    model = ColaDLM(config(vae=dict(vocab_size=20, latent_dim=6, hidden_dim=32, n_heads=2, encoder_layers=1,
+                                    decoder_layers=2, attention=attention, block_size=4))).double().eval()
+    prompt = torch.randint(0, 20, (2, 6))
+    got = model.generate(prompt, 9, steps=3, cfg_scale=2.0, generator=torch.Generator().manual_seed(1))
+    prefix = model.vae.posterior(prompt)[0]
+    noise = torch.randn(2, 9, 6, generator=torch.Generator().manual_seed(1)).double()
+    latents = sample_blocks(model.dit, prefix, noise, 3, 2.0)
+    want = model.vae.decode_logits(torch.cat([prefix, latents], 1), 15)[:, 6:].argmax(-1)
+    assert torch.equal(got, want)

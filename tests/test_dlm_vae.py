@@ -92,3 +92,24 @@ def test_config_errors_name_the_field():
                       (dict(logsnr_mode="auto"), "dlm.vae.logsnr_mode"), (dict(mask_ratio=1.5), "dlm.vae.mask_ratio")):
         with pytest.raises(ConfigError, match=field):
             DLMVAEConfig(**kw)
+
+
+@pytest.mark.parametrize("attention,patch", [("causal", 1), ("block_causal", 1), ("block_causal", 2)])
+def test_streaming_decoder_matches_the_full_decode(attention, patch):
+    """Decoding committed blocks one by one with the decoder's KV cache gives the full decode's logits, however
+    the latents arrive (pieces smaller and larger than a block, a ragged tail)."""
+    model = vae(attention=attention, block_size=4, patch_size=patch, decoder_layers=2).double().eval()
+    z = torch.randn(3, 13, 8, dtype=torch.float64)
+    want = model.decode_logits(z, 13 * patch)
+    stream = model.streaming_decoder()
+    pieces, start = [], 0
+    for size in (3, 1, 6, 3):  # 13 latents in uneven pieces
+        before = stream.position
+        got = stream.feed(z[:, start:start + size])
+        start += size
+        assert stream.position % 4 == 0 and got.shape[1] == patch * (stream.position - before)  # whole blocks
+        pieces.append(got)
+    pieces.append(stream.flush())
+    torch.testing.assert_close(torch.cat(pieces, 1), want, rtol=0, atol=1e-10)
+    with pytest.raises(ConfigError, match="dlm.vae.attention"):
+        vae(attention="bidirectional").streaming_decoder()
