@@ -33,7 +33,9 @@ def cmd_evaluate(args) -> int:
     saved = read_json(Path(args.checkpoint) / "config.json")
     cfg = from_dict(TextLDMConfig, merge(saved, parse_overrides(args.set)))
     out_dir = Path(args.out or Path(args.checkpoint) / "eval")
-    print(json.dumps(evaluate_checkpoint(cfg, args.checkpoint, out_dir), indent=2))
+    evaluation = evaluate_checkpoint(cfg, args.checkpoint, out_dir)
+    print(json.dumps({"protocol": evaluation.protocol.name, "protocol_hash": evaluation.protocol.hash,
+                      "results": evaluation.results, "human_ceiling": evaluation.ceiling}, indent=2))
     return 0
 
 
@@ -63,6 +65,13 @@ def cmd_sample(args) -> int:
     generator = torch.Generator().manual_seed(args.seed)
     if state.get("stage") in ("ldlm", "post_decoder"):
         ids = _sample_ldlm(args, saved, state, tokenizer, generator)
+    elif state.get("stage") == "ar":  # the GPT baseline: token-by-token continuation of the prompt
+        from .ar_pipeline import load_ar
+        if not args.prompt:
+            raise ConfigError("--prompt: the AR baseline continues a prompt (it has no start token); give one")
+        prompt = torch.tensor([tokenizer(args.prompt, add_special_tokens=False)["input_ids"]] * args.num,
+                              dtype=torch.long)
+        ids = load_ar(args.checkpoint, use_ema=not args.no_ema).generate(prompt, args.length, generator=generator)
     elif state.get("stage") == "dlm_joint":  # Cola DLM: block-wise continuation of the prompt
         from .dlm_pipeline import load_dlm
         prompt = torch.tensor([tokenizer(args.prompt, add_special_tokens=False)["input_ids"]] * args.num,
@@ -126,9 +135,10 @@ def main(argv: list[str] | None = None) -> int:
 
     train = sub.add_parser("train", help="train one config of a method family end to end and evaluate it")
     with_config(train)
-    train.add_argument("--method", default="textldm", choices=["textldm", "ldlm", "dlm"],
+    train.add_argument("--method", default="textldm", choices=["textldm", "ldlm", "dlm", "ar"],
                        help="textldm: VAE then DiT (continuation); ldlm: joint encoder/diffusion/decoder; "
-                            "dlm: Cola DLM (Text VAE, then joint VAE + block-causal DiT)")
+                            "dlm: Cola DLM (Text VAE, then joint VAE + block-causal DiT); ar: the GPT baseline "
+                            "matched to a diffusion config's DiT (size, data, token budget, protocol)")
     train.add_argument("--run-dir", help="default: runs/<method>")
     train.set_defaults(fn=cmd_train)
 
@@ -139,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.set_defaults(fn=cmd_evaluate)
 
     sample = sub.add_parser("sample", help="continue a prompt (or sample unconditionally) from a TextLDM DiT "
+                                           "checkpoint, continue a prompt with a Cola DLM or AR-baseline "
                                            "checkpoint, or sample from an LDLM checkpoint")
     sample.add_argument("checkpoint")
     sample.add_argument("--prompt", default="")

@@ -93,7 +93,8 @@ DLM_PRESETS: dict[str, dict[str, Any]] = {
         "stage2": {"optim": {"steps": 500_000, "batch_size": 256, "lr": 3e-4, "checkpoint_every": 10_000,
                              "ema_decay": 0.9999}},
         "eval": {"num_samples": 1000, "steps": 16, "grid": "uniform", "bertscore_model": "roberta-large",
-                 "bertscore_num_layers": 17, "mauve_model": "gpt2-large", "mauve_max_length": 1024},
+                 "bertscore_num_layers": 17, "mauve_model": "gpt2-large", "mauve_max_length": 1024, "genppl_model": "gpt2-large",
+                 "genppl_max_length": 1024},
         "resources": {"num_workers": 8, "use_gpu": "true"},
     },
 }

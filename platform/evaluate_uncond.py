@@ -1,15 +1,10 @@
-"""LDLM's unconditional protocol: generate ``num_samples`` full windows per seed from Gaussian noise, cut
-each at its first EOS, and score the set with
-
-* Gen-PPL under a scorer LM that is not the token encoder (``metrics.GenPPLScorer``: BOS-prefixed,
-  micro-averaged over all predicted tokens),
-* MAUVE against held-out windows of each eval dataset, references length-matched to the generations
-  (the first ``seq_len`` tokens of each held-out document, cut at EOS like the generations),
-* unigram entropy (per sample, averaged) and n-gram diversity (Su et al., corpus level),
-
-each reported as mean and standard deviation over the seeds; plus the latent-interpolation smoothness
-probe: decode points on the straight line between the latents of two real texts and score them with the
-same scorer (a smooth latent space keeps Gen-PPL low along the whole path).
+"""The unconditional task of the evaluation protocol (LDLM's): generate ``num_samples`` full windows per
+sampling seed from Gaussian noise, cut each at its first EOS, and score the set with the shared harness
+(``harness.py``: Gen-PPL under a scorer LM that is not the token encoder, MAUVE against length-matched
+held-out windows over sampling x k-means seeds, unigram entropy, n-gram diversity; mean and std over seeds),
+with a human-ceiling row (a second set of held-out windows against the first); plus the latent-interpolation
+smoothness probe: decode points on the straight line between the latents of two real texts and score them
+with the same scorer (a smooth latent space keeps Gen-PPL low along the whole path).
 """
 from __future__ import annotations
 
@@ -26,20 +21,13 @@ from latentlm.models.ldlm import LDLM, PostTrainedDecoder
 from latentlm.models.token_encoder import HiddenStats, TokenEncoder
 from latentlm.models.vocab import CompactVocab
 
-from . import assets, metrics
+from . import assets, harness
 from .data import load_tokenizer, tokenize_windows
-from .evaluate import held_out_documents, protocol_digest, strip_at_eos
+from .evaluate import Evaluation, ProgressionRecorder, held_out_documents, strip_at_eos, write_metrics
+from .protocol import EvalProtocol
 from .train_ldlm import load_joint_model
 
 log = logging.getLogger(__name__)
-UNCOND_PROTOCOL = "ldlm-unconditional/v1"
-PROTOCOL_FIELDS = ("datasets", "num_samples", "seeds", "scorer_model", "scorer_max_length", "mauve_model",
-                   "mauve_pooling", "mauve_max_length", "mauve_seed", "diversity_ns", "interpolation_pairs",
-                   "interpolation_points")
-
-
-def uncond_protocol_hash(cfg) -> str:
-    return protocol_digest(UNCOND_PROTOCOL, cfg, PROTOCOL_FIELDS)
 
 
 class LDLMGenerator:
@@ -73,21 +61,28 @@ class LDLMGenerator:
         return self.decode(self.model.sample_latents(n, steps, generator, grid, self.device, on_step))
 
 
-def generate_texts(gen: LDLMGenerator, tokenizer, n: int, seed: int, cfg) -> tuple[list[str], list[list[int]]]:
+def generate_ids(gen: LDLMGenerator, tokenizer, seed: int, cfg, recorder: ProgressionRecorder | None = None
+                 ) -> list[list[int]]:
+    """``num_samples`` generations with sampling seed ``seed``, cut at EOS; ``recorder`` follows sample 0."""
+    e = cfg.eval
     generator = torch.Generator().manual_seed(seed)
     ids: list[list[int]] = []
-    for start in range(0, n, cfg.eval.batch_size):
-        rows = gen.sample(min(cfg.eval.batch_size, n - start), cfg.eval.steps, generator, cfg.eval.grid)
+    for start in range(0, e.num_samples, e.batch_size):
+        on_step = None
+        if recorder is not None and start == 0:
+            on_step = lambda step, z: recorder(step, gen.decode(z))  # noqa: E731
+        with harness.sampler_precision(e.dtype, gen.device):
+            rows = gen.sample(min(e.batch_size, e.num_samples - start), e.steps, generator, e.grid, on_step)
         ids.extend(strip_at_eos(row, tokenizer.eos_token_id) for row in rows.tolist())
-    return tokenizer.batch_decode(ids, skip_special_tokens=True), ids
+    return ids
 
 
-def reference_windows(documents: list[str], tokenizer, seq_len: int, n: int) -> tuple[list[str], np.ndarray]:
-    """Length-matched references: the first ``seq_len`` tokens of the first ``n`` held-out documents, cut at
-    EOS exactly like the generations. Returns their texts and token windows."""
+def reference_windows(documents: list[str], tokenizer, seq_len: int, n: int) -> tuple[list[list[int]], np.ndarray]:
+    """References: the first ``seq_len`` tokens of the first ``n`` held-out documents, cut at EOS exactly like
+    the generations (the harness length-matches them). Returns their ids and token windows."""
     w = tokenize_windows(documents, tokenizer, seq_len, max_windows=n, first_window_only=True)
     ids = [strip_at_eos(row[:length].tolist(), tokenizer.eos_token_id) for row, length in zip(w.tokens, w.lengths)]
-    return tokenizer.batch_decode(ids, skip_special_tokens=True), w.tokens
+    return ids, w.tokens
 
 
 @torch.no_grad()
@@ -109,62 +104,53 @@ def interpolation_probe(gen: LDLMGenerator, encoder: TokenEncoder, windows: np.n
     return curve
 
 
-def mean_std(values: list[float]) -> tuple[float, float]:
-    arr = np.asarray(values, dtype=np.float64)
-    return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
-
-
-def evaluate_ldlm(cfg, joint_checkpoint: str, post_checkpoint: str | None, out_dir: Path) -> dict[str, dict[str, float]]:
+def evaluate_ldlm(cfg, joint_checkpoint: str, post_checkpoint: str | None, out_dir: Path) -> Evaluation:
     """The unconditional protocol over every eval dataset (MAUVE references); writes samples and metrics."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     e = cfg.eval
+    protocol = EvalProtocol.from_config(cfg)
     gen = LDLMGenerator(cfg, joint_checkpoint, post_checkpoint, device)
     tokenizer = load_tokenizer(cfg.data.tokenizer)
-    scorer = metrics.GenPPLScorer(assets.resolve_model(e.scorer_model), max_length=e.scorer_max_length,
-                                  batch_size=e.batch_size, device=device)
-    featurizer = metrics.LMFeaturizer(assets.resolve_model(e.mauve_model), max_length=e.mauve_max_length,
-                                      pooling=e.mauve_pooling, device=device)
+    scorers = harness.Scorers(e, device)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    per_seed: list[dict[str, float]] = []
-    generations: dict[int, list[str]] = {}
-    for seed in e.seeds:
-        texts, ids = generate_texts(gen, tokenizer, e.num_samples, seed, cfg)
-        generations[seed] = texts
-        per_seed.append({**{k: v for k, v in scorer(texts).items() if k in ("gen_ppl", "gen_ppl_per_text")},
-                         "entropy": metrics.unigram_entropy(ids),
-                         "diversity": metrics.ngram_diversity(texts, e.diversity_ns),
-                         "gen_tokens": float(np.mean([len(x) for x in ids]))})
+    recorder = ProgressionRecorder(e.progression_steps, e.steps, tokenizer, tokenizer.eos_token_id)
+    generations = {seed: generate_ids(gen, tokenizer, seed, cfg, recorder if index == 0 else None)
+                   for index, seed in enumerate(e.sampling_seeds)}
     generation_seconds = time.time() - t0
-    features = {seed: featurizer(texts) for seed, texts in generations.items()}
-    results: dict[str, dict[str, float]] = {}
+    evaluation = Evaluation(protocol, {})
+    per_seed: dict[str, dict] = {}
     curve: list[float] = []
     for index, dataset in enumerate(e.datasets):
         docs = held_out_documents(cfg, dataset)
-        ref_texts, ref_windows = reference_windows(docs, tokenizer, cfg.data.seq_len, e.num_samples)
-        ref_features = featurizer(ref_texts)
-        row: dict[str, float] = {}
-        for name in per_seed[0]:
-            row[name], row[f"{name}_std"] = mean_std([s[name] for s in per_seed])
-        row["mauve"], row["mauve_std"] = mean_std([metrics.mauve(ref_features, features[s], seed=e.mauve_seed)
-                                                   for s in e.seeds])
-        row["reference_gen_ppl"] = scorer(ref_texts)["gen_ppl"]  # the same scorer on real text: the floor to aim at
+        count = 2 * e.num_samples if e.human_ceiling else e.num_samples
+        references, ref_windows = reference_windows(docs, tokenizer, cfg.data.seq_len, count)
+        refs, others = references[:e.num_samples], references[e.num_samples:]
+        if len(refs) < e.num_samples:
+            raise ValueError(f"eval.num_samples: {dataset} has only {len(refs)} held-out windows, "
+                             f"{e.num_samples} requested")
+        row, per_seed[dataset] = harness.score(e, scorers, tokenizer, generations, refs, paired=False)
+        # the same scorer on real text: the floor to aim at
+        row["reference_gen_ppl"] = scorers.genppl(tokenizer.batch_decode(refs, skip_special_tokens=True))["gen_ppl"]
         if index == 0:
             encoder = TokenEncoder(assets.resolve_model(cfg.token_encoder.model), cfg.token_encoder.layer, gen.stats,
                                    device=device)
-            curve = interpolation_probe(gen, encoder, ref_windows, tokenizer, scorer, e.interpolation_pairs,
+            curve = interpolation_probe(gen, encoder, ref_windows, tokenizer, scorers.genppl, e.interpolation_pairs,
                                         e.interpolation_points)
             del encoder
         if curve:
             row["interp_ppl_mean"], row["interp_ppl_max"] = float(np.mean(curve)), float(np.max(curve))
-        row.update({"samples": float(e.num_samples), "seeds": float(len(e.seeds)),
-                    "sample_seconds_per_seq": generation_seconds / (len(e.seeds) * e.num_samples),
+        row.update({"sample_seconds_per_seq": generation_seconds / (len(e.sampling_seeds) * e.num_samples),
                     "eval_seconds": round(time.time() - t0, 1)})
-        results[dataset] = row
+        evaluation.results[dataset] = row
+        if len(others) >= 4:
+            evaluation.ceiling[dataset] = harness.human_ceiling(e, scorers, tokenizer, refs, others)
+        if recorder.texts:
+            evaluation.progressions[dataset] = {"prompt": "", "reference": "", "total_steps": e.steps,
+                                                "steps": recorder.steps, "texts": recorder.texts}
         log.info("eval %s: %s", dataset, row)
-    lines = [json.dumps({"seed": seed, "text": text}) for seed, texts in generations.items() for text in texts]
+    lines = [json.dumps({"seed": seed, "text": text}) for seed, ids in generations.items()
+             for text in tokenizer.batch_decode(ids, skip_special_tokens=True)]
     atomic_write_text(out_dir / "samples.jsonl", "\n".join(lines) + "\n")
-    atomic_write_text(out_dir / "metrics.json", json.dumps(
-        {"protocol": UNCOND_PROTOCOL, "results": results, "per_seed": per_seed, "interpolation_curve": curve},
-        indent=2) + "\n")
-    return results
+    write_metrics(out_dir, evaluation, per_seed=per_seed, interpolation_curve=curve)
+    return evaluation

@@ -15,6 +15,7 @@ from latentlm.models.text_vae import TextVAEConfig
 
 from .config import from_dict, merge
 from .presets import PRESETS, preset_overrides
+from .protocol import ContinuationEvalConfig
 
 
 @dataclass
@@ -93,36 +94,7 @@ class DiTTrainConfig:
         require_positive("train_dit", normalizer_windows=self.normalizer_windows)
 
 
-@dataclass
-class EvalConfig:
-    datasets: list[str] = field(default_factory=lambda: ["embedded:wiki", "embedded:shakespeare"])
-    num_samples: int = 64                   # TextLDM: 1K per benchmark
-    min_tokens: int = 24                    # samples shorter than this are skipped
-    split_range: tuple[float, float] = (0.4, 0.6)  # prompt/target split, uniform in this fraction of the length
-    steps: int = 50
-    cfg_scale: float = 7.0
-    grid: str = "schedule"                  # Euler step times: quantiles of the training schedule, or "uniform"
-    batch_size: int = 32
-    seed: int = 1234
-    bertscore_model: str = "embedded:minilm"   # paper-comparable: roberta-large
-    bertscore_num_layers: int = 6
-    mauve_model: str = "embedded:smollm2"      # paper-comparable: gpt2-large
-    mauve_pooling: str = "last"
-    mauve_max_length: int = 128
-    mauve_seed: int = 25
-    use_ema: bool = True
-
-    def __post_init__(self):
-        require(len(self.datasets) > 0, "eval.datasets", "at least one dataset", self.datasets)
-        require_positive("eval", num_samples=self.num_samples, steps=self.steps, batch_size=self.batch_size,
-                         min_tokens=self.min_tokens, bertscore_num_layers=self.bertscore_num_layers,
-                         mauve_max_length=self.mauve_max_length)
-        lo, hi = self.split_range
-        require(0 < lo <= hi < 1, "eval.split_range", "0 < low <= high < 1", self.split_range)
-        require(self.cfg_scale >= 0, "eval.cfg_scale", ">= 0", self.cfg_scale)
-        require(self.grid in ("schedule", "uniform"), "eval.grid", "'schedule' or 'uniform'", self.grid)
-        require(self.mauve_pooling in ("last", "mean"), "eval.mauve_pooling", "'last' or 'mean'",
-                self.mauve_pooling)
+EvalConfig = ContinuationEvalConfig  # the continuation protocol's fields (see protocol.py)
 
 
 @dataclass

@@ -11,11 +11,12 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
-from latentlm.models.config import ConfigError, require, require_positive
+from latentlm.models.config import ConfigError, require
 from latentlm.models.ldlm import LDLMConfig
 
 from .config import from_dict, merge
 from .experiment import DataConfig, DeepSpeedConfig, OptimConfig, ResourcesConfig
+from .protocol import UnconditionalEvalConfig
 
 
 @dataclass
@@ -49,39 +50,6 @@ class PostDecoderConfig:
 
 
 @dataclass
-class UncondEvalConfig:
-    """LDLM's unconditional protocol (see ``evaluate_uncond.py``)."""
-    datasets: list[str] = field(default_factory=lambda: ["embedded:wiki"])   # MAUVE references (held-out text)
-    num_samples: int = 64             # generations per seed (LDLM: 1,000 per seed x 5 seeds)
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    steps: int = 100                  # Euler-Maruyama steps (LDLM sweeps 8..1024)
-    grid: str = "log_snr"             # sampler time grid: "log_snr" | "uniform"
-    batch_size: int = 32
-    use_ema: bool = True
-    scorer_model: str = "embedded:gemma3"   # Gen-PPL scorer (LDLM: GPT-2 Large); must not be the token encoder
-    scorer_max_length: int = 256
-    mauve_model: str = "embedded:smollm2"
-    mauve_pooling: str = "last"
-    mauve_max_length: int = 128
-    mauve_seed: int = 25
-    diversity_ns: list[int] = field(default_factory=lambda: [2, 3, 4])
-    interpolation_pairs: int = 8      # latent-interpolation smoothness probe: pairs of real texts ...
-    interpolation_points: int = 9     # ... and points along each path (ends included)
-
-    def __post_init__(self):
-        require(len(self.datasets) > 0, "eval.datasets", "at least one dataset", self.datasets)
-        require(len(self.seeds) > 0, "eval.seeds", "at least one seed", self.seeds)
-        require_positive("eval", num_samples=self.num_samples, steps=self.steps, batch_size=self.batch_size,
-                         scorer_max_length=self.scorer_max_length, mauve_max_length=self.mauve_max_length)
-        require(self.grid in ("log_snr", "uniform"), "eval.grid", "'log_snr' or 'uniform'", self.grid)
-        require(self.mauve_pooling in ("last", "mean"), "eval.mauve_pooling", "'last' or 'mean'", self.mauve_pooling)
-        require(self.interpolation_pairs >= 0, "eval.interpolation_pairs", ">= 0", self.interpolation_pairs)
-        require(self.interpolation_points >= 2, "eval.interpolation_points", ">= 2", self.interpolation_points)
-        require(len(self.diversity_ns) > 0 and all(n >= 1 for n in self.diversity_ns), "eval.diversity_ns",
-                "a non-empty list of n >= 1", self.diversity_ns)
-
-
-@dataclass
 class LDLMExperimentConfig:
     name: str = "ldlm"
     preset: str = "tiny"
@@ -92,7 +60,7 @@ class LDLMExperimentConfig:
     ldlm: LDLMConfig = field(default_factory=LDLMConfig)
     train: JointTrainConfig = field(default_factory=JointTrainConfig)
     post_decoder: PostDecoderConfig = field(default_factory=PostDecoderConfig)
-    eval: UncondEvalConfig = field(default_factory=UncondEvalConfig)
+    eval: UnconditionalEvalConfig = field(default_factory=UnconditionalEvalConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     wandb: bool = True
@@ -125,7 +93,7 @@ LDLM_PRESETS: dict[str, dict[str, Any]] = {
                  "warmup_steps": 250, "adaptive_bins": 50, "adaptive_update_every": 10, "decoder_noise": 0.1},
         "train": {"optim": {"steps": 500, "batch_size": 16, "lr": 2e-3, "warmup_steps": 20, "min_lr_ratio": 1.0,
                             "log_every": 50, "ema_decay": 0.995}},
-        "eval": {"num_samples": 64, "seeds": [0, 1], "steps": 100, "interpolation_pairs": 4},
+        "eval": {"num_samples": 64, "sampling_seeds": [0, 1], "steps": 100, "interpolation_pairs": 4},
     },
     "small": {
         "data": {"seq_len": 128, "teacher_windows": 100_000, "teacher_batch_size": 32},
@@ -136,7 +104,7 @@ LDLM_PRESETS: dict[str, dict[str, Any]] = {
                  "adaptive_update_every": 100},
         "train": {"optim": {"steps": 100_000, "batch_size": 128, "lr": 3e-4, "warmup_steps": 2000,
                             "min_lr_ratio": 1.0, "log_every": 100, "checkpoint_every": 5000, "ema_decay": 0.9999}},
-        "eval": {"num_samples": 500, "seeds": [0, 1, 2, 3, 4], "steps": 256},
+        "eval": {"num_samples": 500, "sampling_seeds": [0, 1, 2, 3, 4], "steps": 256},
     },
     # LDLM's ablation scale (OWT-128 / LM1B): GPT-2 small as token encoder, 768-d latents, 12-layer DiT,
     # 6-layer Perceivers, 3-layer token decoder, W = 10k, batch 512, 500k iterations.
@@ -147,7 +115,7 @@ LDLM_PRESETS: dict[str, dict[str, Any]] = {
         "ldlm": {"latent_dim": 768, "hidden_size": 768, "vocab_size": 50257, "warmup_steps": 10_000},
         "train": {"optim": {"steps": 500_000, "batch_size": 512, "lr": 3e-4, "warmup_steps": 5000,
                             "min_lr_ratio": 1.0, "log_every": 100, "checkpoint_every": 10_000, "ema_decay": 0.9999}},
-        "eval": {"num_samples": 1000, "seeds": [0, 1, 2, 3, 4], "steps": 1024, "scorer_model": "gpt2-large",
+        "eval": {"num_samples": 1000, "sampling_seeds": [0, 1, 2, 3, 4], "steps": 1024, "genppl_model": "gpt2-large",
                  "mauve_model": "gpt2-large", "mauve_max_length": 1024, "datasets": ["hf:Skylion007/openwebtext"]},
         "resources": {"num_workers": 4, "use_gpu": "true"},
     },

@@ -31,8 +31,8 @@ def validate_ldlm(cfg) -> dict:
     facts = {"vocab_size": len(tokenizer), "encoder_layers": layers,
              "encoder_layer": resolve_layer(cfg.token_encoder.layer, layers, "token_encoder.layer"),
              "hidden_size": teacher_hidden_size(encoder_cfg)}
-    if cfg.eval.scorer_model == cfg.token_encoder.model:
-        raise ConfigError(f"eval.scorer_model: the Gen-PPL scorer must not be the token encoder "
+    if cfg.eval.genppl_model == cfg.token_encoder.model:
+        raise ConfigError(f"eval.genppl_model: the Gen-PPL scorer must not be the token encoder "
                           f"({cfg.token_encoder.model}); it would grade the model by its own features")
     for dataset in [cfg.data.corpus, *cfg.eval.datasets]:
         if not load_documents(CorpusSpec(dataset, cfg.data.text_field, max_documents=1)):
@@ -80,8 +80,8 @@ def run_ldlm(cfg, run_dir: Path, data_root: Path | None = None, cache_root: Path
             post_decoder_loop, {**common, "joint_checkpoint": joint_ckpt}, dataset(),
             f"post_decoder-{keys['post_decoder']}", storage, cfg.resources))
     t0 = time.time()
-    results = evaluate_ldlm(cfg, joint_ckpt, post_ckpt, run_dir / "eval")
-    return {"results": results, "joint_checkpoint": joint_ckpt, "post_decoder_checkpoint": post_ckpt,
+    evaluation = evaluate_ldlm(cfg, joint_ckpt, post_ckpt, run_dir / "eval")
+    return {"results": evaluation.results, "evaluation": evaluation, "joint_checkpoint": joint_ckpt, "post_decoder_checkpoint": post_ckpt,
             "checkpoint": post_ckpt or joint_ckpt, "facts": facts,
             "stage_seconds": {"joint": joint_seconds, "post_decoder": post_seconds,
                               "eval": round(time.time() - t0, 1)}}

@@ -20,10 +20,20 @@ Row schema (``COLUMNS``; one row per trial x eval dataset):
     row_id, method, sweep, trial, dataset, protocol, protocol_hash   strings
     axes            JSON object of the trial's ablation axes ({"vae.latent_dim": 16, ...})
     rouge1 rouge2 rougeL bertscore mauve recon_acc gen_tokens        float64, null when not measured
-    metrics_json    JSON object of any other numeric metric (samples, eval_seconds, gen_ppl, ...)
+    metrics_json    JSON object of any other numeric metric (samples, eval_seconds, gen_ppl, ...); a metric
+                    ``<m>_std`` is the spread (std over evaluation seeds) of metric ``<m>``
     seed (int64), compute_seconds (float64, the trial's total), checkpoint, config_hash, machine,
     created_at (UTC ISO 8601)
+    protocol_json   optional: JSON object of the evaluation protocol ({"name", "version", "hash" (== protocol_hash),
+                    "scoring_hash" (the protocol without its sampler section), ...its fields})
+    progression_json  optional: the denoising progression of one fixed evaluation sample ({"prompt", "reference",
+                    "total_steps", "steps": [1, 10, ...], "texts": [text after steps[i] sampler steps, ...]})
+Files written before the two optional columns existed read as before (the columns come back null).
 ``expand`` turns ``axes`` into ``axis.<name>`` columns and ``metrics_json`` into one column per metric.
+
+Plots. Unlike the tables, the per-axis plots group rows by (protocol name, scoring hash): a sweep over sampler steps or
+CFG changes the protocol hash (the protocol fixes the sampler) but not what is scored, so its rows still get
+one plot over that axis (rows without ``protocol_json`` fall back to their protocol hash).
 
 Rendering never imports matplotlib: the per-axis plots are hand-written inline SVG (no fonts, no network).
 """
@@ -55,7 +65,10 @@ FILENAME = "leaderboard.parquet"
 METRICS = ("rouge1", "rouge2", "rougeL", "bertscore", "mauve", "recon_acc", "gen_tokens")
 PERCENT_METRICS = frozenset(("rouge1", "rouge2", "rougeL", "bertscore", "mauve", "recon_acc"))  # shown x100
 METRIC_LABELS = {"rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L", "bertscore": "BERTScore",
-                 "mauve": "MAUVE", "recon_acc": "recon acc", "gen_tokens": "gen tokens"}
+                 "mauve": "MAUVE", "recon_acc": "recon acc", "gen_tokens": "gen tokens",
+                 "gen_ppl": "Gen-PPL", "entropy": "entropy", "diversity": "diversity"}
+CURATED_EXTRAS = ("gen_ppl", "entropy", "diversity")  # extra metrics listed right after METRICS, in this order
+STD_SUFFIX = "_std"  # metric "<m>_std" = spread of "<m>" over evaluation seeds: shown as "mean ± std"
 CEILING_METHODS = frozenset({"human"})  # reference rows (human-vs-human): ranked, drawn as lines in plots
 
 SCHEMA = pa.schema([
@@ -64,8 +77,10 @@ SCHEMA = pa.schema([
     *[(name, pa.float64()) for name in METRICS], ("metrics_json", pa.string()),
     ("seed", pa.int64()), ("compute_seconds", pa.float64()), ("checkpoint", pa.string()),
     ("config_hash", pa.string()), ("machine", pa.string()), ("created_at", pa.string()),
+    ("protocol_json", pa.string()), ("progression_json", pa.string()),  # optional; absent from older files
 ])
 COLUMNS = tuple(SCHEMA.names)
+JSON_COLUMNS = ("axes", "metrics_json", "protocol_json", "progression_json")  # each null or a JSON object
 REQUIRED = ("row_id", "method", "dataset", "protocol", "protocol_hash", "config_hash", "seed", "created_at")
 
 
@@ -130,13 +145,74 @@ def _number(field: str, value: Any) -> float | None:
     return None if math.isnan(value) else value
 
 
+def _integer(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _json_roundtrip(field: str, value: Any) -> Any:
+    """``value`` as plain JSON data (what canonical_json writes and json.loads reads back)."""
+    try:
+        return json.loads(canonical_json(value))
+    except LeaderboardError as err:
+        raise LeaderboardError(f"{field}: {err}") from None
+
+
+def protocol_json(protocol: str, protocol_hash: str, info: Mapping[str, Any] | Any) -> str:
+    """Canonical JSON of an evaluation protocol object (a mapping or a dataclass) for the ``protocol_json``
+    column. It must hold ``"hash"`` equal to the row's ``protocol_hash`` and a non-empty ``"scoring_hash"``
+    (the protocol's hash without its sampler section); a ``"name"``, when present, must equal ``protocol``."""
+    data = _json_roundtrip("protocol_info", info)
+    if not isinstance(data, dict):
+        raise LeaderboardError(f"protocol_info: expected a JSON object (mapping), got {type(info).__name__}")
+    if data.get("hash") != protocol_hash:
+        raise LeaderboardError(f"protocol_info: its 'hash' {data.get('hash')!r} is not the row's protocol_hash "
+                               f"{protocol_hash!r} (the protocol object must be the one that was hashed)")
+    if not isinstance(data.get("scoring_hash"), str) or not data["scoring_hash"]:
+        raise LeaderboardError(f"protocol_info: expected a non-empty string 'scoring_hash' (the protocol hash "
+                               f"without its sampler section), got {data.get('scoring_hash')!r}")
+    if "name" in data and data["name"] != protocol:
+        raise LeaderboardError(f"protocol_info: its 'name' {data['name']!r} is not the row's protocol {protocol!r}")
+    return canonical_json(data)
+
+
+def check_progression(where: str, value: Any) -> dict:
+    """Validate one denoising progression ({"prompt": str, "reference": str, "total_steps": int >= 1,
+    "steps": strictly increasing ints in [0, total_steps], "texts": one str per step}); returns it as plain
+    JSON data. Errors start with ``where`` (e.g. the dataset)."""
+    data = _json_roundtrip(where, value)
+    if not isinstance(data, dict):
+        raise LeaderboardError(f"{where}: expected a JSON object (mapping), got {type(value).__name__}")
+    for key in ("prompt", "reference"):
+        if not isinstance(data.get(key), str):
+            raise LeaderboardError(f"{where}: {key!r} must be a string, got {data.get(key)!r}")
+    total = data.get("total_steps")
+    if not _integer(total) or total < 1:
+        raise LeaderboardError(f"{where}: 'total_steps' must be a positive integer, got {total!r}")
+    steps, texts = data.get("steps"), data.get("texts")
+    if not isinstance(steps, list) or not steps or not all(_integer(s) for s in steps):
+        raise LeaderboardError(f"{where}: 'steps' must be a non-empty list of integers, got {steps!r}")
+    if any(b <= a for a, b in zip(steps, steps[1:])) or steps[0] < 0 or steps[-1] > total:
+        raise LeaderboardError(f"{where}: 'steps' must increase strictly within [0, total_steps={total}], "
+                               f"got {steps!r}")
+    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+        raise LeaderboardError(f"{where}: 'texts' must be a list of strings")
+    if len(texts) != len(steps):
+        raise LeaderboardError(f"{where}: 'steps' and 'texts' differ in length ({len(steps)} vs {len(texts)})")
+    return data
+
+
 def make_rows(method: str, sweep: str, trial: str, axes: Mapping[str, Any] | None,
               results: Mapping[str, Mapping[str, float]], protocol: str, protocol_hash: str, seed: int,
               compute_seconds: float | None, checkpoint: str | os.PathLike | None, config: Mapping[str, Any] | Any,
-              *, machine: str | None = None, created_at: str | None = None) -> list[dict]:
+              *, machine: str | None = None, created_at: str | None = None,
+              protocol_info: Mapping[str, Any] | None = None,
+              progressions: Mapping[str, Mapping[str, Any]] | None = None) -> list[dict]:
     """One row per eval dataset of one evaluated trial. ``results`` maps dataset -> {metric: value};
     the metrics in ``METRICS`` get their own columns (missing ones null), any other numeric metric goes
-    into ``metrics_json``. ``compute_seconds`` is the trial's total (repeated on each dataset's row)."""
+    into ``metrics_json`` (name a seed spread ``<metric>_std``). ``compute_seconds`` is the trial's total
+    (repeated on each dataset's row). ``protocol_info`` (the evaluation protocol object, see ``protocol_json``)
+    is stored on every row; ``progressions`` maps a dataset of ``results`` to the denoising progression of
+    one fixed sample (see ``check_progression``), stored on that dataset's row."""
     _text("method", method)
     _text("protocol", protocol)
     _text("protocol_hash", protocol_hash)
@@ -144,6 +220,17 @@ def make_rows(method: str, sweep: str, trial: str, axes: Mapping[str, Any] | Non
         raise LeaderboardError(f"seed: expected an integer, got {seed!r}")
     if not isinstance(results, Mapping) or not results:
         raise LeaderboardError(f"results: expected a non-empty {{dataset: {{metric: value}}}}, got {results!r}")
+    protocol_text = None if protocol_info is None else protocol_json(protocol, protocol_hash, protocol_info)
+    progression_texts: dict[str, str] = {}
+    if progressions is not None:
+        if not isinstance(progressions, Mapping):
+            raise LeaderboardError(f"progressions: expected {{dataset: progression}}, got {progressions!r}")
+        for dataset, progression in progressions.items():
+            if dataset not in results:
+                raise LeaderboardError(f"progressions[{dataset!r}]: no such dataset in results "
+                                       f"({', '.join(map(repr, results))})")
+            where = f"progressions[{dataset!r}]"
+            progression_texts[dataset] = canonical_json(check_progression(where, progression))
     chash = config_hash(config)
     axes_json = canonical_json(dict(axes or {}))
     compute = _number("compute_seconds", compute_seconds)
@@ -171,6 +258,7 @@ def make_rows(method: str, sweep: str, trial: str, axes: Mapping[str, Any] | Non
             "seed": int(seed), "compute_seconds": compute,
             "checkpoint": None if checkpoint is None else os.fspath(checkpoint),
             "config_hash": chash, "machine": machine or socket.gethostname(), "created_at": created,
+            "protocol_json": protocol_text, "progression_json": progression_texts.get(dataset),
         })
     return rows
 
@@ -231,7 +319,7 @@ def _from_table(table: pa.Table, source: str | os.PathLike) -> pd.DataFrame:
             arrays.append(table.column(name))
             names.append(name)
     df = pa.table(arrays, names=names).to_pandas()
-    for column in ("axes", "metrics_json"):
+    for column in JSON_COLUMNS:
         for row_id, text in zip(df["row_id"], df[column]):
             if isinstance(text, str) and text:
                 try:
@@ -364,13 +452,29 @@ def axis_columns(expanded: pd.DataFrame) -> list[str]:
     return [c for c in expanded.columns if c.startswith("axis.")]
 
 
+def _extra_order(name: str) -> tuple:
+    return (CURATED_EXTRAS.index(name), "") if name in CURATED_EXTRAS else (len(CURATED_EXTRAS), name)
+
+
 def metric_columns(expanded: pd.DataFrame) -> list[str]:
+    """Metric columns of an ``expand``-ed frame in display order: ``METRICS``, then ``CURATED_EXTRAS``
+    (Gen-PPL, entropy, diversity), then the other extra metrics by name (``_std`` spreads included)."""
     extras = sorted({k for v in expanded["metrics_json"] for k in _json_object(v)}) if len(expanded) else []
-    return list(METRICS) + [e if e not in COLUMNS else f"metric.{e}" for e in extras]
+    out = []
+    for name in sorted(extras, key=_extra_order):  # the name expand gave it (prefixed when it clashed)
+        prefixed = f"metric.{name}"
+        out.append(prefixed if prefixed in expanded.columns or name not in expanded.columns else name)
+    return list(METRICS) + out
 
 
 def _metric_label(name: str) -> str:
     return METRIC_LABELS.get(name, name)
+
+
+def _std_column(metric: str, available: Iterable[str]) -> str | None:
+    """The column holding ``metric``'s seed spread (``<metric>_std``) when there is one."""
+    candidate = metric + STD_SUFFIX
+    return candidate if not metric.endswith(STD_SUFFIX) and candidate in set(available) else None
 
 
 def _check_metric(expanded: pd.DataFrame, sort_by: str) -> None:
@@ -418,6 +522,17 @@ def _fmt_metric(name: str, value: Any) -> str:
     return f"{value:.1f}" if name == "gen_tokens" else f"{value:.4g}"
 
 
+def _fmt_metric_std(name: str, value: Any, std: Any) -> str:
+    """``mean ± std``: the std scaled like its metric (x100 for ``PERCENT_METRICS``) and printed with the
+    mean's decimals; just the mean when there is no std."""
+    text = _fmt_metric(name, value)
+    if not text or _missing(std):
+        return text
+    spread = (100.0 if name in PERCENT_METRICS else 1.0) * abs(float(std))
+    match = re.fullmatch(r"-?\d+(?:\.(\d+))?", text)
+    return f"{text} ± {spread:.{len(match.group(1) or '')}f}" if match else f"{text} ± {spread:.2g}"
+
+
 def _fmt_value(value: Any) -> str:
     if _missing(value):
         return ""
@@ -447,10 +562,20 @@ def _heading(key: dict, sort_by: str, descending: bool, n: int) -> tuple[str, st
     return title, note
 
 
-def _table_columns(group: pd.DataFrame) -> tuple[list[str], list[str]]:
+def _table_columns(group: pd.DataFrame, sort_by: str) -> tuple[list[str], list[tuple[str, str | None]]]:
+    """The axis columns with a value, and the metric columns with a value as (metric, its std column or
+    None): a ``<m>_std`` column is folded into ``<m>``'s cell unless it is itself the sort metric."""
     axes = [c for c in axis_columns(group) if not group[c].map(_missing).all()]
-    metrics = [m for m in metric_columns(group) if m in group.columns and group[m].notna().any()]
-    return axes, metrics
+    present = [m for m in metric_columns(group) if m in group.columns and group[m].notna().any()]
+    if sort_by not in present:
+        present.append(sort_by)
+    pairs = {m: _std_column(m, present) for m in present}
+    folded = {std for std in pairs.values() if std}
+    return axes, [(m, std) for m, std in pairs.items() if m not in folded or m == sort_by]
+
+
+def _has_std(metrics: list[tuple[str, str | None]]) -> bool:
+    return any(std for _, std in metrics)
 
 
 def to_markdown(df: pd.DataFrame, sort_by: str = "mauve", group_by: Sequence[str] = ("protocol", "dataset"),
@@ -466,19 +591,22 @@ def to_markdown(df: pd.DataFrame, sort_by: str = "mauve", group_by: Sequence[str
 
     parts = []
     for key, group in _groups(expanded, group_by):
-        axes, metrics = _table_columns(group)
-        if sort_by not in metrics:
-            metrics.append(sort_by)
+        axes, metrics = _table_columns(group, sort_by)
         title, note = _heading(key, sort_by, descending, len(group))
+        if _has_std(metrics):
+            note += "; a ± b = mean ± std over evaluation seeds"
+        if group["method"].isin(CEILING_METHODS).any():
+            note += f"; {', '.join(sorted(CEILING_METHODS))} = reference ceiling"
         headers = ["#", "method", "sweep", "trial", *[a[len("axis."):] for a in axes],
-                   *[f"**{_metric_label(m)}**" if m == sort_by else _metric_label(m) for m in metrics],
+                   *[f"**{_metric_label(m)}**" if m == sort_by else _metric_label(m) for m, _ in metrics],
                    "seed", "compute"]
         lines = [f"## {cell(title)}", "", cell(note), "", "| " + " | ".join(map(cell, headers)) + " |",
                  "|" + "---|" * len(headers)]
         for rank, (_, row) in enumerate(_rank(group, sort_by, descending).iterrows(), 1):
             cells = [str(rank) if not _missing(row[sort_by]) else "-", _fmt_value(row["method"]),
                      _fmt_value(row["sweep"]), _fmt_value(row["trial"]), *[_fmt_value(row[a]) for a in axes],
-                     *[_fmt_metric(m, row[m]) for m in metrics], _fmt_value(row["seed"]),
+                     *[_fmt_metric_std(m, row[m], row[std] if std else None) for m, std in metrics],
+                     _fmt_value(row["seed"]),
                      _fmt_seconds(row["compute_seconds"])]
             lines.append("| " + " | ".join(map(cell, cells)) + " |")
         parts.append("\n".join(lines) + "\n")
@@ -508,6 +636,14 @@ td.id{font-family:ui-monospace,Menlo,monospace;font-size:11.5px;color:#5a6272}
 figure.axis-plot{display:inline-block;margin:8px 16px 16px 0;vertical-align:top}
 svg.axis-plot-svg text{font:11px system-ui,sans-serif;fill:#1d2330}
 svg.axis-plot-svg .grid{stroke:#e3e6ec}svg.axis-plot-svg .frame{stroke:#8a92a3;fill:none}
+details.protocol{font-size:12px;margin:0 0 8px}details.protocol pre{background:#f6f7fa;padding:8px;overflow-x:auto;
+  max-height:320px}
+table.progression{border-collapse:collapse;font-size:13px;max-width:980px}
+table.progression th{text-align:right;vertical-align:top;white-space:nowrap;padding:5px 10px;color:#5a6272;
+  font-weight:600;font-variant-numeric:tabular-nums}
+table.progression td{padding:5px 10px;white-space:pre-wrap;word-break:break-word;border-bottom:1px solid #e3e6ec}
+table.progression td:empty::after{content:"(empty)";color:#8a92a3;font-style:italic}
+table.progression tr.prompt td{background:#f3f5f9}table.progression tr.reference td{background:#eef8f1}
 """
 
 _JS = """
@@ -548,6 +684,47 @@ _JS = """
 })();
 """
 
+_PROGRESSION_JS = """
+(function () {
+  var select = document.getElementById("progression-select"), view = document.getElementById("progression-view");
+  var data = document.getElementById("progression-data");
+  if (!select || !view || !data) return;
+  var rows = JSON.parse(data.textContent);
+  function line(kind, head, text) {
+    var tr = document.createElement("tr"), th = document.createElement("th"), td = document.createElement("td");
+    tr.className = kind; th.scope = "row"; th.textContent = head; td.textContent = text;
+    tr.appendChild(th); tr.appendChild(td);
+    return tr;
+  }
+  function show(id) {
+    var p = Object.prototype.hasOwnProperty.call(rows, id) ? rows[id] : null;
+    if (!p) return false;
+    var body = document.createElement("tbody");
+    body.appendChild(line("prompt", "prompt", p.prompt));
+    for (var i = 0; i < p.steps.length; i++) {
+      var tr = line("step", "step " + p.steps[i] + " / " + p.total_steps, p.texts[i]);
+      tr.setAttribute("data-step", String(p.steps[i]));
+      body.appendChild(tr);
+    }
+    body.appendChild(line("reference", "reference", p.reference));
+    view.replaceChild(body, view.tBodies[0]);
+    view.setAttribute("data-row-id", id);
+    select.value = id;
+    return true;
+  }
+  function fromHash() {  /* #progression=<row_id> picks a row (links in the tables use it) */
+    var m = /^#progression=(.+)$/.exec(window.location.hash);
+    if (m && show(decodeURIComponent(m[1]))) document.getElementById("progression").scrollIntoView();
+  }
+  select.addEventListener("change", function () {
+    show(select.value);
+    try { history.replaceState(null, "", "#progression=" + encodeURIComponent(select.value)); } catch (e) {}
+  });
+  window.addEventListener("hashchange", fromHash);
+  fromHash();
+})();
+"""
+
 _PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442")
 
 
@@ -572,21 +749,24 @@ def _data_value(value: Any) -> str:
     return _fmt_value(value)
 
 
-def _html_table(key: dict, group: pd.DataFrame, sort_by: str, descending: bool) -> str:
-    axes, metrics = _table_columns(group)
-    if sort_by not in metrics:
-        metrics.append(sort_by)
+def _html_table(key: dict, group: pd.DataFrame, sort_by: str, descending: bool,
+                progression_ids: frozenset = frozenset()) -> str:
+    axes, metrics = _table_columns(group, sort_by)
+    stds = dict(metrics)
     # (header, column, kind): kind num/text decides the sort; cells carry data-value for the script
     columns = [("#", None, "num"), ("method", "method", "text"), ("sweep", "sweep", "text"),
                ("trial", "trial", "text")]
     for a in axes:
         numeric = all(_is_number(v) or isinstance(v, bool) or _missing(v) for v in group[a])
         columns.append((a[len("axis."):], a, "num" if numeric else "text"))
-    columns += [(_metric_label(m) + (" (x100)" if m in PERCENT_METRICS else ""), m, "num") for m in metrics]
+    columns += [(_metric_label(m) + (" (x100)" if m in PERCENT_METRICS else ""), m, "num") for m, _ in metrics]
     columns += [("seed", "seed", "num"), ("compute (s)", "compute_seconds", "num"),
                 ("checkpoint", "checkpoint", "text"),
                 ("machine", "machine", "text"), ("created (UTC)", "created_at", "text"), ("row", "row_id", "text"),
                 ("config", "config_hash", "text")]
+    with_progression = progression_ids & set(group["row_id"])
+    if with_progression:
+        columns.append(("progression", "progression_json", "text"))
     head = []
     for label, column, kind in columns:
         attrs = f' data-type="{kind}" data-col="{_esc(column or "rank")}" scope="col"'
@@ -599,8 +779,17 @@ def _html_table(key: dict, group: pd.DataFrame, sort_by: str, descending: bool) 
         cells = [f'<td class="num" data-value="{rank if has_score else ""}">{rank if has_score else "-"}</td>']
         for label, column, kind in columns[1:]:
             value = row[column]
-            if column in metrics:
-                text = _fmt_metric(column, value)
+            if column == "progression_json":
+                link = (f'<a href="#progression={_esc(row["row_id"])}">view</a>'
+                        if row["row_id"] in with_progression else "")
+                cells.append(f'<td data-value="{"1" if link else ""}">{link}</td>')
+                continue
+            tip = ""
+            if column in stds:
+                std = row[stds[column]] if stds[column] else None
+                text = _fmt_metric_std(column, value, std)
+                if not _missing(std) and text:
+                    tip = ' title="mean ± std over evaluation seeds"'
             elif column == "compute_seconds":
                 text = "" if _missing(value) else f"{float(value):.0f}"
             elif column in ("row_id", "config_hash"):
@@ -608,15 +797,24 @@ def _html_table(key: dict, group: pd.DataFrame, sort_by: str, descending: bool) 
             else:
                 text = _fmt_value(value)
             cls = ' class="num"' if kind == "num" else (' class="id"' if column in ("row_id", "config_hash") else "")
-            tip = f' title="{_esc(value)}"' if column in ("row_id", "config_hash", "checkpoint") and text else ""
+            if column in ("row_id", "config_hash", "checkpoint") and text:
+                tip = f' title="{_esc(value)}"'
             cells.append(f'<td{cls} data-value="{_esc(_data_value(value))}"{tip}>{_esc(text)}</td>')
         ceiling = ' class="ceiling"' if row["method"] in CEILING_METHODS else ""
         body.append(f'<tr data-row-id="{_esc(row["row_id"])}"{ceiling}>{"".join(cells)}</tr>')
     title, note = _heading(key, sort_by, descending, len(group))
+    if _has_std(metrics):
+        note += "; a ± b = mean ± std over evaluation seeds"
+    if group["method"].isin(CEILING_METHODS).any():
+        note += "; italic rows = reference ceiling (human vs human)"
+    protocols = sorted({t for t in group["protocol_json"] if isinstance(t, str) and t})
+    details = "".join(f'<details class="protocol"><summary>protocol object{f" {i + 1}" if len(protocols) > 1 else ""}'
+                      f'</summary><pre>{_esc(json.dumps(json.loads(t), indent=2, sort_keys=True, ensure_ascii=False))}'
+                      f"</pre></details>\n" for i, t in enumerate(protocols))
     board_id = _slug("board", key.get("dataset", ""), *key.values())
     return (f'<section class="board" id="{board_id}" data-protocol="{_esc(key["protocol"])}" '
             f'data-protocol-hash="{_esc(key["protocol_hash"])}" data-dataset="{_esc(key.get("dataset", ""))}">\n'
-            f"<h2>{_esc(title)}</h2>\n<p class=\"board-meta\">{_esc(note)}</p>\n"
+            f"<h2>{_esc(title)}</h2>\n<p class=\"board-meta\">{_esc(note)}</p>\n{details}"
             f'<div class="scroll"><table class="leaderboard" id="table-{board_id[len("board-"):]}" '
             f'data-sort-metric="{_esc(sort_by)}">\n<thead><tr>{"".join(head)}</tr></thead>\n'
             f'<tbody>\n{chr(10).join(body)}\n</tbody></table></div>\n</section>')
@@ -658,11 +856,14 @@ def _stats(values: list[float]) -> tuple[float, float, int]:
 
 def _axis_plot(rows: pd.DataFrame, ceilings: pd.DataFrame, axis: str, metric: str, protocol_key: dict,
                datasets: list[str]) -> str:
-    """One inline SVG: x = axis value, y = metric (mean over rows sharing that value: seeds and the other
-    axes; bars +-1 std; faint dots = single rows), one colour per dataset; ceiling rows as dashed lines."""
+    """One inline SVG: x = axis value, y = metric, one colour per dataset, ceiling rows as dashed lines.
+    A point is the mean over the rows sharing that value (seeds and the other axes; faint dots = those
+    rows). Its error bar is +-1 std: *across those rows* when there are several, or, when the point is a
+    single row, *that row's own* ``<metric>_std`` (the spread over its evaluation seeds) if it has one."""
     name = axis[len("axis."):]
     scale = 100.0 if metric in PERCENT_METRICS else 1.0
-    data = rows[[axis, "dataset", metric]]
+    std_column = _std_column(metric, rows.columns)
+    data = rows[[axis, "dataset", metric] + ([std_column] if std_column else [])]
     data = data[~data[axis].map(_missing) & data[metric].notna()]
     values = sorted({_axis_value_key(v): v for v in data[axis]}.items())
     numeric = all(k[0] == 1 for k, _ in values)
@@ -680,8 +881,11 @@ def _axis_plot(rows: pd.DataFrame, ceilings: pd.DataFrame, axis: str, metric: st
         step = (px1 - px0) / len(values)
         return px0 + step * (x + 0.5)
 
-    series: dict[str, list[tuple[float, float, float, int, list[float]]]] = {}
+    # (x, mean, std, n, ys, source): source "rows" = std across the n rows, "seeds" = the single row's own
+    # <metric>_std, "" = no spread known
+    series: dict[str, list[tuple[float, float, float, int, list[float], str]]] = {}
     all_y: list[float] = []
+    sources: set[str] = set()
     for dataset in datasets:
         points = []
         for index, (k, v) in enumerate(values):
@@ -690,7 +894,11 @@ def _axis_plot(rows: pd.DataFrame, ceilings: pd.DataFrame, axis: str, metric: st
             ys = [scale * float(y) for y in data.loc[mask, metric]]
             if ys:
                 mean, std, n = _stats(ys)
-                points.append((xs[index], mean, std, n, ys))
+                source = "rows" if n > 1 else ""
+                if n == 1 and std_column and not _missing(data.loc[mask, std_column].iloc[0]):
+                    std, source = scale * abs(float(data.loc[mask, std_column].iloc[0])), "seeds"
+                sources.add(source)
+                points.append((xs[index], mean, std, n, ys, source))
                 all_y += ys + [mean - std, mean + std]
         if points:
             series[dataset] = points
@@ -740,18 +948,20 @@ def _axis_plot(rows: pd.DataFrame, ceilings: pd.DataFrame, axis: str, metric: st
         if numeric and len(points) > 1:
             path = " ".join(f"{tx(p[0]):.1f},{ty(p[1]):.1f}" for p in points)
             group.append(f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="1.8"/>')
-        for x, mean, std, n, ys in points:
+        for x, mean, std, n, ys, source in points:
             X = tx(x) + offset
             for y in ys if n > 1 else []:
                 group.append(f'<circle cx="{X:.1f}" cy="{ty(y):.1f}" r="2.2" fill="{color}" fill-opacity="0.3"/>')
             if std > 0:
                 y0, y1 = ty(mean - std), ty(mean + std)
-                group.append(f'<path class="errorbar" d="M{X:.1f} {y0:.1f}V{y1:.1f}M{X - 4:.1f} {y0:.1f}h8'
-                             f'M{X - 4:.1f} {y1:.1f}h8" stroke="{color}" stroke-width="1.2"/>')
+                group.append(f'<path class="errorbar" data-source="{source}" d="M{X:.1f} {y0:.1f}V{y1:.1f}'
+                             f'M{X - 4:.1f} {y0:.1f}h8M{X - 4:.1f} {y1:.1f}h8" stroke="{color}" stroke-width="1.2"/>')
             xv = _fmt_value(values[xs.index(x)][1])
+            spread = {"rows": f" ± {std:.2g} (std across {n} rows)",
+                      "seeds": f" ± {std:.2g} (the row's std over seeds)"}.get(source, "")
             group.append(f'<circle class="point" cx="{X:.1f}" cy="{ty(mean):.1f}" r="4" fill="{color}">'
-                         f'<title>{_esc(dataset)} · {_esc(name)}={_esc(xv)}: {mean:.4g}'
-                         f'{f" ± {std:.2g}" if n > 1 else ""} (n={n})</title></circle>')
+                         f'<title>{_esc(dataset)} · {_esc(name)}={_esc(xv)}: {mean:.4g}{_esc(spread)} (n={n})'
+                         f'</title></circle>')
         group.append("</g>")
         out += group
     legend_y = py0 + 6
@@ -770,24 +980,61 @@ def _axis_plot(rows: pd.DataFrame, ceilings: pd.DataFrame, axis: str, metric: st
                        f'{value:.4g}{where}</text>')
             legend_y += 18
     out.append("</svg>")
-    fig_id = _slug("plot", name, protocol_key["protocol"], protocol_key["protocol_hash"])
-    n_rows = len(data)
-    caption = (f"{label} by {name}: mean over the {n_rows} row(s) sharing each value (seeds and other axes), "
-               f"bars ±1 std where n>1; {'line' if numeric else 'grouped points'} per dataset.")
+    hashes = sorted(set(rows.loc[data.index, "protocol_hash"]))
+    fig_id = _slug("plot", name, protocol_key["protocol"], protocol_key["scoring_hash"], metric)
+    bars = []
+    if "rows" in sources:
+        bars.append("±1 std across the rows sharing a value where there are several")
+    if "seeds" in sources:
+        bars.append(f"the row's own ±1 std over evaluation seeds ({metric}{STD_SUFFIX}) where a point is one row")
+    caption = (f"{label} by {name}: each point is the mean over the {len(data)} row(s) sharing that value "
+               f"(seeds and other axes); error bars: {'; '.join(bars) or 'none (no spread known)'}; "
+               f"{'line' if numeric else 'grouped points'} per dataset.")
+    if len(hashes) > 1:
+        caption += (f" The points span {len(hashes)} protocol hashes ({', '.join(h[:12] for h in hashes)}) that "
+                    f"share one scoring hash ({protocol_key['scoring_hash'][:12]}): they differ only in sampler "
+                    "settings (steps, CFG, grid, dtype), so they are compared here but ranked in separate tables.")
     return (f'<figure class="axis-plot" id="{fig_id}" data-axis="{_esc(name)}" data-metric="{_esc(metric)}" '
             f'data-kind="{"numeric" if numeric else "categorical"}" data-protocol="{_esc(protocol_key["protocol"])}" '
-            f'data-protocol-hash="{_esc(protocol_key["protocol_hash"])}">\n{"".join(out)}\n'
+            f'data-scoring-hash="{_esc(protocol_key["scoring_hash"] if protocol_key["by"] == "scoring_hash" else "")}" '
+            f'data-protocol-hash="{_esc(" ".join(hashes))}">\n{"".join(out)}\n'
             f"<figcaption>{_esc(caption)}</figcaption>\n</figure>")
 
 
+def scoring_key(protocol_text: Any, protocol_hash: str) -> tuple[str, str]:
+    """("scoring_hash", h) from a row's ``protocol_json`` when it has one, else ("protocol_hash", its hash)."""
+    try:
+        info = json.loads(protocol_text) if isinstance(protocol_text, str) and protocol_text else None
+    except ValueError:
+        info = None
+    scoring = info.get("scoring_hash") if isinstance(info, dict) else None
+    if isinstance(scoring, str) and scoring:
+        return "scoring_hash", scoring
+    return "protocol_hash", str(protocol_hash)
+
+
+def _plot_groups(expanded: pd.DataFrame):
+    """(key, rows) per (protocol name, scoring key); key = {"protocol", "scoring_hash" (the scoring hash, or
+    the protocol hash for rows without protocol_json), "by", "protocol_hashes"}."""
+    keys = [scoring_key(t, h) for t, h in zip(expanded["protocol_json"], expanded["protocol_hash"])]
+    labels = pd.DataFrame({"protocol": expanded["protocol"].astype(str).to_numpy(),
+                           "by": [k[0] for k in keys], "scoring_hash": [k[1] for k in keys]}, index=expanded.index)
+    for protocol, by, scoring in sorted(set(map(tuple, labels.to_numpy().tolist()))):
+        mask = (labels["protocol"] == protocol) & (labels["by"] == by) & (labels["scoring_hash"] == scoring)
+        group = expanded[mask]
+        yield {"protocol": protocol, "scoring_hash": scoring, "by": by,
+               "protocol_hashes": sorted(set(group["protocol_hash"]))}, group
+
+
 def axis_plots(df: pd.DataFrame, metric: str = "mauve") -> list[tuple[dict, str, str]]:
-    """(protocol key, axis name, figure HTML) for every axis with more than one value within a protocol."""
+    """(plot-group key, axis name, figure HTML) for every axis with more than one scored value within one
+    (protocol name, scoring hash) group; see ``_plot_groups`` for the key and ``_axis_plot`` for the bars."""
     expanded = expand(df) if len(df) else df
     if not len(expanded):
         return []
     _check_metric(expanded, metric)
     plots = []
-    for key, group in _groups(expanded, ()):
+    for key, group in _plot_groups(expanded):
         ceilings = group[group["method"].isin(CEILING_METHODS)]
         rows = group[~group["method"].isin(CEILING_METHODS) & group[metric].notna()]
         datasets = sorted(set(group["dataset"]))
@@ -797,6 +1044,75 @@ def axis_plots(df: pd.DataFrame, metric: str = "mauve") -> list[tuple[dict, str,
                 continue
             plots.append((key, axis[len("axis."):], _axis_plot(rows, ceilings, axis, metric, key, datasets)))
     return plots
+
+
+def _progression_entries(groups: list[tuple[dict, pd.DataFrame]], sort_by: str,
+                         descending: bool) -> tuple[list[dict], int]:
+    """The rows with a (valid) progression, in table order (group, then rank), and how many were skipped
+    because their progression_json does not hold a valid progression (e.g. written by a newer version)."""
+    entries, skipped = [], 0
+    for _, group in groups:
+        for _, row in _rank(group, sort_by, descending).iterrows():
+            text = row["progression_json"]
+            if not isinstance(text, str) or not text:
+                continue
+            try:
+                progression = check_progression(f"row {row['row_id']}", json.loads(text))
+            except (LeaderboardError, ValueError):
+                skipped += 1
+                continue
+            entries.append({"row_id": row["row_id"], "protocol_hash": row["protocol_hash"], "seed": row["seed"],
+                            "label": " · ".join(_fmt_value(row[c]) for c in ("method", "trial", "dataset")),
+                            **{k: progression[k] for k in ("prompt", "reference", "total_steps", "steps", "texts")}})
+    counts: dict[str, int] = {}
+    for entry in entries:
+        counts[entry["label"]] = counts.get(entry["label"], 0) + 1
+    for entry in entries:  # the same method/trial/dataset under several protocols or seeds: say which
+        if counts[entry["label"]] > 1:
+            entry["label"] += f" (protocol {entry['protocol_hash'][:8]}, seed {entry['seed']})"
+    return entries, skipped
+
+
+def _script_json(obj: Any) -> str:
+    """JSON safe inside a <script> element: no '<', '>' or '&' (so no '</script>' or '<!--'), and no
+    U+2028/U+2029; JSON.parse reads the \\u escapes back to the same text."""
+    text = json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    for char, escape in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"), ("\u2028", "\\u2028"),
+                         ("\u2029", "\\u2029")):
+        text = text.replace(char, escape)
+    return text
+
+
+def _progression_body(entry: dict) -> str:
+    """The view's rows (the script builds the same ones when another row is chosen)."""
+    lines = [f'<tr class="prompt"><th scope="row">prompt</th><td>{_esc(entry["prompt"])}</td></tr>']
+    for step, text in zip(entry["steps"], entry["texts"]):
+        lines.append(f'<tr class="step" data-step="{step}"><th scope="row">step {step} / {entry["total_steps"]}</th>'
+                     f"<td>{_esc(text)}</td></tr>")
+    lines.append(f'<tr class="reference"><th scope="row">reference</th><td>{_esc(entry["reference"])}</td></tr>')
+    return "\n".join(lines)
+
+
+def _progression_section(entries: list[dict], skipped: int) -> str:
+    parts = ['<section id="progression">', "<h2>Denoising progression</h2>"]
+    note = ("One fixed evaluation sample per row: its prompt, the text decoded from the sampler's state after "
+            "each recorded step, and the reference continuation.")
+    if skipped:
+        note += f" {skipped} row(s) with an unreadable progression are not listed."
+    parts.append(f'<p class="meta">{_esc(note)}</p>')
+    if not entries:
+        parts.append('<p class="meta">No row has a recorded denoising progression.</p>\n</section>')
+        return "\n".join(parts)
+    options = "".join(f'<option value="{_esc(e["row_id"])}"{" selected" if i == 0 else ""}>{_esc(e["label"])}</option>'
+                      for i, e in enumerate(entries))
+    data = {e["row_id"]: {k: e[k] for k in ("label", "prompt", "reference", "total_steps", "steps", "texts")}
+            for e in entries}
+    first = entries[0]
+    parts += [f'<p><label for="progression-select">row</label> <select id="progression-select">{options}</select></p>',
+              f'<table class="progression" id="progression-view" data-row-id="{_esc(first["row_id"])}">'
+              f"<tbody>\n{_progression_body(first)}\n</tbody></table>",
+              f'<script type="application/json" id="progression-data">{_script_json(data)}</script>', "</section>"]
+    return "\n".join(parts)
 
 
 def html_page(df: pd.DataFrame, title: str = "latentlm leaderboard", sort_by: str = "mauve",
@@ -812,26 +1128,43 @@ def html_page(df: pd.DataFrame, title: str = "latentlm leaderboard", sort_by: st
     _check_metric(expanded, sort_by)
     groups = list(_groups(expanded, ("dataset",)))
     plots = axis_plots(df, sort_by)
+    progressions, skipped = _progression_entries(groups, sort_by, descending)
     parts.append(f'<p class="meta">{len(df)} rows · {len(groups)} table(s) · generated {_esc(utc_now()[:19])}Z · '
                  f"sorted by {_esc(_metric_label(sort_by))} ({'descending' if descending else 'ascending'}); click a "
                  "column header to re-sort. Rows are ranked only within one protocol (name and hash) and dataset. "
                  "Italic rows are reference ceilings.</p>")
-    links = [f'<a href="#{_slug("board", key.get("dataset", ""), *key.values())}">'
-             f'{_esc(_heading(key, sort_by, descending, 0)[0])}</a>' for key, _ in groups]
+    titles = [_heading(key, sort_by, descending, 0)[0] for key, _ in groups]
+    links = []
+    for (key, _), title in zip(groups, titles):  # tables of one title (several protocol hashes): say which
+        suffix = f" ({key['protocol_hash'][:8]})" if titles.count(title) > 1 else ""
+        links.append(f'<a href="#{_slug("board", key.get("dataset", ""), *key.values())}">{_esc(title + suffix)}</a>')
     links.append('<a href="#axis-plots">ablation axes</a>')
+    links.append('<a href="#progression">denoising progression</a>')
     parts.append(f'<nav id="contents">{" ".join(links)}</nav>')
-    parts += [_html_table(key, group, sort_by, descending) for key, group in groups]
+    with_progression = frozenset(entry["row_id"] for entry in progressions)
+    parts += [_html_table(key, group, sort_by, descending, with_progression) for key, group in groups]
     parts.append(f'<section id="axis-plots">\n<h2>Ablation axes: {_esc(_metric_label(sort_by))}</h2>')
     if not plots:
         parts.append('<p class="meta">No ablation axis has more than one value with a score.</p>')
-    protocols = {(k["protocol"], k["protocol_hash"]) for k, _, _ in plots}
+    else:
+        parts.append('<p class="meta">Plots group rows by protocol name and scoring hash (the protocol without its '
+                     "sampler settings), so a sweep over sampler steps or CFG, whose rows differ in protocol hash, "
+                     "is still drawn over that axis.</p>")
+    plot_groups = {(k["protocol"], k["scoring_hash"]) for k, _, _ in plots}
     current = None
     for key, _, figure in plots:
-        if len(protocols) > 1 and (key["protocol"], key["protocol_hash"]) != current:
-            current = (key["protocol"], key["protocol_hash"])
-            parts.append(f"<h3>{_esc(key['protocol'])} (protocol hash {_esc(key['protocol_hash'][:12])})</h3>")
+        if len(plot_groups) > 1 and (key["protocol"], key["scoring_hash"]) != current:
+            current = (key["protocol"], key["scoring_hash"])
+            if key["by"] == "scoring_hash":
+                where = (f"scoring hash {key['scoring_hash'][:12]}, {len(key['protocol_hashes'])} "
+                         f"protocol hash{'es' if len(key['protocol_hashes']) != 1 else ''}")
+            else:
+                where = f"protocol hash {key['scoring_hash'][:12]}"
+            parts.append(f"<h3>{_esc(key['protocol'])} ({_esc(where)})</h3>")
         parts.append(figure)
-    parts.append(f"</section>\n<script>{_JS}</script>\n</body>\n</html>\n")
+    parts.append("</section>")
+    parts.append(_progression_section(progressions, skipped))
+    parts.append(f"<script>{_JS}</script>\n<script>{_PROGRESSION_JS}</script>\n</body>\n</html>\n")
     return "\n".join(parts)
 
 

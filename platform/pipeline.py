@@ -106,7 +106,7 @@ def run_textldm(cfg, run_dir: Path, data_root: Path | None = None, cache_root: P
         train_dit_loop, {**common, "vae_checkpoint": vae_ckpt}, training_dataset(artifacts.train, token_columns, limit),
         f"dit-{keys['dit']}", storage, cfg.resources))
     t0 = time.time()
-    results = evaluate_checkpoint(cfg, dit_ckpt, run_dir / "eval")
-    return {"results": results, "vae_checkpoint": vae_ckpt, "dit_checkpoint": dit_ckpt, "checkpoint": dit_ckpt,
+    evaluation = evaluate_checkpoint(cfg, dit_ckpt, run_dir / "eval")
+    return {"results": evaluation.results, "evaluation": evaluation, "vae_checkpoint": vae_ckpt, "dit_checkpoint": dit_ckpt, "checkpoint": dit_ckpt,
             "facts": facts,
             "stage_seconds": {"vae": vae_seconds, "dit": dit_seconds, "eval": round(time.time() - t0, 1)}}

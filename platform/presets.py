@@ -47,7 +47,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "train_dit": {"optim": {"steps": 1_000_000, "batch_size": 256, "lr": 1e-4, "log_every": 100,
                                 "checkpoint_every": 10_000, "ema_decay": 0.9999}},
         "eval": {"num_samples": 1000, "bertscore_model": "roberta-large", "bertscore_num_layers": 17,
-                 "mauve_model": "gpt2-large", "mauve_max_length": 1024},
+                 "mauve_model": "gpt2-large", "mauve_max_length": 1024, "genppl_model": "gpt2-large",
+                 "genppl_max_length": 1024},
         "resources": {"num_workers": 8, "use_gpu": "true"},
     },
 }

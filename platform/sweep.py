@@ -23,6 +23,7 @@ from latentlm.models.checkpoint import write_json
 from latentlm.models.config import ConfigError, require
 
 from .config import load_file, merge, parse_overrides, to_dict
+from .ar_config import ARExperimentConfig, build_ar_config
 from .experiment import TextLDMConfig, build_config
 from .dlm_config import DLMExperimentConfig, build_dlm_config
 from .ldlm_config import LDLMExperimentConfig, build_ldlm_config
@@ -34,13 +35,13 @@ log = logging.getLogger(__name__)
 class Method:
     """What the sweep machinery needs from a method family. ``run(cfg, run_dir, data_root, cache_root,
     teacher_layers)`` trains and evaluates one config and returns ``{"results", "stage_seconds",
-    "checkpoint"}``; ``protocol(cfg)`` names its evaluation protocol and hash; ``teacher_layers(configs)``
+    "checkpoint", "evaluation"}`` (its evaluation protocol follows from the config's ``eval`` section: see
+    ``protocol.py``); ``teacher_layers(configs)``
     lists every frozen-LM layer the sweep's trials read (stored by one teacher pass); ``effective(config)``
     resets knobs that cannot act so equivalent trials collapse into one."""
     build: Callable[[str, dict], Any]
     config_cls: type
     run: Callable[..., dict]
-    protocol: Callable[[Any], tuple[str, str]]
     teacher_layers: Callable[[list], list[int]]
     effective: Callable[[dict], dict]
 
@@ -87,25 +88,22 @@ def _run_dlm(cfg, *args, **kwargs) -> dict:
     return run_dlm(cfg, *args, **kwargs)
 
 
-def _textldm_protocol(cfg) -> tuple[str, str]:
-    from .evaluate import EVAL_PROTOCOL, protocol_hash
-    return EVAL_PROTOCOL, protocol_hash(cfg)
-
-
-def _ldlm_protocol(cfg) -> tuple[str, str]:
-    from .evaluate_uncond import UNCOND_PROTOCOL, uncond_protocol_hash
-    return UNCOND_PROTOCOL, uncond_protocol_hash(cfg)
+def _run_ar(cfg, *args, **kwargs) -> dict:
+    from .ar_pipeline import run_ar
+    return run_ar(cfg, *args, **kwargs)
 
 
 # Method family -> how to build, run and evaluate it. Cola DLM is scored by TextLDM's continuation protocol.
 METHODS: dict[str, Method] = {
-    "textldm": Method(build_config, TextLDMConfig, _run_textldm, _textldm_protocol,
+    "textldm": Method(build_config, TextLDMConfig, _run_textldm,
                       lambda configs: sorted({c.vae.repa.layer for c in configs if c.vae.repa.enabled}),
                       _textldm_effective),
-    "ldlm": Method(build_ldlm_config, LDLMExperimentConfig, _run_ldlm, _ldlm_protocol,
+    "ldlm": Method(build_ldlm_config, LDLMExperimentConfig, _run_ldlm,
                    lambda configs: sorted({c.token_encoder.layer for c in configs}), _ldlm_effective),
-    "dlm": Method(build_dlm_config, DLMExperimentConfig, _run_dlm, _textldm_protocol, lambda configs: [],
+    "dlm": Method(build_dlm_config, DLMExperimentConfig, _run_dlm, lambda configs: [],
                   _dlm_effective),
+    # the GPT baseline: no teacher, no knob that cannot act (its eval section is its matched config's)
+    "ar": Method(build_ar_config, ARExperimentConfig, _run_ar, lambda configs: [], lambda config: config),
 }
 
 
@@ -198,12 +196,31 @@ def result_identity(cfg) -> dict[str, Any]:
     return {k: v for k, v in to_dict(cfg).items() if k not in ("name", "run_dir", "resources", "wandb")}
 
 
+def add_rows(path: Path, method: str, sweep: str, trial: str, axes: dict, cfg, out: dict,
+             compute_seconds: float | None) -> None:
+    """The trial's rows (one per eval dataset, with its protocol and denoising progressions) and the protocol's
+    human-ceiling rows, which every trial of the same protocol maps to the same row ids."""
+    from . import leaderboard
+    evaluation = out["evaluation"]
+    protocol = evaluation.protocol
+    info = protocol.to_dict()
+    rows = leaderboard.make_rows(
+        method=method, sweep=sweep, trial=trial, axes=axes, results=evaluation.results, protocol=protocol.name,
+        protocol_hash=protocol.hash, seed=cfg.seed, compute_seconds=compute_seconds, checkpoint=out["checkpoint"],
+        config=result_identity(cfg), protocol_info=info, progressions=evaluation.progressions)
+    if evaluation.ceiling:  # identity = the protocol alone: one ceiling row per protocol and dataset
+        rows += leaderboard.make_rows(
+            method="human", sweep=sweep, trial="human-ceiling", axes={}, results=evaluation.ceiling,
+            protocol=protocol.name, protocol_hash=protocol.hash, seed=0, compute_seconds=None, checkpoint=None,
+            config=info, protocol_info=info)
+    leaderboard.Leaderboard(path).add(rows)
+
+
 def run_trial(config: dict[str, Any], spec: dict[str, Any], root: str) -> None:
     """One Tune trial: run the pipeline (stages shared through the cache) and add leaderboard rows."""
     import torch
     from ray import tune
 
-    from . import leaderboard
     trial = config["trial"]
     method = METHODS[spec["method"]]
     cfg = method.build(spec["preset"], trial["overrides"])
@@ -213,13 +230,8 @@ def run_trial(config: dict[str, Any], spec: dict[str, Any], root: str) -> None:
     # tokenized data and teacher features are shared by every sweep under the same --run-dir
     out = method.run(cfg, root_path / "trials" / trial["trial_id"], data_root=root_path.parent, cache_root=root_path,
                      teacher_layers=spec["teacher_layers"])
-    protocol, protocol_digest = method.protocol(cfg)
-    rows = leaderboard.make_rows(
-        method=spec["method"], sweep=spec["name"], trial=trial["trial_id"], axes=trial["axes"],
-        results=out["results"], protocol=protocol, protocol_hash=protocol_digest, seed=cfg.seed,
-        compute_seconds=sum(out["stage_seconds"].values()), checkpoint=out["checkpoint"],
-        config=result_identity(cfg))
-    leaderboard.Leaderboard(root_path / "leaderboard.parquet").add(rows)
+    add_rows(root_path / "leaderboard.parquet", spec["method"], spec["name"], trial["trial_id"], trial["axes"], cfg,
+             out, compute_seconds=sum(out["stage_seconds"].values()))
     tune.report({f"{dataset}/{metric}": value for dataset, metrics in out["results"].items()
                  for metric, value in metrics.items()})
 

@@ -91,7 +91,8 @@ def tiny_overrides(tiny_corpus, tiny_lm_dir):
         "train_dit": {"optim": {"steps": 30, "batch_size": 16, "lr": 1e-3, "log_every": 15, "ema_decay": 0.9},
                       "normalizer_windows": 32},
         "eval": {"datasets": [str(tiny_corpus)], "num_samples": 8, "min_tokens": 10, "steps": 4, "batch_size": 8,
-                 "bertscore_model": lm, "bertscore_num_layers": 2, "mauve_model": lm},
+                 "bertscore_model": lm, "bertscore_num_layers": 2, "mauve_model": lm, "genppl_model": lm,
+                 "sampling_seeds": [1, 2], "mauve_kmeans_seeds": [25, 26]},
         "wandb": False,
     }
     return lambda **sections: merge(base, sections)

@@ -41,8 +41,8 @@ def ldlm_overrides(tiny_corpus, tiny_lm_dir, tiny_scorer_dir):
         "train": {"optim": {"steps": 60, "batch_size": 16, "lr": 5e-3, "log_every": 20, "warmup_steps": 2}},
         "post_decoder": {"enabled": True, "layers": 1,
                          "optim": {"steps": 10, "batch_size": 16, "lr": 3e-3, "log_every": 5, "warmup_steps": 1}},
-        "eval": {"datasets": [str(tiny_corpus)], "num_samples": 8, "seeds": [0, 1], "steps": 6, "batch_size": 8,
-                 "scorer_model": str(tiny_scorer_dir), "mauve_model": lm, "interpolation_pairs": 2,
+        "eval": {"datasets": [str(tiny_corpus)], "num_samples": 8, "sampling_seeds": [0, 1], "steps": 6,
+                 "batch_size": 8, "genppl_model": str(tiny_scorer_dir), "mauve_kmeans_seeds": [25, 26], "mauve_model": lm, "interpolation_pairs": 2,
                  "interpolation_points": 3},
         "wandb": False,
     }
@@ -51,8 +51,8 @@ def ldlm_overrides(tiny_corpus, tiny_lm_dir, tiny_scorer_dir):
 
 def test_ldlm_bad_inputs_fail_before_training(ldlm_overrides, tiny_lm_dir):
     from latentlm.platform.ldlm_pipeline import validate_ldlm
-    with pytest.raises(ConfigError, match="eval.scorer_model"):
-        validate_ldlm(build_ldlm_config("tiny", ldlm_overrides(eval={"scorer_model": str(tiny_lm_dir)})))
+    with pytest.raises(ConfigError, match="eval.genppl_model"):
+        validate_ldlm(build_ldlm_config("tiny", ldlm_overrides(eval={"genppl_model": str(tiny_lm_dir)})))
     with pytest.raises(ConfigError, match="token_encoder.layer"):  # the tiny LM has 4 layers
         validate_ldlm(build_ldlm_config("tiny", ldlm_overrides(token_encoder={"layer": 9})))
     with pytest.raises(ConfigError, match="unknown config key ldlm.warmup"):
@@ -83,13 +83,20 @@ def test_ldlm_pipeline_end_to_end(ldlm_overrides, tiny_corpus, tmp_path, ray_loc
     cfg = build_ldlm_config("tiny", ldlm_overrides())
     out = run_ldlm(cfg, tmp_path / "run")
     row = out["results"][str(tiny_corpus)]
-    for key in ("gen_ppl", "gen_ppl_std", "mauve", "mauve_std", "entropy", "diversity", "reference_gen_ppl"):
+    for key in ("gen_ppl", "gen_ppl_std", "mauve", "mauve_std", "mauve_kmeans_std", "mauve_sampling_std", "entropy",
+                "diversity", "reference_gen_ppl"):
         assert key in row and row[key] == row[key], key  # present and not NaN
     assert "interp_ppl_mean" in row  # NaN when every decoded point is empty (an untrained decoder emits EOS)
     assert 0 < row["mauve"] <= 1 and 0 <= row["diversity"] <= 1 and row["entropy"] >= 0
     assert row["seeds"] == 2 and row["samples"] == 8
     metrics = json.loads((tmp_path / "run" / "eval" / "metrics.json").read_text())
-    assert metrics["protocol"].startswith("ldlm-unconditional") and len(metrics["per_seed"]) == 2
+    assert metrics["protocol"]["name"] == "unconditional/v2" and len(metrics["per_seed"][str(tiny_corpus)]) == 2
+    assert metrics["protocol"]["hash"] == out["evaluation"].protocol.hash
+    steps = out["evaluation"].progressions[str(tiny_corpus)]["steps"]
+    assert steps == [1, 6]  # the configured progression steps that exist (<= 6) and the final step
+    ceiling = out["evaluation"].ceiling.get(str(tiny_corpus))
+    if ceiling is not None:  # the tiny corpus may hold too few held-out windows for a second reference set
+        assert 0 < ceiling["mauve"] <= 1
     assert len(metrics["interpolation_curve"]) == 3
 
     joint = Path(out["joint_checkpoint"])
@@ -188,27 +195,14 @@ def test_ldlm_killed_worker_resumes_bit_identically(ldlm_overrides, tmp_path, ra
     assert int(sampler["updates"]) == 12 and bool(sampler["edge_seen"].any())
 
 
-def test_unconditional_protocol_hash_tracks_every_protocol_field(ldlm_overrides):
-    from latentlm.platform.evaluate_uncond import PROTOCOL_FIELDS, uncond_protocol_hash
-    cfg = build_ldlm_config("tiny", ldlm_overrides())
-    base = uncond_protocol_hash(cfg)
-    changed = {"datasets": ["embedded:shakespeare"], "num_samples": 9, "seeds": [5], "scorer_model": "x",
-               "scorer_max_length": 17, "mauve_model": "y", "mauve_pooling": "mean", "mauve_max_length": 33,
-               "mauve_seed": 3, "diversity_ns": [1], "interpolation_pairs": 1, "interpolation_points": 4}
-    assert set(changed) == set(PROTOCOL_FIELDS)
-    for name, value in changed.items():
-        assert uncond_protocol_hash(build_ldlm_config("tiny", ldlm_overrides(eval={name: value}))) != base, name
-    # sampler settings are model-side axes, not protocol: the same protocol ranks them together
-    assert uncond_protocol_hash(build_ldlm_config("tiny", ldlm_overrides(eval={"steps": 7}))) == base
-
-
-def test_reference_windows_are_length_matched_and_cut_at_eos(tiny_lm_dir):
+def test_reference_windows_are_first_windows_cut_at_eos(tiny_lm_dir):
     from latentlm.platform.data import load_tokenizer
     from latentlm.platform.evaluate_uncond import reference_windows
     tokenizer = load_tokenizer(str(tiny_lm_dir))
     docs = ["the river city music people king war science old new small large early later north south",
             "the old king ."]
-    texts, windows = reference_windows(docs, tokenizer, seq_len=8, n=5)
+    ids, windows = reference_windows(docs, tokenizer, seq_len=8, n=5)
+    texts = tokenizer.batch_decode(ids, skip_special_tokens=True)
     assert windows.shape == (2, 8)  # one window per document, at most n
     assert texts[0] == "the river city music people king war science"  # first seq_len tokens
     assert texts[1] == "the old king ."  # short document: cut at its EOS, padding dropped

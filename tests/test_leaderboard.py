@@ -3,6 +3,7 @@ schema checks that name the file, Markdown/HTML rendering and the ``latentlm lea
 Fast and Ray-free."""
 from __future__ import annotations
 
+import json
 import multiprocessing
 import re
 from html.parser import HTMLParser
@@ -307,3 +308,211 @@ def test_cli_user_errors_exit_2(tmp_path, capsys):
     lb.Leaderboard(tmp_path / "ok").add(trial_rows())
     assert cli.main(["leaderboard", str(tmp_path / "ok"), "--sort", "nope", "--merge-into", str(tmp_path / "m")]) == 2
     assert "unknown metric 'nope'" in capsys.readouterr().err and not (tmp_path / "m").exists()
+
+
+# -- protocol object, progressions, spreads ----------------------------------------------------------
+
+SCORING = "5c0e5c0e5c0e5c0e"
+
+
+def _info(phash, steps=50, **extra):
+    return {"name": PROTOCOL, "version": 1, "hash": phash, "scoring_hash": SCORING,
+            "sampler": {"steps": steps, "cfg_scale": 7.0}, **extra}
+
+
+def _progression(last="done", steps=(1, 10, 20), total=20):
+    return {"prompt": "The river", "reference": "flows on.", "total_steps": total, "steps": list(steps),
+            "texts": [f"text {s}" for s in steps[:-1]] + [last]}
+
+
+def steps_rows(steps, seed=0, mauve=0.5, mauve_std=None, protocol_info=True, progression=None, method="textldm"):
+    phash = f"{steps:04d}" + "ab" * 6
+    wiki = {"mauve": mauve, "rouge1": 0.3, "gen_ppl": 80.0, "gen_ppl_std": 4.25, "entropy": 4.5,
+            "diversity": 0.61, "samples": 32}
+    if mauve_std is not None:
+        wiki["mauve_std"] = mauve_std
+    return lb.make_rows(method, "steps", f"t{steps}-{seed}", {"eval.steps": steps}, {"embedded:wiki": wiki}, PROTOCOL,
+                        phash, seed, 10.0, None, {"eval": {"steps": steps}}, machine="m", created_at=T0,
+                        protocol_info=_info(phash, steps) if protocol_info else None,
+                        progressions={"embedded:wiki": progression} if progression else None)
+
+
+def test_make_rows_protocol_and_progression_columns():
+    (row,) = steps_rows(10, progression=_progression())
+    assert lb.COLUMNS[-2:] == ("protocol_json", "progression_json") and list(row) == list(lb.COLUMNS)
+    assert row["protocol_json"] == lb.canonical_json(_info(row["protocol_hash"], 10))
+    assert row["protocol_json"].startswith('{"hash":"0010') and '"scoring_hash":"5c0e' in row["protocol_json"]
+    assert row["progression_json"] == lb.canonical_json(_progression())
+    plain = trial_rows()
+    assert all(r["protocol_json"] is None and r["progression_json"] is None for r in plain)
+    # only the dataset named in progressions gets one
+    rows = lb.make_rows("textldm", "s", "t", {}, {"a": {"mauve": 0.1}, "b": {"mauve": 0.2}}, PROTOCOL, PHASH, 0,
+                        None, None, {}, protocol_info=_info(PHASH), progressions={"b": _progression()})
+    assert [r["progression_json"] is None for r in rows] == [True, False]
+    assert rows[0]["protocol_json"] == rows[1]["protocol_json"]
+
+
+@pytest.mark.parametrize("info, message", [
+    ({"name": PROTOCOL, "hash": "ffff", "scoring_hash": SCORING}, r"'hash' 'ffff' is not the row's protocol_hash"),
+    ({"hash": PHASH}, r"non-empty string 'scoring_hash'"),
+    ({"name": "other/v9", "hash": PHASH, "scoring_hash": SCORING}, r"'name' 'other/v9' is not the row's protocol"),
+    (["not", "a", "mapping"], r"expected a JSON object"),
+])
+def test_make_rows_rejects_a_bad_protocol_object(info, message):
+    with pytest.raises(lb.LeaderboardError, match="protocol_info: .*" + message):
+        lb.make_rows("textldm", "s", "t", {}, {"d": {"mauve": 0.5}}, PROTOCOL, PHASH, 0, None, None, {},
+                     protocol_info=info)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"texts": ["only one"]}, r"'steps' and 'texts' differ in length \(3 vs 1\)"),
+    ({"steps": [1, 10, 10]}, r"'steps' must increase strictly"),
+    ({"steps": [1, 10, 21]}, r"'steps' must increase strictly within \[0, total_steps=20\]"),
+    ({"steps": [1, 2.5, 3]}, r"'steps' must be a non-empty list of integers"),
+    ({"total_steps": 0}, r"'total_steps' must be a positive integer"),
+    ({"prompt": None}, r"'prompt' must be a string"),
+    ({"texts": ["a", "b", 3]}, r"'texts' must be a list of strings"),
+])
+def test_make_rows_rejects_a_bad_progression_naming_the_dataset(change, message):
+    progression = {**_progression(), **change}
+    with pytest.raises(lb.LeaderboardError, match=r"progressions\['embedded:wiki'\]: " + message):
+        steps_rows(20, progression=progression)
+    with pytest.raises(lb.LeaderboardError, match=r"progressions\['nowhere'\]: no such dataset in results"):
+        lb.make_rows("textldm", "s", "t", {}, {"d": {"mauve": 0.5}}, PROTOCOL, PHASH, 0, None, None, {},
+                     progressions={"nowhere": _progression()})
+
+
+def test_files_written_without_the_new_columns_still_read(tmp_path):
+    """A file from before protocol_json/progression_json: reads (columns null), renders, merges with new rows."""
+    old_columns = [c for c in lb.COLUMNS if c not in ("protocol_json", "progression_json")]
+    old = pd.DataFrame(trial_rows())[old_columns]
+    table = pa.Table.from_pandas(old, preserve_index=False).replace_schema_metadata({lb.SCHEMA_KEY: b"1"})
+    pq.write_table(table, tmp_path / "old.parquet")
+    df = lb.read(tmp_path / "old.parquet")
+    assert list(df.columns) == list(lb.COLUMNS) and df["protocol_json"].isna().all()
+    assert df["progression_json"].isna().all() and len(df) == 2
+    assert 'id="progression"' in lb.html_page(df) and "No row has a recorded denoising progression" in lb.html_page(df)
+    board = lb.Leaderboard(tmp_path / "all.parquet")
+    board.merge(tmp_path / "old.parquet")
+    assert board.add(steps_rows(10, progression=_progression())) == 3
+    assert board.frame()["progression_json"].notna().sum() == 1
+
+
+@pytest.mark.parametrize("column", ["protocol_json", "progression_json"])
+def test_new_json_columns_must_hold_objects(tmp_path, column):
+    rows = pd.DataFrame(steps_rows(10, progression=_progression()))
+    rows[column] = "[1, 2]"
+    with pytest.raises(lb.LeaderboardError, match=rf"{column} is not a JSON object"):
+        lb.Leaderboard(tmp_path / "y.parquet").add(rows)  # the writer checks too
+    pq.write_table(lb._to_table(rows), tmp_path / "x.parquet")
+    with pytest.raises(lb.LeaderboardError, match=rf"x.parquet: row [0-9a-f]+: {column} is not a JSON object"):
+        lb.read(tmp_path / "x.parquet")
+
+
+def test_std_metrics_shown_as_mean_plus_minus_std_in_curated_order(tmp_path):
+    rows = steps_rows(10, mauve=0.5, mauve_std=0.0123) + steps_rows(10, seed=1, mauve=0.4)
+    df = lb.combine(lb._normalise(rows))
+    expanded = lb.expand(df)
+    assert lb.metric_columns(expanded) == [*lb.METRICS, "gen_ppl", "entropy", "diversity", "gen_ppl_std",
+                                           "mauve_std", "samples"]
+    text = lb.to_markdown(df)
+    table = _table(text, f"{PROTOCOL} · embedded:wiki", rows[0]["protocol_hash"])
+    header = table[0]
+    assert header[header.index("**MAUVE**") + 1:header.index("seed")] == ["Gen-PPL", "entropy", "diversity", "samples"]
+    assert not any(h.endswith("_std") for h in header)
+    mauve = [r[header.index("**MAUVE**")] for r in table[1:]]
+    assert mauve == ["50.00 ± 1.23", "40.00"]  # std scaled x100 like MAUVE; the row without a std: mean only
+    assert [r[header.index("Gen-PPL")] for r in table[1:]] == ["80 ± 4", "80 ± 4"]  # the mean's decimals
+    assert "a ± b = mean ± std over evaluation seeds" in text
+    assert lb._fmt_metric_std("gen_ppl", 123.456, 7.891) == "123.5 ± 7.9"
+    assert lb._fmt_metric_std("mauve", 0.5, float("nan")) == "50.00"
+    # sorting by a spread shows it as a column of its own
+    assert "**mauve_std**" in lb.to_markdown(df, sort_by="mauve_std")
+
+    page = lb.html_page(df)
+    parser = _Elements()
+    parser.feed(page)
+    cols = [a["data-col"] for t, a in parser.tags if t == "th" and "data-col" in a]
+    assert "mauve_std" not in cols and "gen_ppl_std" not in cols
+    assert cols.index("mauve") < cols.index("gen_ppl") < cols.index("entropy") < cols.index("diversity") < cols.index(
+        "samples")
+    assert '>50.00 ± 1.23</td>' in page and 'data-value="0.5" title="mean ± std over evaluation seeds"' in page
+
+
+def test_human_ceiling_rows_are_ranked_and_italic():
+    rows = steps_rows(50, mauve=0.5) + steps_rows(50, mauve=0.95, method="human")
+    page = lb.html_page(lb.combine(lb._normalise(rows)))
+    parser = _Elements()
+    parser.feed(page)
+    trs = [a for t, a in parser.tags if t == "tr" and "data-row-id" in a]
+    assert [a.get("class") for a in trs] == ["ceiling", None]  # ranked first (best MAUVE), styled italic
+    assert "italic rows = reference ceiling" in page
+
+
+def _figures(page):
+    parser = _Elements()
+    parser.feed(page)
+    return [a for t, a in parser.tags if t == "figure" and a.get("class") == "axis-plot"], parser
+
+
+def test_axis_plots_group_by_scoring_hash_across_sampler_protocols():
+    # a steps sweep: every step count is its own protocol hash, all share one scoring hash
+    rows = (steps_rows(10, mauve=0.3, mauve_std=0.02) + steps_rows(20, mauve=0.4, mauve_std=0.03)
+            + steps_rows(50, mauve=0.5) + steps_rows(50, seed=1, mauve=0.7))
+    df = lb.combine(lb._normalise(rows))
+    plots = lb.axis_plots(df)
+    assert [(k["by"], k["scoring_hash"], axis) for k, axis, _ in plots] == [("scoring_hash", SCORING, "eval.steps")]
+    assert plots[0][0]["protocol_hashes"] == sorted({r["protocol_hash"] for r in rows})
+    page = lb.html_page(df)
+    figures, parser = _figures(page)
+    (figure,) = figures
+    assert figure["data-scoring-hash"] == SCORING and len(figure["data-protocol-hash"].split()) == 3
+    assert "span 3 protocol hashes" in page and "ranked in separate tables" in page
+    # the tables stay one per protocol hash
+    assert len([a for t, a in parser.tags if t == "table" and a.get("class") == "leaderboard"]) == 3
+    # 10 and 20 steps: one row each -> its own std over seeds (x100: 2 and 3); 50 steps: two seeds -> across rows
+    bars = [a for t, a in parser.tags if t == "path" and a.get("class") == "errorbar"]
+    assert sorted(a["data-source"] for a in bars) == ["rows", "seeds", "seeds"]
+    svg = page[page.index("<svg"):page.index("</svg>")]
+    assert "± 2 (the row&#x27;s std over seeds)" in svg and "± 3 (the row&#x27;s std over seeds)" in svg
+    assert "± 14 (std across 2 rows)" in svg  # std(50, 70) = 14.1
+    assert "the row&#x27;s own ±1 std over evaluation seeds (mauve_std)" in page
+
+    # without protocol objects each hash is its own group: one value per group, so no plot at all
+    legacy = lb.combine(lb._normalise([r for s in (10, 20, 50) for r in steps_rows(s, protocol_info=False)]))
+    assert lb.axis_plots(legacy) == []
+    assert lb.scoring_key(None, "abc") == ("protocol_hash", "abc")
+    assert lb.scoring_key('{"scoring_hash": "s1"}', "abc") == ("scoring_hash", "s1")
+
+
+def test_progression_view_escapes_script_and_markup(tmp_path):
+    nasty = '</script><script>window.pwned=1</script><b>bold</b> & <!-- "q" \u2028'
+    first = steps_rows(50, mauve=0.9, progression=_progression(last="plain text"))
+    second = steps_rows(20, mauve=0.5, progression={**_progression(last=nasty), "prompt": "<b>P</b>"})
+    df = lb.combine(lb._normalise(first + second + steps_rows(10, mauve=0.1)))
+    page = lb.to_html(df, tmp_path / "p.html").read_text()
+    parser = _Elements()
+    parser.feed(page)
+    scripts = [a for t, a in parser.tags if t == "script"]
+    assert len(scripts) == 3 and [a.get("type") for a in scripts].count("application/json") == 1
+    assert not [t for t, a in parser.tags if t == "b"]
+    assert "<b>" not in page and "window.pwned" in page  # present, but only as text
+    # the embedded data reads back to exactly the stored progressions
+    start = page.index('<script type="application/json" id="progression-data">') + len(
+        '<script type="application/json" id="progression-data">')
+    blob = page[start:page.index("</script>", start)]
+    assert "<" not in blob and "\u2028" not in blob
+    data = json.loads(blob)
+    assert set(data) == {first[0]["row_id"], second[0]["row_id"]}
+    assert data[second[0]["row_id"]]["texts"][-1] == nasty and data[second[0]["row_id"]]["prompt"] == "<b>P</b>"
+    # the select lists both (table order: protocol hash 0010.. < 0020.. < 0050..), the first one is rendered
+    options = [a for t, a in parser.tags if t == "option"]
+    assert [a["value"] for a in options] == [second[0]["row_id"], first[0]["row_id"]]
+    assert "selected" in options[0]
+    view = page[page.index('id="progression-view"'):page.index("</table>", page.index('id="progression-view"'))]
+    assert f'data-row-id="{second[0]["row_id"]}"' in view
+    assert "&lt;/script&gt;&lt;script&gt;window.pwned=1" in view and "&lt;b&gt;P&lt;/b&gt;" in view
+    assert [m for m in re.findall(r'<th scope="row">([^<]*)</th>', view)] == [
+        "prompt", "step 1 / 20", "step 10 / 20", "step 20 / 20", "reference"]
+    # rows with a progression link to it from their table
+    assert page.count('href="#progression=') == 2

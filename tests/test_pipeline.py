@@ -33,12 +33,16 @@ def test_textldm_pipeline_end_to_end(tiny_overrides, tiny_corpus, tmp_path, ray_
     cfg = build_config("tiny", tiny_overrides())
     out = run_textldm(cfg, tmp_path / "run")
     row = out["results"][str(tiny_corpus)]
-    for key in ("rouge1", "rouge2", "rougeL", "bertscore", "mauve", "recon_acc"):
+    for key in ("rouge1", "rouge2", "rougeL", "bertscore", "mauve", "recon_acc", "mauve_std", "rouge1_std"):
         assert 0.0 <= row[key] <= 1.0, (key, row[key])
-    assert row["samples"] == 8
+    assert row["samples"] == 8 and row["seeds"] == 2 and row["gen_ppl"] > 1 and row["entropy"] >= 0
     metrics = json.loads((tmp_path / "run" / "eval" / "metrics.json").read_text())
-    assert metrics["protocol"].startswith("textldm-continuation")
-    assert len((tmp_path / "run" / "eval").glob("samples_*.jsonl").__next__().read_text().splitlines()) == 8
+    assert metrics["protocol"]["name"] == "continuation/v2"
+    assert metrics["protocol"]["hash"] == out["evaluation"].protocol.hash
+    lines = (tmp_path / "run" / "eval").glob("samples_*.jsonl").__next__().read_text().splitlines()
+    assert len(lines) == 2 * 8  # every sampling seed's generations
+    progression = out["evaluation"].progressions[str(tiny_corpus)]
+    assert progression["steps"] == [1, 4] and len(progression["texts"]) == 2  # steps <= 4, and the final one
 
     # The DiT checkpoint is self-contained: sampling needs no Ray and is deterministic given the seed.
     model = load_textldm(out["dit_checkpoint"])

@@ -1,0 +1,168 @@
+"""The versioned evaluation protocol: one object that fixes everything that changes a reported number.
+
+Users set it through a config's ``eval`` section (``ContinuationEvalConfig`` for TextLDM, Cola DLM and the
+AR baseline; ``UnconditionalEvalConfig`` for LDLM) and ``EvalProtocol.from_config(cfg)`` freezes it: the
+task, the data split (datasets, tokenizer, window length, split fractions and seed), the sample count and
+prompt/target split rule, the scorer models with their pooling and max lengths, the EOS and reference
+length-matching rules, the sampler (steps, CFG scale, time grid, dtype, batch size) and every seed (the
+sampling seeds and MAUVE's k-means seeds). Its ``hash`` is stored in every leaderboard row and rows of
+different hashes are never ranked together; ``scoring_hash`` leaves the sampler out, so a sweep over sampler
+steps or CFG can still be *plotted* on one axis (each point its own protocol).
+
+Rules that live in code rather than in fields are spelled out in ``RULES`` and hashed with the rest: edit a
+rule's code, edit its text (and bump ``PROTOCOL_VERSION`` when old numbers stop being comparable).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from latentlm.models.config import require, require_positive
+
+PROTOCOL_VERSION = 2
+TASKS = ("continuation", "unconditional")
+SAMPLER_FIELDS = ("steps", "cfg_scale", "grid", "dtype", "batch_size")
+NOT_PROTOCOL = ("use_ema", "human_ceiling", "progression_steps")  # which weights / extra rows / a view: no number
+RULES = {
+    "eos": "generations and references are cut at the first EOS id; ids outside the vocabulary are dropped",
+    "reference_length": "MAUVE references are length-matched to the generations: reference i is truncated to the "
+                        "token length of generation i; a reference whose generation is empty is dropped",
+    "genppl": "scorer tokenization without special tokens, BOS prepended when the scorer has one, first "
+              "genppl_max_length ids; micro-average exp(sum NLL / sum predicted tokens) over all texts of a seed",
+    "mauve": "features of the configured LM (last-token or mean pooling), buckets max(2, n // 10); reported as the "
+             "mean and std over every (sampling seed, k-means seed) pair",
+    "paired": "ROUGE (F1, stemmed) and BERTScore (F1) compare each generation with its full reference continuation",
+    "aggregate": "per-seed metrics are averaged over the sampling seeds; *_std is the sample std over seeds",
+    "continuation_split": "the first seq_len - 1 tokens of each held-out document (shuffled by sample_seed), "
+                          "split at round(u * length), u ~ U(split_range); documents under min_tokens skipped",
+    "human_ceiling": "a second, disjoint set of held-out references scored as if it were a model's generations",
+}
+
+
+@dataclass
+class ScoringConfig:
+    """Evaluation fields every task shares (a config's ``eval`` section)."""
+    datasets: list[str] = field(default_factory=lambda: ["embedded:wiki", "embedded:shakespeare"])
+    num_samples: int = 64                    # generations per sampling seed and dataset
+    sample_seed: int = 1234                  # which held-out documents (and prompt splits) are drawn
+    sampling_seeds: list[int] = field(default_factory=lambda: [1234, 1235])
+    mauve_kmeans_seeds: list[int] = field(default_factory=lambda: [25, 26, 27])
+    mauve_model: str = "embedded:smollm2"    # paper-comparable: gpt2-large
+    mauve_pooling: str = "last"
+    mauve_max_length: int = 128
+    genppl_model: str = "embedded:gemma3"    # Gen-PPL scorer (LDLM: GPT-2 Large)
+    genppl_max_length: int = 256
+    diversity_ns: list[int] = field(default_factory=lambda: [2, 3, 4])
+    steps: int = 50
+    grid: str = "schedule"
+    dtype: str = "float32"                   # sampler compute dtype: "float32" | "bfloat16" (autocast)
+    batch_size: int = 32                     # in the protocol: it orders the sampler's noise draws
+    use_ema: bool = True
+    human_ceiling: bool = True               # also score held-out references against each other (a "human" row)
+    progression_steps: list[int] = field(default_factory=lambda: [1, 10, 20, 30, 40, 50])  # denoising view
+
+    def __post_init__(self):
+        require(len(self.datasets) > 0, "eval.datasets", "at least one dataset", self.datasets)
+        require(len(self.sampling_seeds) > 0, "eval.sampling_seeds", "at least one seed", self.sampling_seeds)
+        require(len(self.mauve_kmeans_seeds) > 0, "eval.mauve_kmeans_seeds", "at least one seed",
+                self.mauve_kmeans_seeds)
+        require_positive("eval", num_samples=self.num_samples, steps=self.steps, batch_size=self.batch_size,
+                         mauve_max_length=self.mauve_max_length)
+        require(self.genppl_max_length >= 2, "eval.genppl_max_length", ">= 2", self.genppl_max_length)
+        require(self.mauve_pooling in ("last", "mean"), "eval.mauve_pooling", "'last' or 'mean'", self.mauve_pooling)
+        require(self.dtype in ("float32", "bfloat16"), "eval.dtype", "'float32' or 'bfloat16'", self.dtype)
+        require(len(self.diversity_ns) > 0 and all(n >= 1 for n in self.diversity_ns), "eval.diversity_ns",
+                "a non-empty list of n >= 1", self.diversity_ns)
+        require(all(s >= 1 for s in self.progression_steps), "eval.progression_steps", "steps >= 1",
+                self.progression_steps)
+
+
+@dataclass
+class ContinuationEvalConfig(ScoringConfig):
+    """Prefix -> continuation (TextLDM's protocol; Cola DLM and the AR baseline use it too)."""
+    min_tokens: int = 24                    # samples shorter than this are skipped
+    split_range: tuple[float, float] = (0.4, 0.6)  # prompt/target split, uniform in this fraction of the length
+    cfg_scale: float = 7.0
+    bertscore_model: str = "embedded:minilm"   # paper-comparable: roberta-large
+    bertscore_num_layers: int = 6
+
+    def __post_init__(self):
+        super().__post_init__()
+        require_positive("eval", min_tokens=self.min_tokens, bertscore_num_layers=self.bertscore_num_layers)
+        lo, hi = self.split_range
+        require(0 < lo <= hi < 1, "eval.split_range", "0 < low <= high < 1", self.split_range)
+        require(self.cfg_scale >= 0, "eval.cfg_scale", ">= 0", self.cfg_scale)
+        require(self.grid in ("schedule", "uniform"), "eval.grid", "'schedule' or 'uniform'", self.grid)
+
+
+@dataclass
+class UnconditionalEvalConfig(ScoringConfig):
+    """Noise -> text (LDLM's protocol), plus its latent-interpolation probe."""
+    datasets: list[str] = field(default_factory=lambda: ["embedded:wiki"])   # MAUVE references (held-out text)
+    sampling_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    steps: int = 100                  # Euler-Maruyama steps (LDLM sweeps 8..1024)
+    grid: str = "log_snr"
+    interpolation_pairs: int = 8      # latent-interpolation smoothness probe: pairs of real texts ...
+    interpolation_points: int = 9     # ... and points along each path (ends included)
+    progression_steps: list[int] = field(default_factory=lambda: [1, 25, 50, 75, 100])
+
+    def __post_init__(self):
+        super().__post_init__()
+        require(self.grid in ("log_snr", "uniform"), "eval.grid", "'log_snr' or 'uniform'", self.grid)
+        require(self.interpolation_pairs >= 0, "eval.interpolation_pairs", ">= 0", self.interpolation_pairs)
+        require(self.interpolation_points >= 2, "eval.interpolation_points", ">= 2", self.interpolation_points)
+
+
+SPLIT_FIELDS = ("tokenizer", "seq_len", "valid_fraction", "test_fraction", "split_seed", "text_field")
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class EvalProtocol:
+    task: str
+    data: dict       # the held-out split: tokenizer, window, fractions, split seed, text field
+    scoring: dict    # datasets, sample counts, scorers, seeds, task-specific fields
+    sampler: dict    # steps, cfg_scale (continuation), grid, dtype, batch_size
+    version: int = PROTOCOL_VERSION
+
+    def __post_init__(self):
+        require(self.task in TASKS, "protocol.task", f"one of {TASKS}", self.task)
+
+    @property
+    def name(self) -> str:
+        return f"{self.task}/v{self.version}"
+
+    @classmethod
+    def from_config(cls, cfg) -> "EvalProtocol":
+        """The protocol of an experiment config (any family): its ``eval`` section and data split."""
+        e = cfg.eval
+        task = "continuation" if isinstance(e, ContinuationEvalConfig) else "unconditional"
+        require(isinstance(e, ScoringConfig), "eval", "a ContinuationEvalConfig or UnconditionalEvalConfig", type(e))
+        values = {f.name: getattr(e, f.name) for f in dataclasses.fields(e) if f.name not in NOT_PROTOCOL}
+        sampler = {k: values.pop(k) for k in SAMPLER_FIELDS if k in values}
+        data = {k: getattr(cfg.data, k) for k in SPLIT_FIELDS}
+        return cls(task, json.loads(json.dumps(data)), json.loads(json.dumps(values)), json.loads(json.dumps(sampler)))
+
+    def _body(self, with_sampler: bool) -> dict:
+        body = {"name": self.name, "version": self.version, "task": self.task, "rules": RULES, "data": self.data,
+                "scoring": self.scoring}
+        return {**body, "sampler": self.sampler} if with_sampler else body
+
+    @property
+    def hash(self) -> str:
+        return _digest(self._body(True))
+
+    @property
+    def scoring_hash(self) -> str:
+        """The hash without the sampler: equal for rows that differ only in sampler settings."""
+        return _digest(self._body(False))
+
+    def to_dict(self) -> dict:
+        """Everything, plus both hashes: what a leaderboard row's ``protocol_json`` holds."""
+        return {**self._body(True), "hash": self.hash, "scoring_hash": self.scoring_hash}
