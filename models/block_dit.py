@@ -200,7 +200,8 @@ class BlockCausalDiT(nn.Module):
 @torch.no_grad()
 def sample_blocks(model: BlockCausalDiT, prefix: torch.Tensor | None, noise: torch.Tensor, steps: int,
                   cfg_scale: float = 1.0, use_cache: bool = True, first_block: str = "repaint",
-                  on_commit: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor:
+                  on_commit: Callable[[torch.Tensor], None] | None = None,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
     """Block-by-block generation after the clean ``prefix`` latents (B, P, d) or None.
 
     Blocks stay aligned to position 0 as in training. When P is not a multiple of the block size, the
@@ -213,7 +214,7 @@ def sample_blocks(model: BlockCausalDiT, prefix: torch.Tensor | None, noise: tor
     history. CFG's unconditional branch sees the current block only (history dropped, positions from 0).
     ``use_cache=False`` recomputes the history every step (the reference the KV cache must match). The state
     is accumulated in float64. ``on_commit`` receives each block's new latents as it is committed (a
-    streaming decoder's input). Returns the N generated latents that follow the prefix."""
+    streaming decoder's input); ``generator`` draws the repaint noise. Returns the N generated latents that follow the prefix."""
     require(first_block in ("repaint", "partial"), "dlm.sampler.first_block", "'repaint' or 'partial'", first_block)
     size = model.config.block_size
     history = prefix if prefix is not None else noise[:, :0]
@@ -229,7 +230,10 @@ def sample_blocks(model: BlockCausalDiT, prefix: torch.Tensor | None, noise: tor
     grid = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
     # the known prompt tail rides along in front of the first block's noise
     work = torch.cat([known, noise], 1)
-    known_noise = torch.randn_like(known) if known.shape[1] else known
+    known_noise = known  # the repainted prompt tail's own noise, from the caller's generator
+    if known.shape[1]:
+        device = generator.device if generator is not None else known.device
+        known_noise = torch.randn(known.shape, generator=generator, device=device, dtype=known.dtype).to(known.device)
     out = []
     for start in range(0, work.shape[1], size):
         x = work[:, start:start + size].double()

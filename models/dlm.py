@@ -104,13 +104,14 @@ class ColaDLM(nn.Module):
         noise = noise.to(prompt.device)
         total = prompt.shape[1] + new_tokens
         if self.config.vae.attention == "bidirectional":  # the decoder needs the whole sequence at once
-            latents = sample_blocks(self.dit, prefix, noise, steps, cfg_scale, use_cache, first_block)
+            latents = sample_blocks(self.dit, prefix, noise, steps, cfg_scale, use_cache, first_block,
+                                    generator=generator)
             full = latents if prefix is None else torch.cat([prefix, latents], 1)
             logits = self.vae.decode_logits(full, total)  # conditional decoding
         else:  # stream: decode each block as it is committed, with a KV cache over the decoded blocks
             decoder = self.vae.streaming_decoder()
             pieces = [] if prefix is None else [decoder.feed(prefix)]
             sample_blocks(self.dit, prefix, noise, steps, cfg_scale, use_cache, first_block,
-                          on_commit=lambda block: pieces.append(decoder.feed(block)))
+                          on_commit=lambda block: pieces.append(decoder.feed(block)), generator=generator)
             logits = torch.cat([*pieces, decoder.flush()], 1)[:, :total]
         return logits[:, prompt.shape[1]:].argmax(-1)

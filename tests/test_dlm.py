@@ -80,7 +80,8 @@ def test_generation_streams_the_decoder_and_matches_one_full_decode(attention):
     prompt = torch.randint(0, 20, (2, 6))
     got = model.generate(prompt, 9, steps=3, cfg_scale=2.0, generator=torch.Generator().manual_seed(1))
     prefix = model.vae.posterior(prompt)[0]
-    noise = torch.randn(2, 9, 6, generator=torch.Generator().manual_seed(1)).double()
-    latents = sample_blocks(model.dit, prefix, noise, 3, 2.0)
+    gen = torch.Generator().manual_seed(1)
+    noise = torch.randn(2, 9, 6, generator=gen).double()
+    latents = sample_blocks(model.dit, prefix, noise, 3, 2.0, generator=gen)  # the repaint noise: same stream
     want = model.vae.decode_logits(torch.cat([prefix, latents], 1), 15)[:, 6:].argmax(-1)
     assert torch.equal(got, want)
