@@ -221,7 +221,7 @@ def run_trial(config: dict[str, Any], spec: dict[str, Any], root: str) -> None:
     import torch
     from ray import tune
 
-    trial = config["trial"]
+    trial = json.loads(config["trial"])
     method = METHODS[spec["method"]]
     cfg = method.build(spec["preset"], trial["overrides"])
     cfg.name = spec["name"]  # W&B groups a sweep's runs by its name
@@ -234,6 +234,13 @@ def run_trial(config: dict[str, Any], spec: dict[str, Any], root: str) -> None:
              out, compute_seconds=sum(out["stage_seconds"].values()))
     tune.report({f"{dataset}/{metric}": value for dataset, metrics in out["results"].items()
                  for metric, value in metrics.items()})
+
+
+def param_space(trials: list[Trial]) -> dict[str, Any]:
+    """Tune's grid over the planned trials. Each trial travels as a JSON string, not a dict: Tune reads a
+    dict like {"eval": {...}} (the overrides of an eval-only axis) as its own "eval" expression syntax."""
+    from ray import tune
+    return {"trial": tune.grid_search([json.dumps(dataclasses.asdict(t), sort_keys=True) for t in trials])}
 
 
 def run_sweep(spec: SweepSpec) -> Path:
@@ -260,7 +267,7 @@ def run_sweep(spec: SweepSpec) -> Path:
     else:
         tuner = tune.Tuner(
             trainable,
-            param_space={"trial": tune.grid_search([dataclasses.asdict(t) for t in trials])},
+            param_space=param_space(trials),
             tune_config=tune.TuneConfig(max_concurrent_trials=spec.max_concurrent_trials),
             run_config=tune.RunConfig(name=spec.name, storage_path=str(root / "tune"),
                                       failure_config=tune.FailureConfig(max_failures=1)))

@@ -54,6 +54,17 @@ def _micro_config(tmp_path: Path, tiny_overrides) -> Path:
 
 
 @pytest.mark.ray
+def test_eval_only_axes_survive_tunes_variant_resolution():
+    """An axis that only touches ``eval`` makes overrides like {"eval": {...}}, which Tune would take for its
+    "eval" expression syntax if the trial travelled as a dict."""
+    from ray.tune.search.variant_generator import generate_variants
+    from latentlm.platform.sweep import SweepSpec, param_space, plan_trials
+    trials = plan_trials(SweepSpec("s", method="dlm", axes={"eval.steps": [2, 8]}))
+    assert trials[0].overrides == {"eval": {"steps": 2}}
+    resolved = [json.loads(config["trial"]) for _, config in generate_variants(param_space(trials))]
+    assert [t["overrides"] for t in resolved] == [{"eval": {"steps": 2}}, {"eval": {"steps": 8}}]
+
+
 def test_cfg_sweep_trains_once_and_fills_the_leaderboard(tiny_overrides, tmp_path, ray_local):
     import pandas as pd
     config = _micro_config(tmp_path, tiny_overrides)
@@ -64,8 +75,12 @@ def test_cfg_sweep_trains_once_and_fills_the_leaderboard(tiny_overrides, tmp_pat
     records = sorted(p.name.split("-")[0] for p in (root / "artifacts").glob("*.json"))
     assert records == ["dit", "vae"]  # CFG is a sampling-time axis: one VAE, one DiT, two evaluations
     board = pd.read_parquet(root / "leaderboard.parquet")
-    assert sorted(board["trial"]) == ["eval.cfg_scale=1.0", "eval.cfg_scale=5.0"]
-    assert board["row_id"].is_unique and board["checkpoint"].nunique() == 1
+    models, humans = board[board["method"] == "textldm"], board[board["method"] == "human"]
+    assert sorted(models["trial"]) == ["eval.cfg_scale=1.0", "eval.cfg_scale=5.0"]
+    assert board["row_id"].is_unique and models["checkpoint"].nunique() == 1
+    # CFG is part of the protocol: two protocol hashes, each with its human-ceiling row
+    assert models["protocol_hash"].nunique() == 2 and set(humans["protocol_hash"]) == set(models["protocol_hash"])
+    assert all(json.loads(text)["hash"] == h for text, h in zip(board["protocol_json"], board["protocol_hash"]))
     assert (root / "leaderboard.md").is_file() and (root / "leaderboard.html").is_file()
 
 
