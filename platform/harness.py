@@ -27,11 +27,12 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def length_match(references: list[list[int]], generations: list[list[int]]) -> list[list[int]]:
-    """Reference i truncated to the token length of generation i (a shorter reference is kept whole); a
-    reference whose generation is empty is dropped. Both lists pair up by index and must be equally long."""
+    """Reference i truncated to the token length of generation i (a shorter reference is kept whole). The
+    reference of an empty generation is kept whole too: an empty text has no length to match, and matching
+    it would hand a model that emits nothing empty references (a perfect MAUVE). Paired by index."""
     if len(references) != len(generations):
         raise ValueError(f"length_match: {len(references)} references for {len(generations)} generations")
-    return [ref[:len(gen)] for ref, gen in zip(references, generations) if len(gen) > 0]
+    return [ref[:len(gen)] if gen else ref for ref, gen in zip(references, generations)]
 
 
 def sampler_precision(dtype: str, device: str | torch.device):

@@ -29,7 +29,7 @@ NOT_PROTOCOL = ("use_ema", "human_ceiling", "progression_steps")  # which weight
 RULES = {
     "eos": "generations and references are cut at the first EOS id; ids outside the vocabulary are dropped",
     "reference_length": "MAUVE references are length-matched to the generations: reference i is truncated to the "
-                        "token length of generation i; a reference whose generation is empty is dropped",
+                        "token length of generation i; the reference of an empty generation is kept whole",
     "genppl": "scorer tokenization without special tokens, BOS prepended when the scorer has one, first "
               "genppl_max_length ids; micro-average exp(sum NLL / sum predicted tokens) over all texts of a seed",
     "mauve": "features of the configured LM (last-token or mean pooling), buckets max(2, n // 10); reported as the "

@@ -7,11 +7,12 @@ from latentlm.platform import harness
 from latentlm.platform.protocol import ContinuationEvalConfig, UnconditionalEvalConfig
 
 
-def test_length_match_truncates_keeps_shorter_and_drops_empty_pairs():
+def test_length_match_truncates_and_keeps_shorter_references_and_those_of_empty_generations():
     refs = [[1, 2, 3, 4, 5], [6, 7], [8, 9, 10], [11, 12, 13]]
     gens = [[0, 0], [0, 0, 0, 0], [], [0, 0, 0]]
-    # truncated to 2; shorter reference kept whole; reference of an empty generation dropped; equal length kept
-    assert harness.length_match(refs, gens) == [[1, 2], [6, 7], [11, 12, 13]]
+    # truncated to 2; shorter reference kept whole; an empty generation's reference kept whole (not emptied:
+    # that would reward empty output); equal length kept
+    assert harness.length_match(refs, gens) == [[1, 2], [6, 7], [8, 9, 10], [11, 12, 13]]
     assert harness.length_match([], []) == []
     with pytest.raises(ValueError, match="3 references for 2 generations"):
         harness.length_match(refs[:3], gens[:2])
