@@ -139,6 +139,4 @@ def load_textldm(directory, use_ema: bool = True, device: str | torch.device = "
     normalizer = LatentNormalizer(dit.config.latent_dim)
     normalizer.load_state_dict(load_tensors(directory / "normalizer.safetensors"))
     schedule = TimestepSchedule(**cfg["train_dit"]["schedule"])
-    vocab_file = directory / "vocab.safetensors"
-    vocab = CompactVocab.from_tensors(load_tensors(vocab_file)) if vocab_file.is_file() else None
-    return TextLDM(vae, dit, normalizer, schedule, vocab).to(device).eval()
+    return TextLDM(vae, dit, normalizer, schedule, CompactVocab.from_checkpoint(directory)).to(device).eval()

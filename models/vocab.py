@@ -54,3 +54,12 @@ class CompactVocab(nn.Module):
     @classmethod
     def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> "CompactVocab":
         return cls(tensors["keep_ids"], int(tensors["full_size"][0]))
+
+    @classmethod
+    def from_checkpoint(cls, directory) -> "CompactVocab | None":
+        """The vocabulary a checkpoint directory stores, or None for a model on the full vocabulary."""
+        from pathlib import Path
+
+        from .checkpoint import load_tensors
+        path = Path(directory) / "vocab.safetensors"
+        return cls.from_tensors(load_tensors(path)) if path.is_file() else None

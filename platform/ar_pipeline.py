@@ -50,8 +50,7 @@ class ARGenerator(torch.nn.Module):
         weights = load_tensors(ema if use_ema and ema.is_file() else d / "gpt.safetensors")
         self.model.load_state_dict({k.removeprefix("model."): v for k, v in weights.items()})
         self.model.eval()
-        self.vocab = CompactVocab.from_tensors(load_tensors(d / "vocab.safetensors")) \
-            if (d / "vocab.safetensors").is_file() else None
+        self.vocab = CompactVocab.from_checkpoint(d)
 
     @torch.no_grad()
     def generate(self, prompts: torch.Tensor, max_new: int, steps: int | None = None, cfg_scale: float | None = None,

@@ -55,8 +55,7 @@ class ColaDLMGenerator(torch.nn.Module):
                                     else "joint.safetensors"))
         self.model.load_state_dict({k.removeprefix("model."): v for k, v in weights.items()})
         self.model.eval()
-        self.vocab = CompactVocab.from_tensors(load_tensors(d / "vocab.safetensors")) \
-            if (d / "vocab.safetensors").is_file() else None
+        self.vocab = CompactVocab.from_checkpoint(d)
 
     def _in(self, tokens):
         return tokens if self.vocab is None else self.vocab.encode(tokens)

@@ -38,8 +38,8 @@ class LDLMGenerator:
         self.cfg, self.device = cfg, device
         self.model: LDLM = load_joint_model(joint_checkpoint, cfg, device, use_ema=cfg.eval.use_ema)
         d = Path(joint_checkpoint)
-        self.vocab = (CompactVocab.from_tensors(load_tensors(d / "vocab.safetensors")).to(device)
-                      if (d / "vocab.safetensors").is_file() else None)
+        self.vocab = CompactVocab.from_checkpoint(d)
+        self.vocab = self.vocab.to(device) if self.vocab is not None else None
         self.stats = HiddenStats(cfg.ldlm.hidden_size)
         self.stats.load_state_dict(load_tensors(d / "hidden_stats.safetensors"))
         self.post = None
