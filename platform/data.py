@@ -5,7 +5,8 @@ cut into fixed windows of ``seq_len`` tokens; the last window of a document is p
 (= EOS) token, so a generated target ends where the model emits EOS. Tokenization runs as a Ray Data
 ``map_batches`` over the documents; the frozen teacher runs once as a pool of Ray Data actors (GPU
 actors when the cluster has GPUs) and stores the hidden states of every requested layer (fp16) in one
-pass, so a REPA-layer sweep never reruns it. Artifacts are content-addressed (the key hashes
+pass, so a REPA-layer sweep never reruns it. The driver writes both from Ray Data's ordered stream
+(``write_dataset_atomic``), so window order never depends on scheduling. Artifacts are content-addressed (the key hashes
 everything that changes them) and shared by every run under the same root; a manifest marks each as
 complete, so a cache hit is detected from the manifest, not recomputed.
 """
@@ -33,6 +34,8 @@ from . import assets
 from .corpus import CorpusSpec, load_documents, split_documents
 
 log = logging.getLogger(__name__)
+TRAIN_ROWS_PER_SHARD = 16384   # token windows: ~8 MB per shard at seq_len 128
+FEATURE_ROWS_PER_SHARD = 512   # teacher windows: fp16 states are ~200 KB per window and layer at 128 x 768
 
 
 def load_tokenizer(spec: str):
@@ -147,11 +150,19 @@ def dir_digests(directory: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.glob("*.parquet"))}
 
 
-def write_dataset_atomic(dataset, directory: Path) -> dict[str, str]:
-    """``dataset.write_parquet`` into a temp dir renamed into place; returns each shard's sha256."""
+def write_dataset_atomic(dataset, directory: Path, rows_per_shard: int) -> dict[str, str]:
+    """Stream ``dataset`` in order into ``part-00000.parquet``, ... in a temp dir renamed into place; returns
+    each shard's sha256.
+
+    The driver writes, not ``Dataset.write_parquet``: with Ray 2.60 a ``map_batches`` fused into the write
+    reorders rows even under ``preserve_order`` (measured: 4 of 5 runs on 653 windows), whereas ordered
+    iteration keeps it. Window order is part of the artifact (the VAE reads the first N windows), so it must
+    not depend on scheduling; fixed shard names also make the digests reproducible."""
     tmp = directory.with_name(f".{directory.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    dataset.write_parquet(str(tmp))
+    tmp.mkdir(parents=True)
+    for index, batch in enumerate(dataset.iter_batches(batch_size=rows_per_shard, batch_format="pyarrow")):
+        pq.write_table(batch, tmp / f"part-{index:05d}.parquet")
     digests = dir_digests(tmp)
     shutil.rmtree(directory, ignore_errors=True)
     tmp.rename(directory)
@@ -206,7 +217,7 @@ def _prepare_locked(cfg, tokenizer, base: Path, need_teacher: bool, extra_layers
                             batch_size=256, concurrency=1, num_cpus=0.5)
         if d.max_train_windows is not None:
             ds = ds.limit(d.max_train_windows)
-        shards = write_dataset_atomic(ds, train_dir)
+        shards = write_dataset_atomic(ds, train_dir, rows_per_shard=TRAIN_ROWS_PER_SHARD)
         lengths = pq.read_table(train_dir, columns=["length"])["length"].to_numpy()
         write_json(manifest_path, {
             "corpus": d.corpus, "tokenizer": d.tokenizer, "seq_len": d.seq_len, "documents": len(docs),
@@ -267,7 +278,7 @@ def _teacher_features(cfg, base: Path, train_dir: Path, extra_layers: list[int])
                             batch_size=cfg.data.teacher_batch_size, concurrency=max(1, _cluster_gpus()),
                             num_gpus=1 if use_gpu else 0, num_cpus=0.5)
         # Half a CPU per actor: a whole one starves Ray Data's own read tasks on a 2-core node (deadlock).
-        shards = write_dataset_atomic(ds, directory / "shards")
+        shards = write_dataset_atomic(ds, directory / "shards", rows_per_shard=FEATURE_ROWS_PER_SHARD)
         for stale in directory.glob("stats_*.safetensors"):  # recomputed from the new shards on demand
             stale.unlink()
         meta = {"teacher": teacher, "layers": layers, "teacher_dim": teacher_hidden_size(teacher_cfg),

@@ -215,6 +215,34 @@ def test_prepare_data_features_match_teacher(prepared, tiny_lm_dir):
                               for p in sorted(Path(arts.vae_train).glob("*.parquet"))}
 
 
+def test_train_windows_are_the_split_documents_in_order(prepared):
+    """Ray Data tokenizes in parallel, yet the shards hold exactly what in-process tokenization of the
+    train split gives, in document order, under fixed shard names (regression: Ray's write_parquet fused
+    with map_batches reordered rows)."""
+    from latentlm.platform.corpus import CorpusSpec, load_documents, split_documents
+    cfg, root, arts = prepared
+    d = cfg.data
+    documents = load_documents(CorpusSpec(d.corpus, d.text_field, max_documents=d.max_documents))
+    split = split_documents(documents, d.valid_fraction, d.test_fraction, d.split_seed)
+    expected = tokenize_windows(split["train"], load_tokenizer(d.tokenizer), d.seq_len)
+    train = read_windows(Path(arts.train))
+    np.testing.assert_array_equal(train.tokens, expected.tokens)
+    np.testing.assert_array_equal(train.doc_ids, expected.doc_ids)
+    assert sorted(p.name for p in Path(arts.train).glob("*.parquet")) == ["part-00000.parquet"]
+
+
+def test_write_dataset_atomic_keeps_order_across_shards(ray_local, tmp_path):
+    rows = [{"i": i, "x": [float(i)] * 3} for i in range(50)]
+    ds = data_mod._ray_data().from_items(rows).map_batches(lambda b: b, batch_format="pyarrow", batch_size=7)
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "stale.parquet").write_bytes(b"replaced, never mixed in")
+    digests = data_mod.write_dataset_atomic(ds, target, rows_per_shard=16)
+    assert sorted(digests) == [f"part-0000{k}.parquet" for k in range(4)]
+    assert pq.read_table(target)["i"].to_pylist() == list(range(50))
+    assert not list(tmp_path.glob(".out.tmp*"))
+
+
 def test_prepare_data_second_call_is_a_cache_hit(prepared, monkeypatch):
     import latentlm.models.teacher as teacher_mod
     cfg, root, arts = prepared
