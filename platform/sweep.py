@@ -2,8 +2,9 @@
 
 Each trial is a Tune function that runs the method's pipeline (its training stages are TorchTrainer
 jobs). Trials share upstream artifacts through the pipeline's content-addressed stage cache: one VAE
-per VAE config, one DiT per (VAE, DiT) config, so evaluation-only axes (CFG scale, sampler steps)
-train nothing. Every evaluated trial lands in ``<run-dir>/leaderboard.parquet``. Re-running the same
+per VAE config, one DiT per (VAE, DiT) config, kept in ``<run-dir>/artifacts`` for every sweep under that
+run dir, so evaluation-only axes (CFG scale, sampler steps) train nothing. Every evaluated trial lands in
+``<run-dir>/<sweep>/leaderboard.parquet``. Re-running the same
 sweep restores it with ``Tuner.restore``: finished trials are kept, unfinished ones run.
 """
 from __future__ import annotations
@@ -227,8 +228,10 @@ def run_trial(config: dict[str, Any], spec: dict[str, Any], root: str) -> None:
     cfg.name = spec["name"]  # W&B groups a sweep's runs by its name
     torch.set_num_threads(cfg.resources.torch_threads or os.cpu_count() or 1)  # Tune pins OMP threads to 1
     root_path = Path(root)
-    # tokenized data and teacher features are shared by every sweep under the same --run-dir
-    out = method.run(cfg, root_path / "trials" / trial["trial_id"], data_root=root_path.parent, cache_root=root_path,
+    # tokenized data, teacher features and trained stages (content-keyed) are shared by every sweep under
+    # the same --run-dir: a CFG or steps sweep evaluates the model another sweep already trained
+    out = method.run(cfg, root_path / "trials" / trial["trial_id"], data_root=root_path.parent,
+                     cache_root=root_path.parent,
                      teacher_layers=spec["teacher_layers"])
     add_rows(root_path / "leaderboard.parquet", spec["method"], spec["name"], trial["trial_id"], trial["axes"], cfg,
              out, compute_seconds=sum(out["stage_seconds"].values()))

@@ -65,7 +65,7 @@ def test_families_on_the_same_settings_share_a_protocol():
     """Cola DLM is scored by the continuation protocol: with the same data split and eval fields as a TextLDM
     config its rows carry the same hash, so both rank in one table."""
     textldm = build_config("tiny", {"eval": {"grid": "uniform", "steps": 16, "datasets": ["embedded:wiki"], "num_samples": 64},
-                                    "data": {"seq_len": 64, "vocab_limit": 16383}})
+                                    "data": {"seq_len": 64, "vocab_limit": 8191}})
     dlm = build_dlm_config("tiny")
     assert EvalProtocol.from_config(textldm).to_dict()["data"] == EvalProtocol.from_config(dlm).to_dict()["data"]
     assert EvalProtocol.from_config(textldm).hash == EvalProtocol.from_config(dlm).hash

@@ -72,7 +72,7 @@ def test_cfg_sweep_trains_once_and_fills_the_leaderboard(tiny_overrides, tmp_pat
                       ["--config", str(config), "--run-dir", str(tmp_path / "runs")])
     assert code == 0
     root = tmp_path / "runs" / "cfg"
-    records = sorted(p.name.split("-")[0] for p in (root / "artifacts").glob("*.json"))
+    records = sorted(p.name.split("-")[0] for p in (tmp_path / "runs" / "artifacts").glob("*.json"))
     assert records == ["dit", "vae"]  # CFG is a sampling-time axis: one VAE, one DiT, two evaluations
     board = pd.read_parquet(root / "leaderboard.parquet")
     models, humans = board[board["method"] == "textldm"], board[board["method"] == "human"]
@@ -82,6 +82,12 @@ def test_cfg_sweep_trains_once_and_fills_the_leaderboard(tiny_overrides, tmp_pat
     assert models["protocol_hash"].nunique() == 2 and set(humans["protocol_hash"]) == set(models["protocol_hash"])
     assert all(json.loads(text)["hash"] == h for text, h in zip(board["protocol_json"], board["protocol_hash"]))
     assert (root / "leaderboard.md").is_file() and (root / "leaderboard.html").is_file()
+    # a second sweep under the same --run-dir evaluates the model the first one trained
+    assert sweep_main("steps", lambda preset: {"eval.steps": [3]}, "steps sweep",
+                      ["--config", str(config), "--run-dir", str(tmp_path / "runs")]) == 0
+    assert sorted(p.name.split("-")[0] for p in (tmp_path / "runs" / "artifacts").glob("*.json")) == records
+    steps = pd.read_parquet(tmp_path / "runs" / "steps" / "leaderboard.parquet")
+    assert set(steps.loc[steps["method"] == "textldm", "checkpoint"]) == set(models["checkpoint"])
 
 
 @pytest.mark.ray
