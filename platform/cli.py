@@ -26,14 +26,9 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from latentlm.models.checkpoint import read_json
-    from .config import from_dict, merge, parse_overrides
-    from .evaluate import evaluate_checkpoint
-    from .experiment import TextLDMConfig
-    saved = read_json(Path(args.checkpoint) / "config.json")
-    cfg = from_dict(TextLDMConfig, merge(saved, parse_overrides(args.set)))
-    out_dir = Path(args.out or Path(args.checkpoint) / "eval")
-    evaluation = evaluate_checkpoint(cfg, args.checkpoint, out_dir)
+    from .config import parse_overrides
+    from .reevaluate import evaluate_saved
+    evaluation = evaluate_saved(args.checkpoint, parse_overrides(args.set), Path(args.out) if args.out else None)
     print(json.dumps({"protocol": evaluation.protocol.name, "protocol_hash": evaluation.protocol.hash,
                       "results": evaluation.results, "human_ceiling": evaluation.ceiling}, indent=2))
     return 0
@@ -142,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--run-dir", help="default: runs/<method>")
     train.set_defaults(fn=cmd_train)
 
-    evaluate = sub.add_parser("evaluate", help="run the continuation protocol on a DiT checkpoint")
+    evaluate = sub.add_parser("evaluate", help="score a final checkpoint of any method (TextLDM DiT, Cola DLM "
+                              "stage 2, LDLM, AR) under the current protocol")
     evaluate.add_argument("checkpoint")
     evaluate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     evaluate.add_argument("--out")

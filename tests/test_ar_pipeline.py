@@ -116,6 +116,7 @@ def data_root(tmp_path_factory) -> Path:
 def test_ar_pipeline_end_to_end(ar_overrides, tiny_corpus, tmp_path, data_root, ray_local):
     from latentlm.platform import cli
     from latentlm.platform.ar_pipeline import load_ar, run_ar
+    from latentlm.platform.reevaluate import evaluate_saved
     cfg = build_ar_config("tiny", ar_overrides)
     out = run_ar(cfg, tmp_path / "run", data_root=data_root)
     row = out["results"][str(tiny_corpus)]
@@ -139,6 +140,17 @@ def test_ar_pipeline_end_to_end(ar_overrides, tiny_corpus, tmp_path, data_root, 
     assert a.shape == (2, 9) and torch.equal(a, b) and int(a.max()) < 40
     assert cli.main(["sample", out["checkpoint"], "--prompt", "the river", "--length", "6", "--num", "2"]) == 0
     assert cli.main(["sample", out["checkpoint"], "--length", "6"]) == 2  # no prompt to continue
+    # `latentlm evaluate` on the saved checkpoint reproduces the pipeline's scores (timings aside) ...
+    again = evaluate_saved(out["checkpoint"], out_dir=tmp_path / "again")
+    timing = {"eval_seconds", "sample_seconds_per_seq"}
+    assert again.protocol.hash == out["evaluation"].protocol.hash
+    assert {k: v for k, v in again.results[str(tiny_corpus)].items() if k not in timing} == \
+        {k: v for k, v in row.items() if k not in timing}
+    # ... and --set changes the protocol it is scored under
+    assert cli.main(["evaluate", out["checkpoint"], "--set", "eval.sampling_seeds=[5]", "--out",
+                     str(tmp_path / "seed5")]) == 0
+    scored = json.loads((tmp_path / "seed5" / "metrics.json").read_text())
+    assert scored["protocol"]["scoring"]["sampling_seeds"] == [5] and scored["protocol"]["hash"] != again.protocol.hash
 
 
 @pytest.mark.ray

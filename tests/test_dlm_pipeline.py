@@ -79,6 +79,10 @@ def test_dlm_pipeline_end_to_end(dlm_overrides, tiny_corpus, tmp_path, ray_local
     assert a.shape == (2, 9) and torch.equal(a, b)
     from latentlm.platform import cli
     assert cli.main(["sample", out["stage2_checkpoint"], "--prompt", "the river", "--length", "6", "--steps", "2"]) == 0
+    # the saved stage-2 checkpoint is scored again with other sampler settings
+    assert cli.main(["evaluate", out["stage2_checkpoint"], "--set", "eval.steps=2", "--out", str(tmp_path / "re")]) == 0
+    scored = json.loads((tmp_path / "re" / "metrics.json").read_text())
+    assert scored["protocol"]["sampler"]["steps"] == 2 and scored["results"].keys() == out["results"].keys()
     # a frozen-VAE trial reuses the stage-1 VAE (one VAE per VAE config)
     frozen = run_dlm(build_dlm_config("tiny", dlm_overrides(dlm={"vae_strategy": "frozen"})), tmp_path / "run2",
                      data_root=tmp_path, cache_root=tmp_path / "run")
