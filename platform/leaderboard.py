@@ -66,7 +66,11 @@ METRICS = ("rouge1", "rouge2", "rougeL", "bertscore", "mauve", "recon_acc", "gen
 PERCENT_METRICS = frozenset(("rouge1", "rouge2", "rougeL", "bertscore", "mauve", "recon_acc"))  # shown x100
 METRIC_LABELS = {"rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L", "bertscore": "BERTScore",
                  "mauve": "MAUVE", "recon_acc": "recon acc", "gen_tokens": "gen tokens",
-                 "gen_ppl": "Gen-PPL", "entropy": "entropy", "diversity": "diversity"}
+                 "gen_ppl": "Gen-PPL", "entropy": "entropy", "diversity": "diversity",
+                 "mauve_kmeans_std": "MAUVE k-means std", "mauve_sampling_std": "MAUVE sampling std"}
+PERCENT_SPREADS = frozenset(("mauve_kmeans_std", "mauve_sampling_std"))  # spreads of MAUVE: shown x100 too
+MARKDOWN_HIDDEN = frozenset(("eval_seconds", "sample_seconds_per_seq", "samples", "seeds"))  # bookkeeping:
+# the protocol fixes samples/seeds and timings on a shared box are no result; the HTML page keeps them
 CURATED_EXTRAS = ("gen_ppl", "entropy", "diversity")  # extra metrics listed right after METRICS, in this order
 STD_SUFFIX = "_std"  # metric "<m>_std" = spread of "<m>" over evaluation seeds: shown as "mean ± std"
 CEILING_METHODS = frozenset({"human"})  # reference rows (human-vs-human): ranked, drawn as lines in plots
@@ -517,7 +521,7 @@ def _fmt_metric(name: str, value: Any) -> str:
     if _missing(value):
         return ""
     value = float(value)
-    if name in PERCENT_METRICS:
+    if name in PERCENT_METRICS or name in PERCENT_SPREADS:
         return f"{100 * value:.2f}"
     return f"{value:.1f}" if name == "gen_tokens" else f"{value:.4g}"
 
@@ -531,6 +535,14 @@ def _fmt_metric_std(name: str, value: Any, std: Any) -> str:
     spread = (100.0 if name in PERCENT_METRICS else 1.0) * abs(float(std))
     match = re.fullmatch(r"-?\d+(?:\.(\d+))?", text)
     return f"{text} ± {spread:.{len(match.group(1) or '')}f}" if match else f"{text} ± {spread:.2g}"
+
+
+def _row_std(row: pd.Series, std_column: str | None) -> Any:
+    """The row's seed spread for a metric, or None for a single-seed row (its std is 0 by construction)."""
+    if not std_column:
+        return None
+    seeds = row.get("seeds", row.get("metric.seeds"))
+    return None if _is_number(seeds) and float(seeds) == 1 else row[std_column]
 
 
 def _fmt_value(value: Any) -> str:
@@ -556,17 +568,20 @@ def _heading(key: dict, sort_by: str, descending: bool, n: int) -> tuple[str, st
     extra = [f"{k}={v}" for k, v in key.items() if k not in ("protocol", "protocol_hash", "dataset")]
     title = " · ".join([key["protocol"], *([key["dataset"]] if "dataset" in key else []), *extra])
     order = "descending, best first" if descending else "ascending, best first"
-    scale = "; metrics x100 except gen tokens and extra metrics"
+    scale = "; ROUGE, BERTScore, MAUVE (and its spreads) and recon acc x100"
     note = (f"protocol hash {key['protocol_hash'][:12]} · {n} row{'s' if n != 1 else ''} · sorted by "
             f"{_metric_label(sort_by)} ({order}){scale}")
     return title, note
 
 
-def _table_columns(group: pd.DataFrame, sort_by: str) -> tuple[list[str], list[tuple[str, str | None]]]:
+def _table_columns(group: pd.DataFrame, sort_by: str, hidden: frozenset = frozenset()
+                   ) -> tuple[list[str], list[tuple[str, str | None]]]:
     """The axis columns with a value, and the metric columns with a value as (metric, its std column or
-    None): a ``<m>_std`` column is folded into ``<m>``'s cell unless it is itself the sort metric."""
+    None): a ``<m>_std`` column is folded into ``<m>``'s cell unless it is itself the sort metric. Metrics
+    in ``hidden`` are left out (never the sort metric)."""
     axes = [c for c in axis_columns(group) if not group[c].map(_missing).all()]
-    present = [m for m in metric_columns(group) if m in group.columns and group[m].notna().any()]
+    present = [m for m in metric_columns(group) if m in group.columns and group[m].notna().any()
+               and m.removeprefix("metric.") not in hidden]
     if sort_by not in present:
         present.append(sort_by)
     pairs = {m: _std_column(m, present) for m in present}
@@ -591,7 +606,7 @@ def to_markdown(df: pd.DataFrame, sort_by: str = "mauve", group_by: Sequence[str
 
     parts = []
     for key, group in _groups(expanded, group_by):
-        axes, metrics = _table_columns(group, sort_by)
+        axes, metrics = _table_columns(group, sort_by, MARKDOWN_HIDDEN)
         title, note = _heading(key, sort_by, descending, len(group))
         if _has_std(metrics):
             note += "; a ± b = mean ± std over evaluation seeds"
@@ -605,7 +620,7 @@ def to_markdown(df: pd.DataFrame, sort_by: str = "mauve", group_by: Sequence[str
         for rank, (_, row) in enumerate(_rank(group, sort_by, descending).iterrows(), 1):
             cells = [str(rank) if not _missing(row[sort_by]) else "-", _fmt_value(row["method"]),
                      _fmt_value(row["sweep"]), _fmt_value(row["trial"]), *[_fmt_value(row[a]) for a in axes],
-                     *[_fmt_metric_std(m, row[m], row[std] if std else None) for m, std in metrics],
+                     *[_fmt_metric_std(m, row[m], _row_std(row, std)) for m, std in metrics],
                      _fmt_value(row["seed"]),
                      _fmt_seconds(row["compute_seconds"])]
             lines.append("| " + " | ".join(map(cell, cells)) + " |")
@@ -759,7 +774,8 @@ def _html_table(key: dict, group: pd.DataFrame, sort_by: str, descending: bool,
     for a in axes:
         numeric = all(_is_number(v) or isinstance(v, bool) or _missing(v) for v in group[a])
         columns.append((a[len("axis."):], a, "num" if numeric else "text"))
-    columns += [(_metric_label(m) + (" (x100)" if m in PERCENT_METRICS else ""), m, "num") for m, _ in metrics]
+    columns += [(_metric_label(m) + (" (x100)" if m in PERCENT_METRICS | PERCENT_SPREADS else ""), m, "num")
+                for m, _ in metrics]
     columns += [("seed", "seed", "num"), ("compute (s)", "compute_seconds", "num"),
                 ("checkpoint", "checkpoint", "text"),
                 ("machine", "machine", "text"), ("created (UTC)", "created_at", "text"), ("row", "row_id", "text"),
@@ -786,7 +802,7 @@ def _html_table(key: dict, group: pd.DataFrame, sort_by: str, descending: bool,
                 continue
             tip = ""
             if column in stds:
-                std = row[stds[column]] if stds[column] else None
+                std = _row_std(row, stds[column])
                 text = _fmt_metric_std(column, value, std)
                 if not _missing(std) and text:
                     tip = ' title="mean ± std over evaluation seeds"'

@@ -398,6 +398,30 @@ def test_files_written_without_the_new_columns_still_read(tmp_path):
     assert board.frame()["progression_json"].notna().sum() == 1
 
 
+def test_markdown_shows_results_not_bookkeeping_and_no_spread_for_one_seed():
+    """The harness's per-row extras: MAUVE's k-means / sampling spreads are shown x100 under their names;
+    timings and sample/seed counts stay on the HTML page only; a single-seed row (the human ceiling) shows
+    plain values, not "± 0"."""
+    spreads = {"mauve_std": 0.2, "mauve_kmeans_std": 0.1, "mauve_sampling_std": 0.15, "gen_ppl": 80.0,
+               "gen_ppl_std": 4.0, "eval_seconds": 91.5, "sample_seconds_per_seq": 0.8, "samples": 16, "seeds": 2}
+    model = lb.make_rows("dlm", "s", "t", {}, {"embedded:wiki": {"mauve": 0.25, **spreads}}, PROTOCOL, PHASH, 0,
+                         10.0, None, {}, machine="m", created_at=T0)
+    human = lb.make_rows("human", "s", "human-ceiling", {}, {"embedded:wiki": {
+        "mauve": 0.98, "mauve_std": 0.01, "gen_ppl": 35.8, "gen_ppl_std": 0.0, "samples": 16, "seeds": 1}},
+        PROTOCOL, PHASH, 0, None, None, {}, machine="m", created_at=T0)
+    df = lb.combine(lb._normalise(model + human))
+    table = _table(lb.to_markdown(df), f"{PROTOCOL} · embedded:wiki", PHASH)
+    header = table[0]
+    assert header[header.index("**MAUVE**") + 1:header.index("seed")] == [
+        "Gen-PPL", "MAUVE k-means std", "MAUVE sampling std"]
+    rows = {r[header.index("method")]: r for r in table[1:]}
+    assert rows["dlm"][header.index("**MAUVE**")] == "25.00 ± 20.00"
+    assert rows["dlm"][header.index("MAUVE k-means std")] == "10.00" and rows["dlm"][header.index("Gen-PPL")] == "80 ± 4"
+    assert rows["human"][header.index("**MAUVE**")] == "98.00" and rows["human"][header.index("Gen-PPL")] == "35.8"
+    page = lb.html_page(df)
+    assert 'data-col="eval_seconds"' in page and 'data-col="seeds"' in page
+
+
 @pytest.mark.parametrize("column", ["protocol_json", "progression_json"])
 def test_new_json_columns_must_hold_objects(tmp_path, column):
     rows = pd.DataFrame(steps_rows(10, progression=_progression()))
@@ -418,7 +442,7 @@ def test_std_metrics_shown_as_mean_plus_minus_std_in_curated_order(tmp_path):
     text = lb.to_markdown(df)
     table = _table(text, f"{PROTOCOL} · embedded:wiki", rows[0]["protocol_hash"])
     header = table[0]
-    assert header[header.index("**MAUVE**") + 1:header.index("seed")] == ["Gen-PPL", "entropy", "diversity", "samples"]
+    assert header[header.index("**MAUVE**") + 1:header.index("seed")] == ["Gen-PPL", "entropy", "diversity"]
     assert not any(h.endswith("_std") for h in header)
     mauve = [r[header.index("**MAUVE**")] for r in table[1:]]
     assert mauve == ["50.00 ± 1.23", "40.00"]  # std scaled x100 like MAUVE; the row without a std: mean only
