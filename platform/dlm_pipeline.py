@@ -34,8 +34,14 @@ def validate_dlm(cfg) -> dict:
 
 
 def dlm_stage_keys(cfg) -> dict[str, str]:
+    """Content keys of the two stages. The VAE's ``block_size`` enters stage 1's key only for a block-causal
+    VAE: a causal or bidirectional one trains identically at any block size (it only sets the streaming
+    decoder's chunk), so a block-size sweep shares one stage-1 VAE."""
     common = {"data": to_dict(cfg.data), "seed": cfg.seed, "deepspeed": to_dict(cfg.deepspeed)}
-    stage1 = artifact_key(**common, vae=to_dict(cfg.dlm.vae), stage1=to_dict(cfg.stage1))
+    vae = to_dict(cfg.dlm.vae)
+    if vae["attention"] != "block_causal":
+        vae["block_size"] = None
+    stage1 = artifact_key(**common, vae=vae, stage1=to_dict(cfg.stage1))
     model = {k: v for k, v in to_dict(cfg.dlm).items()}
     stage2 = artifact_key(**common, stage1=stage1 if cfg.dlm.vae_strategy != "scratch" else None, dlm=model,
                           stage2=to_dict(cfg.stage2))

@@ -59,6 +59,15 @@ def test_dlm_sweeps_plan_and_collapse_equivalent_trials(dlm_overrides):
         plan_trials(SweepSpec("s", method="dlm", axes={"ldlm.decoder_noise": [0.1]}))
 
 
+def test_a_block_size_sweep_shares_the_stage1_vae_unless_the_vae_is_block_causal():
+    from latentlm.platform.dlm_pipeline import dlm_stage_keys
+    for attention, shared in (("causal", True), ("bidirectional", True), ("block_causal", False)):
+        keys = [dlm_stage_keys(build_dlm_config("tiny", {"dlm": {"vae": {"attention": attention},
+                                                                 "dit": {"block_size": size}}})) for size in (4, 16)]
+        assert (keys[0]["stage1"] == keys[1]["stage1"]) == shared, attention
+        assert keys[0]["stage2"] != keys[1]["stage2"]  # the prior itself differs
+
+
 @pytest.mark.ray
 def test_dlm_pipeline_end_to_end(dlm_overrides, tiny_corpus, tmp_path, ray_local):
     from latentlm.platform.dlm_pipeline import load_dlm, run_dlm
