@@ -201,7 +201,8 @@ class BlockCausalDiT(nn.Module):
 def sample_blocks(model: BlockCausalDiT, prefix: torch.Tensor | None, noise: torch.Tensor, steps: int,
                   cfg_scale: float = 1.0, use_cache: bool = True, first_block: str = "repaint",
                   on_commit: Callable[[torch.Tensor], None] | None = None,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
+                  generator: torch.Generator | None = None,
+                  on_step: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
     """Block-by-block generation after the clean ``prefix`` latents (B, P, d) or None.
 
     Blocks stay aligned to position 0 as in training. When P is not a multiple of the block size, the
@@ -214,7 +215,9 @@ def sample_blocks(model: BlockCausalDiT, prefix: torch.Tensor | None, noise: tor
     history. CFG's unconditional branch sees the current block only (history dropped, positions from 0).
     ``use_cache=False`` recomputes the history every step (the reference the KV cache must match). The state
     is accumulated in float64. ``on_commit`` receives each block's new latents as it is committed (a
-    streaming decoder's input); ``generator`` draws the repaint noise. Returns the N generated latents that follow the prefix."""
+    streaming decoder's input); ``on_step(i, latents)`` receives the current block's new latents after its
+    i-th Euler step (the denoising-progression view); ``generator`` draws the repaint noise. Returns the N
+    generated latents that follow the prefix."""
     require(first_block in ("repaint", "partial"), "dlm.sampler.first_block", "'repaint' or 'partial'", first_block)
     size = model.config.block_size
     history = prefix if prefix is not None else noise[:, :0]
@@ -253,6 +256,8 @@ def sample_blocks(model: BlockCausalDiT, prefix: torch.Tensor | None, noise: tor
                 uncond = model.block_velocity(current, t, None)
                 v = uncond + cfg_scale * (v - uncond)
             x = x + float(grid[i + 1] - grid[i]) * v.double()
+            if on_step is not None:
+                on_step(i + 1, x[:, r:].to(noise.dtype))
         if r:
             x[:, :r] = known.double()
         block = x.to(noise.dtype)

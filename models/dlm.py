@@ -90,8 +90,12 @@ class ColaDLM(nn.Module):
     @torch.no_grad()
     def generate(self, prompt: torch.Tensor, new_tokens: int, steps: int = 16, cfg_scale: float = 7.0,
                  generator: torch.Generator | None = None, first_block: str = "repaint",
-                 use_cache: bool = True) -> torch.Tensor:
-        """prompt (B, P) ids (P a multiple of the patch size) -> (B, new_tokens) ids."""
+                 use_cache: bool = True, on_step=None) -> torch.Tensor:
+        """prompt (B, P) ids (P a multiple of the patch size) -> (B, new_tokens) ids.
+
+        ``on_step(i, ids)``, for i = 1 .. steps after generation, receives the continuation decoded from every
+        block as it stood after its own i-th Euler step (block-wise sampling has no global step; this is
+        what the sample looked like "at step i" of each block's denoising); the last call gets the output."""
         p = self.config.vae.patch_size
         require(prompt.shape[1] % p == 0, "prompt length", f"a multiple of dlm.vae.patch_size ({p})",
                 prompt.shape[1])
@@ -103,15 +107,27 @@ class ColaDLM(nn.Module):
                             device=generator.device if generator is not None else "cpu")
         noise = noise.to(prompt.device)
         total = prompt.shape[1] + new_tokens
+        snapshots: dict[int, list[torch.Tensor]] = {}  # step -> each block's new latents after that step
+        record = None if on_step is None else (lambda i, block: snapshots.setdefault(i, []).append(block))
         if self.config.vae.attention == "bidirectional":  # the decoder needs the whole sequence at once
             latents = sample_blocks(self.dit, prefix, noise, steps, cfg_scale, use_cache, first_block,
-                                    generator=generator)
-            full = latents if prefix is None else torch.cat([prefix, latents], 1)
-            logits = self.vae.decode_logits(full, total)  # conditional decoding
+                                    generator=generator, on_step=record)
+            logits = self._decode_all(prefix, latents, total)  # conditional decoding
         else:  # stream: decode each block as it is committed, with a KV cache over the decoded blocks
             decoder = self.vae.streaming_decoder()
             pieces = [] if prefix is None else [decoder.feed(prefix)]
             sample_blocks(self.dit, prefix, noise, steps, cfg_scale, use_cache, first_block,
-                          on_commit=lambda block: pieces.append(decoder.feed(block)), generator=generator)
+                          on_commit=lambda block: pieces.append(decoder.feed(block)), generator=generator,
+                          on_step=record)
             logits = torch.cat([*pieces, decoder.flush()], 1)[:, :total]
-        return logits[:, prompt.shape[1]:].argmax(-1)
+        ids = logits[:, prompt.shape[1]:].argmax(-1)
+        if on_step is not None:
+            for i in range(1, steps):
+                partial = self._decode_all(prefix, torch.cat(snapshots[i], 1), total)
+                on_step(i, partial[:, prompt.shape[1]:].argmax(-1))
+            on_step(steps, ids)
+        return ids
+
+    def _decode_all(self, prefix: torch.Tensor | None, latents: torch.Tensor, total: int) -> torch.Tensor:
+        """Conditional decoding of [prompt ; generated] latents in one decoder pass."""
+        return self.vae.decode_logits(latents if prefix is None else torch.cat([prefix, latents], 1), total)

@@ -75,7 +75,8 @@ class ColaDLMGenerator(torch.nn.Module):
 
     @torch.no_grad()
     def generate(self, prompt: torch.Tensor, length: int, steps: int = 16, cfg_scale: float = 7.0, grid: str = "uniform",
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+                 generator: torch.Generator | None = None, on_step=None) -> torch.Tensor:
+        """``on_step(i, ids)``: the denoising progression, see ``ColaDLM.generate``."""
         s, p = self.cfg.sampler, self.cfg.dlm.vae.patch_size
         multiple = self.cfg.dlm.dit.block_size * p if s.pad_prompt else p
         pad = (-prompt.shape[1]) % multiple
@@ -83,7 +84,9 @@ class ColaDLMGenerator(torch.nn.Module):
             fill = self.eos_id if self.eos_id is not None else 0
             prompt = torch.cat([torch.full((prompt.shape[0], pad), fill, dtype=prompt.dtype, device=prompt.device),
                                 prompt], 1)
-        ids = self.model.generate(self._in(prompt), length, steps, cfg_scale, generator, s.first_block, s.use_cache)
+        progress = None if on_step is None else (lambda i, ids: on_step(i, self._out(ids)))
+        ids = self.model.generate(self._in(prompt), length, steps, cfg_scale, generator, s.first_block, s.use_cache,
+                                  on_step=progress)
         return self._out(ids)
 
 

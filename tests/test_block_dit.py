@@ -138,3 +138,18 @@ def test_prompt_not_a_block_multiple_repaint_and_partial():
     torch.testing.assert_close(cached, uncached, rtol=1e-9, atol=1e-9)
     partial = sample_blocks(m, prefix, noise, steps=4, cfg_scale=2.0, first_block="partial")
     assert partial.shape == (1, 10, 6) and not torch.allclose(partial, cached)
+
+
+def test_on_step_reports_each_blocks_new_latents_after_every_euler_step():
+    """The progression hook: after Euler step i of each block, that block's new latents (a repainted prompt
+    tail excluded); after the last step they are exactly what the sampler returns."""
+    m = model(block_size=4, depth=2).double()
+    prefix = torch.randn(1, 6, 6, dtype=torch.float64)
+    noise = torch.randn(1, 10, 6, dtype=torch.float64)
+    seen: dict[int, list[torch.Tensor]] = {}
+    out = sample_blocks(m, prefix, noise, steps=3, cfg_scale=2.0, generator=torch.Generator().manual_seed(0),
+                        on_step=lambda i, x: seen.setdefault(i, []).append(x.clone()))
+    assert sorted(seen) == [1, 2, 3] and [x.shape[1] for x in seen[1]] == [2, 4, 4]  # 2 prompt latents repainted
+    assert torch.equal(torch.cat(seen[3], 1), out)
+    first = torch.cat(seen[1], 1)
+    assert not torch.allclose(first, out) and not torch.allclose(first, noise)  # moved, not finished

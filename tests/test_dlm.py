@@ -85,3 +85,20 @@ def test_generation_streams_the_decoder_and_matches_one_full_decode(attention):
     latents = sample_blocks(model.dit, prefix, noise, 3, 2.0, generator=gen)  # the repaint noise: same stream
     want = model.vae.decode_logits(torch.cat([prefix, latents], 1), 15)[:, 6:].argmax(-1)
     assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("attention", ["causal", "bidirectional"])
+def test_progression_reports_each_step_in_order_and_ends_at_the_output(attention):
+    """The denoising progression: ids after Euler step 1 .. S of every block, the last call being the output
+    itself; recording it does not change what is sampled."""
+    torch.manual_seed(0)
+    model = ColaDLM(config(vae=dict(vocab_size=20, latent_dim=6, hidden_dim=32, n_heads=2, encoder_layers=1,
+                                    decoder_layers=1, attention=attention))).eval()
+    prompt = torch.randint(0, 20, (2, 6))  # 6 latents, blocks of 4: the first generated block repaints two
+    seen = []
+    got = model.generate(prompt, 9, steps=4, cfg_scale=2.0, generator=torch.Generator().manual_seed(1),
+                         on_step=lambda i, ids: seen.append((i, ids.clone())))
+    plain = model.generate(prompt, 9, steps=4, cfg_scale=2.0, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(got, plain)
+    assert [i for i, _ in seen] == [1, 2, 3, 4] and all(ids.shape == (2, 9) for _, ids in seen)
+    assert torch.equal(seen[-1][1], got)

@@ -76,6 +76,11 @@ def test_dlm_pipeline_end_to_end(dlm_overrides, tiny_corpus, tmp_path, ray_local
     row = out["results"][str(tiny_corpus)]
     for key in ("rouge1", "bertscore", "mauve", "recon_acc"):
         assert 0.0 <= row[key] <= 1.0, key
+    # the denoising progression of sample 0: the configured steps that exist, ending at its generated text
+    progression = out["evaluation"].progressions[str(tiny_corpus)]
+    assert progression["steps"] == [1, cfg.eval.steps] and len(progression["texts"]) == 2
+    first = json.loads(next(iter((tmp_path / "run" / "eval").glob("samples_*.jsonl"))).read_text().splitlines()[0])
+    assert progression["texts"][-1] == first["generated"] and progression["prompt"] == first["prompt"]
     logged = [json.loads(line) for line in (tmp_path / "run" / "dlm_joint_metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in logged] == [10, 20] and all("fm" in m and "logsnr" in m for m in logged)
     stage1 = [json.loads(line) for line in (tmp_path / "run" / "dlm_vae_metrics.jsonl").read_text().splitlines()]
