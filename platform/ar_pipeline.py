@@ -93,6 +93,7 @@ def run_ar(cfg, run_dir: Path, data_root: Path | None = None, cache_root: Path |
     t0 = time.time()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = ARGenerator(cfg, checkpoint, cfg.eval.use_ema).to(device)
-    evaluation = evaluate_checkpoint(cfg, checkpoint, run_dir / "eval", model=model)
+    evaluation = evaluate_checkpoint(cfg, checkpoint, run_dir / "eval", model=model,
+                                     ceiling_cache=cache.ceiling_dir)
     return {"results": evaluation.results, "evaluation": evaluation, "checkpoint": checkpoint, "facts": facts,
             "stage_seconds": {"ar": seconds, "eval": round(time.time() - t0, 1)}}

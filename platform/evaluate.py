@@ -150,10 +150,12 @@ def reconstruction_accuracy(model: TextLDM, documents: list[str], tokenizer, cfg
     return metrics.token_accuracy(predicted, tokens, mask)
 
 
-def evaluate_checkpoint(cfg, checkpoint_dir: str, out_dir: Path, model=None) -> Evaluation:
+def evaluate_checkpoint(cfg, checkpoint_dir: str, out_dir: Path, model=None,
+                        ceiling_cache: Path | None = None) -> Evaluation:
     """Run the continuation protocol on every eval dataset; writes samples and metrics under out_dir.
     ``model``: any object with TextLDM's ``generate`` (and optionally ``reconstruct``; ``generate`` may take
-    ``on_step`` for the progression view); default: the TextLDM checkpoint."""
+    ``on_step`` for the progression view); default: the TextLDM checkpoint. ``ceiling_cache``: a directory
+    the human-ceiling rows are shared through (see ``harness.human_ceiling``)."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     e = cfg.eval
     protocol = EvalProtocol.from_config(cfg)
@@ -183,7 +185,8 @@ def evaluate_checkpoint(cfg, checkpoint_dir: str, out_dir: Path, model=None) -> 
         evaluation.results[dataset] = row
         if len(others) >= metrics.MIN_MAUVE_SAMPLES:
             evaluation.ceiling[dataset] = harness.human_ceiling(e, scorers, tokenizer, targets,
-                                                                [s.target_ids for s in others])
+                                                                [s.target_ids for s in others], ceiling_cache,
+                                                                protocol.scoring_hash)
         prompts = tokenizer.batch_decode([s.prompt_ids for s in samples], skip_special_tokens=True)
         refs = tokenizer.batch_decode(targets, skip_special_tokens=True)
         if recorder.texts:

@@ -104,8 +104,10 @@ def interpolation_probe(gen: LDLMGenerator, encoder: TokenEncoder, windows: np.n
     return curve
 
 
-def evaluate_ldlm(cfg, joint_checkpoint: str, post_checkpoint: str | None, out_dir: Path) -> Evaluation:
-    """The unconditional protocol over every eval dataset (MAUVE references); writes samples and metrics."""
+def evaluate_ldlm(cfg, joint_checkpoint: str, post_checkpoint: str | None, out_dir: Path,
+                  ceiling_cache: Path | None = None) -> Evaluation:
+    """The unconditional protocol over every eval dataset (MAUVE references); writes samples and metrics.
+    ``ceiling_cache``: a directory the human-ceiling rows are shared through (see ``harness.human_ceiling``)."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     e = cfg.eval
     protocol = EvalProtocol.from_config(cfg)
@@ -144,7 +146,8 @@ def evaluate_ldlm(cfg, joint_checkpoint: str, post_checkpoint: str | None, out_d
                     "eval_seconds": round(time.time() - t0, 1)})
         evaluation.results[dataset] = row
         if len(others) >= 4:
-            evaluation.ceiling[dataset] = harness.human_ceiling(e, scorers, tokenizer, refs, others)
+            evaluation.ceiling[dataset] = harness.human_ceiling(e, scorers, tokenizer, refs, others, ceiling_cache,
+                                                                protocol.scoring_hash)
         if recorder.texts:
             evaluation.progressions[dataset] = {"prompt": "", "reference": "", "total_steps": e.steps,
                                                 "steps": recorder.steps, "texts": recorder.texts}

@@ -12,10 +12,15 @@ mean over k-means seeds). The human ceiling scores a second, disjoint reference 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 from functools import cached_property
+from pathlib import Path
 
 import numpy as np
 import torch
+
+from latentlm.models.checkpoint import atomic_write_text
 
 from . import assets, metrics
 from .protocol import ContinuationEvalConfig, ScoringConfig
@@ -102,11 +107,24 @@ def score(e: ScoringConfig, scorers: Scorers, tokenizer, generations: dict[int, 
 
 
 def human_ceiling(e: ScoringConfig, scorers: Scorers, tokenizer, references: list[list[int]],
-                  others: list[list[int]]) -> dict[str, float]:
+                  others: list[list[int]], cache_dir: Path | None = None, scoring_hash: str = "") -> dict[str, float]:
     """The human-vs-human row: a disjoint set of held-out texts (``others``) scored as generations against
-    ``references`` by the very same rules (one "sampling seed"; paired metrics do not apply)."""
+    ``references`` by the very same rules (one "sampling seed"; paired metrics do not apply).
+
+    With ``cache_dir`` the row is stored under a key of exactly what it depends on (the protocol's
+    ``scoring_hash``, which names the scorers and seeds, and both id lists): every trial of a sweep scores the
+    same held-out halves, so the first trial computes the row and the others read it."""
     n = min(len(references), len(others))
+    path = None
+    if cache_dir is not None:
+        key = hashlib.sha256(json.dumps([scoring_hash, references[:n], others[:n]]).encode()).hexdigest()[:24]
+        path = Path(cache_dir) / f"human-{key}.json"
+        if path.is_file():
+            return json.loads(path.read_text())
     row, _ = score(e, scorers, tokenizer, {0: others[:n]}, references[:n], paired=False)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(row, sort_keys=True) + "\n")  # concurrent trials write equal rows
     return row
 
 

@@ -53,6 +53,33 @@ def test_same_generations_scored_twice_give_identical_numbers(tiny_corpus, tiny_
     assert "rouge1" not in unpaired and "bertscore" not in unpaired and unpaired["mauve_std"] == 0.0
 
 
+class _RefusesToScore:
+    """Scorers that fail when used: a cached human ceiling must not touch them."""
+
+    def __getattr__(self, name):
+        raise RuntimeError(f"recomputed (scorers.{name} used)")
+
+
+def test_human_ceiling_is_cached_by_scoring_protocol_and_texts(tiny_corpus, tiny_lm_dir, word_tokenizer, single_thread,
+                                                              tmp_path):
+    import json
+    lm = str(tiny_lm_dir)
+    e = UnconditionalEvalConfig(num_samples=12, sampling_seeds=[0], mauve_kmeans_seeds=[25], mauve_model=lm,
+                                genppl_model=lm, batch_size=4)
+    docs = [json.loads(line)["text"] for line in tiny_corpus.read_text().splitlines()]
+    ids = [x[:12] for x in _texts_as_ids(word_tokenizer, docs[:26])]
+    refs, others = ids[:12], ids[12:24]
+    cached = harness.human_ceiling(e, harness.Scorers(e), word_tokenizer, refs, others, tmp_path, "scoring-a")
+    assert cached == harness.human_ceiling(e, harness.Scorers(e), word_tokenizer, refs, others)  # = uncached row
+    assert len(list(tmp_path.glob("human-*.json"))) == 1
+    again = harness.human_ceiling(e, _RefusesToScore(), word_tokenizer, refs, others, tmp_path, "scoring-a")
+    assert again == cached  # read back exactly, nothing scored
+    for changed in (dict(scoring_hash="scoring-b"), dict(others=[*others[:-1], ids[24]])):
+        args = {"references": refs, "others": others, "scoring_hash": "scoring-a", **changed}
+        with pytest.raises(RuntimeError, match="recomputed"):  # another protocol or other texts: a new row
+            harness.human_ceiling(e, _RefusesToScore(), word_tokenizer, cache_dir=tmp_path, **args)
+
+
 def test_human_ceiling_is_near_the_top_on_the_embedded_data(single_thread):
     """Held-out wiki text against held-out wiki text, ranked with degraded 'models' of the same texts by the
     protocol's own MAUVE features (the embedded SmolLM2): the ceiling must sit at the top (within one place)."""
