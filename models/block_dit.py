@@ -267,7 +267,7 @@ def sample_blocks(model: BlockCausalDiT, prefix: torch.Tensor | None, noise: tor
         history = torch.cat([history, block], 1)
         if use_cache:
             model.commit(block, cache)
-    return torch.cat(out, 1)
+    return torch.cat(out, 1) if out else noise[:, :0]
 
 
 def _uncached_velocity(model: BlockCausalDiT, history: torch.Tensor, current: torch.Tensor, t: torch.Tensor):

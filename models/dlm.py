@@ -122,7 +122,7 @@ class ColaDLM(nn.Module):
             logits = torch.cat([*pieces, decoder.flush()], 1)[:, :total]
         ids = logits[:, prompt.shape[1]:].argmax(-1)
         if on_step is not None:
-            for i in range(1, steps):
+            for i in sorted(set(snapshots) - {steps}):  # none when nothing is generated
                 partial = self._decode_all(prefix, torch.cat(snapshots[i], 1), total)
                 on_step(i, partial[:, prompt.shape[1]:].argmax(-1))
             on_step(steps, ids)

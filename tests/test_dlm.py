@@ -102,3 +102,4 @@ def test_progression_reports_each_step_in_order_and_ends_at_the_output(attention
     assert torch.equal(got, plain)
     assert [i for i, _ in seen] == [1, 2, 3, 4] and all(ids.shape == (2, 9) for _, ids in seen)
     assert torch.equal(seen[-1][1], got)
+    assert model.generate(prompt, 0, steps=4, on_step=lambda i, ids: None).shape == (2, 0)  # nothing to generate
