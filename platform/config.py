@@ -30,6 +30,10 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, path: str = "") -> T:
         where = f"{path}." if path else ""
         raise ConfigError(f"unknown config key {where}{unknown[0]!s} (valid keys{' of ' + path if path else ''}: "
                           f"{', '.join(sorted(fields))})")
+    for name, value in data.items():
+        default = _default_mapping(fields[name]) if isinstance(value, dict) else None
+        if default is not None:  # a partial section keeps the owner's defaults, not the section class's own
+            data[name] = _overlay(default, value)
     kwargs = {name: _coerce(hints[name], value, f"{path}.{name}" if path else name) for name, value in data.items()}
     try:
         return cls(**kwargs)
@@ -40,6 +44,26 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, path: str = "") -> T:
         if path and not message.startswith(path) and path.rsplit(".", 1)[-1] == owner:
             raise ConfigError(path + message[len(owner):]) from None
         raise
+
+
+def _default_mapping(f: dataclasses.Field) -> dict[str, Any] | None:
+    """A dataclass-valued field's default as a dict: ``schedule = field(default_factory=lambda:
+    TimestepSchedule(loc=0.0, scale=1.0))`` must stay at scale 1.0 when a config sets only ``schedule.loc``."""
+    if f.default_factory is not dataclasses.MISSING:
+        value = f.default_factory()
+    else:
+        value = f.default
+    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) and not isinstance(value, type) else None
+
+
+def _overlay(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """``update`` over ``base`` recursively; ``update``'s values are kept as given (a dataclass instance passes
+    through as itself), ``base`` is a fresh ``asdict`` copy, so nothing is shared with a default."""
+    out = dict(base)
+    for key, value in update.items():
+        both = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = _overlay(out[key], value) if both else value
+    return out
 
 
 def _coerce(tp: Any, value: Any, path: str) -> Any:

@@ -84,6 +84,24 @@ def test_nested_dataclasses_accept_dicts():
     assert isinstance(cfg.data, DataConfig)
 
 
+def test_a_partial_section_keeps_its_owners_defaults():
+    """Setting one key of a section whose owner gives it non-class defaults keeps the owner's other values:
+    a Cola DLM ``dlm.schedule.loc`` sweep stays at the model's scale 1.0 (it silently got the class's 1.5)."""
+    from latentlm.models.dlm import ColaDLMConfig
+    from latentlm.platform.dlm_config import build_dlm_config
+    from latentlm.platform.dlm_pipeline import dlm_stage_keys
+    default = ColaDLMConfig().schedule
+    assert (default.loc, default.scale) == (0.0, 1.0)
+    shifted = from_dict(ColaDLMConfig, {"schedule": {"loc": 1.0}}).schedule
+    assert (shifted.kind, shifted.loc, shifted.scale) == (default.kind, 1.0, 1.0)
+    # the same holds through a preset, so loc = 0 is the default run and shares its checkpoints
+    same = build_dlm_config("tiny", {"dlm": {"schedule": {"loc": 0.0}}})
+    assert dlm_stage_keys(same) == dlm_stage_keys(build_dlm_config("tiny"))
+    dit = from_dict(TextLDMConfig, {"train_dit": {"optim": {"lr": 1e-3}}}).train_dit.optim
+    assert (dit.steps, dit.lr, dit.ema_decay) == (TextLDMConfig().train_dit.optim.steps, 1e-3,
+                                                  TextLDMConfig().train_dit.optim.ema_decay)
+
+
 def test_dataclass_instances_pass_through_and_to_dict_round_trips():
     optim = OptimConfig(steps=7, warmup_steps=1)
     cfg = from_dict(TextLDMConfig, {"train_vae": {"optim": optim}})
