@@ -140,13 +140,7 @@ def to_dict(config: Any) -> dict[str, Any]:
 
 def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     """Recursive dict merge (update wins); the result shares no mutable state with either input."""
-    out = copy.deepcopy(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
+    return _overlay(copy.deepcopy(base), copy.deepcopy(update))
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
