@@ -27,7 +27,7 @@ from torch import nn
 
 from .config import require, require_positive
 from .dit import TimestepEmbedder
-from .layers import MLP, RotaryEmbedding, apply_rotary
+from .layers import MLP, RotaryEmbedding, apply_rotary, masked_mean
 
 
 @dataclass
@@ -281,11 +281,12 @@ def _uncached_velocity(model: BlockCausalDiT, history: torch.Tensor, current: to
 
 
 def block_flow_matching_loss(model: BlockCausalDiT, latents: torch.Tensor, schedule,
-                             generator: torch.Generator | None = None) -> torch.Tensor:
+                             generator: torch.Generator | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Per-block conditional flow matching: every block draws its own t from ``schedule`` (a
     ``flow.TimestepSchedule``; logit-normal loc/scale = the paper's "timestep shift"), is interpolated
     between noise and data, and its velocity is predicted from [stop-gradient clean history ; noisy block].
-    The gradient still reaches ``latents`` through the noisy block and the target (joint VAE training)."""
+    The gradient still reaches ``latents`` through the noisy block and the target (joint VAE training).
+    ``mask`` (B, T) marks the latents of real tokens: padding latents count in no loss."""
     b, length, _ = latents.shape
     n_blocks = -(-length // model.config.block_size)
     blocks = torch.arange(length, device=latents.device) // model.config.block_size
@@ -294,4 +295,5 @@ def block_flow_matching_loss(model: BlockCausalDiT, latents: torch.Tensor, sched
     t = t_blocks[:, blocks].unsqueeze(-1).to(latents.dtype)
     noisy = t * latents + (1 - t) * noise
     velocity = model(latents.detach(), noisy, t_blocks)
-    return F.mse_loss(velocity.float(), (latents - noise).float())
+    squared = (velocity.float() - (latents - noise).float()).pow(2).mean(-1)
+    return masked_mean(squared, mask)

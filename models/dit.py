@@ -15,7 +15,7 @@ from torch import nn
 
 from .config import require, require_fraction, require_positive
 from .flow import guided_velocity
-from .layers import MLP, RotaryEmbedding, SelfAttention, timestep_embedding
+from .layers import MLP, RotaryEmbedding, SelfAttention, key_padding_mask, timestep_embedding
 
 
 @dataclass
@@ -110,25 +110,36 @@ class TextDiT(nn.Module):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, context: torch.Tensor | None = None,
-                keep_context: torch.Tensor | None = None) -> torch.Tensor:
-        """x_t: (B, Tt, d) noisy target latents; t: (B,); context: (B, Tc, d) clean latents or None (empty);
-        keep_context: (B,) bool, False replaces that sample's context by the null condition (zeros).
-        Returns the predicted velocity (B, Tt, d)."""
-        b, target_len, _ = x_t.shape
-        if context is None:
-            context = x_t.new_zeros(b, 0, x_t.shape[-1])
-        if keep_context is not None:
-            context = context * keep_context.view(b, 1, 1).to(context.dtype)
-        ctx_len = context.shape[1]
-        h = self.input_proj(torch.cat([context, x_t], dim=1).to(self.input_proj.weight.dtype))
-        segments = torch.cat([x_t.new_zeros(ctx_len, dtype=torch.long), x_t.new_ones(target_len, dtype=torch.long)])
-        h = h + self.segment(segments)
+    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor | None = None,
+                keep_context: torch.Tensor | None = None, is_target: torch.Tensor | None = None,
+                valid: torch.Tensor | None = None) -> torch.Tensor:
+        """Predicted flow-matching velocity. t: (B,); keep_context: (B,) bool, False replaces that sample's
+        context by the null condition (zeros).
+
+        Sampling (``is_target`` None): x (B, Tt, d) noisy target latents after ``context`` (B, Tc, d) clean
+        latents (None: empty); returns (B, Tt, d). Training (``is_target`` (B, T) bool): x is one window per
+        sample with its own split, clean context latents where ``is_target`` is False and noisy target latents
+        where it is True; ``valid`` (B, T) marks real positions (padding is no key for attention). Returns the
+        velocity at every position (B, T, d); only valid target positions mean anything. Both are one
+        computation: sampling is a window whose split is the same for every sample."""
+        if is_target is None:
+            b, target_len, _ = x.shape
+            ctx_len = 0 if context is None else context.shape[1]
+            is_target = torch.cat([x.new_zeros(ctx_len, dtype=torch.bool),
+                                   x.new_ones(target_len, dtype=torch.bool)]).expand(b, -1)
+            window = x if context is None else torch.cat([context.to(x.dtype), x], dim=1)
+            return self(window, t, None, keep_context, is_target)[:, ctx_len:]
+        if context is not None:
+            raise ValueError("TextDiT: a window (is_target given) holds its context; pass context=None")
+        if keep_context is not None:  # the null condition: zeros in place of the context latents
+            x = torch.where(is_target[..., None] | keep_context.view(-1, 1, 1), x, torch.zeros_like(x))
+        h = self.input_proj(x.to(self.input_proj.weight.dtype)) + self.segment(is_target.long())
         c = self.t_embedder(t)
-        rope = self.rope(ctx_len + target_len, h.device)
+        rope = self.rope(x.shape[1], h.device)
+        mask = key_padding_mask(valid)
         for block in self.blocks:
-            h = block(h, c, rope)
-        return self.final(h[:, ctx_len:], c)
+            h = block(h, c, rope, mask)
+        return self.final(h, c)
 
     def forward_with_cfg(self, x_t, t, context, scale: float):
         """Batch-doubled guided velocity: one pass over [conditional ; null-context] inputs."""

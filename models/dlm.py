@@ -18,7 +18,8 @@ from torch import nn
 
 from .block_dit import BlockCausalDiT, BlockDiTConfig, block_flow_matching_loss, sample_blocks
 from .config import require
-from .dlm_vae import DLMTextVAE, DLMVAEConfig
+from .dlm_vae import DLMTextVAE, DLMVAEConfig, latent_mask
+from .layers import masked_mean
 from .flow import TimestepSchedule
 
 VAE_STRATEGIES = ("joint", "frozen", "scratch")
@@ -77,12 +78,13 @@ class ColaDLM(nn.Module):
         """Stage 2: VAE loss + per-block flow matching on the posterior samples (+ reference regulariser)."""
         c = self.config
         out = self.vae(tokens, mask, generator)
-        fm = block_flow_matching_loss(self.dit, out.z, c.schedule, generator)
+        real = latent_mask(mask, c.vae.patch_size)  # latents of real tokens: padding counts in no loss
+        fm = block_flow_matching_loss(self.dit, out.z, c.schedule, generator, real)
         ref = torch.zeros((), device=tokens.device)
         if reference is not None and c.ref_weight > 0:
             with torch.no_grad():
                 ref_mean, _ = reference.posterior(tokens)
-            ref = (out.mean.float() - ref_mean.float()).pow(2).mean()
+            ref = masked_mean((out.mean.float() - ref_mean.float()).pow(2).mean(-1), real)
         loss = c.fm_weight * fm + out.loss + c.ref_weight * ref
         return JointOutput(loss, fm.detach(), out.loss.detach(), out.recon, out.kl, out.mask, ref.detach(),
                            out.accuracy, out.logsnr)

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import require, require_fraction, require_positive
-from .layers import KVSlot, RotaryEmbedding, TransformerBlock
+from .layers import KVSlot, RotaryEmbedding, TransformerBlock, masked_mean
 
 ATTENTION_KINDS = ("causal", "block_causal", "bidirectional")
 LOGSNR_MODES = ("predicted", "fixed", "learnable")
@@ -71,6 +71,14 @@ def attention_mask(kind: str, length: int, block_size: int, device=None) -> torc
         return pos[None, :] <= pos[:, None]
     blocks = pos // block_size
     return blocks[None, :] <= blocks[:, None]
+
+
+def latent_mask(mask: torch.Tensor | None, patch_size: int) -> torch.Tensor | None:
+    """(B, T) real-token mask -> (B, ceil(T / p)) mask of the latents that hold at least one real token."""
+    if mask is None:
+        return None
+    pad = (-mask.shape[1]) % patch_size
+    return F.pad(mask.bool(), (0, pad), value=False).view(mask.shape[0], -1, patch_size).any(-1)
 
 
 @dataclass
@@ -160,7 +168,8 @@ class DLMTextVAE(nn.Module):
         z = mean + (0.5 * logvar).exp() * eps
         logits = self.decode_logits(z, tokens.shape[1])
         recon = (F.cross_entropy(logits.float().transpose(1, 2), tokens, reduction="none") * weights).sum() / denom
-        kl = 0.5 * (mean.float().pow(2) + logvar.float().exp() - 1 - logvar.float()).sum(-1).mean()
+        real_latents = latent_mask(mask, c.patch_size)
+        kl = masked_mean(0.5 * (mean.float().pow(2) + logvar.float().exp() - 1 - logvar.float()).sum(-1), real_latents)
         accuracy = (((logits.argmax(-1) == tokens).float() * weights).sum() / denom).detach()
         masked_loss = torch.zeros((), device=tokens.device)
         if c.mask_weight > 0 and c.mask_ratio > 0:

@@ -198,8 +198,9 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def generate(self, prompts: torch.Tensor, max_new: int, generator: torch.Generator | None = None,
-                 use_cache: bool = True) -> torch.Tensor:
+                 use_cache: bool = True, min_new_tokens: int = 0, eos_id: int | None = None) -> torch.Tensor:
         """Continue ``prompts`` (B, P >= 1) by ``max_new`` tokens, one at a time; returns (B, max_new).
+        ``eos_id`` cannot be sampled among the first ``min_new_tokens`` new tokens (HF's ``min_new_tokens``).
         Runs in eval mode (no dropout) and restores the previous mode."""
         b, p = prompts.shape
         if p < 1:
@@ -208,20 +209,27 @@ class GPT(nn.Module):
         if max_new <= 0:
             return out
         was_training = self.training
+
+        def sample(logits: torch.Tensor, i: int) -> torch.Tensor:
+            if eos_id is not None and i < min_new_tokens:
+                logits = logits.clone()
+                logits[:, eos_id] = float("-inf")
+            return self._sample(logits, generator)
+
         self.eval()
         try:
             if use_cache:
                 cache = self.new_cache(b, p + max_new - 1)  # the last sampled token is never read
                 logits = self(prompts, cache)[:, -1]
                 for i in range(max_new):
-                    token = self._sample(logits, generator)
+                    token = sample(logits, i)
                     out = torch.cat([out, token[:, None]], 1)
                     if i + 1 < max_new:
                         logits = self(token[:, None], cache)[:, -1]
             else:
                 sequence = prompts
-                for _ in range(max_new):
-                    token = self._sample(self(sequence)[:, -1], generator)
+                for i in range(max_new):
+                    token = sample(self(sequence)[:, -1], i)
                     out = torch.cat([out, token[:, None]], 1)
                     sequence = torch.cat([sequence, token[:, None]], 1)
         finally:

@@ -113,6 +113,25 @@ def key_padding_mask(valid: torch.Tensor | None) -> torch.Tensor | None:
     return None if valid is None else valid[:, None, None, :]
 
 
+def masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean of ``values`` over the positions where ``mask`` is True (all positions when None)."""
+    if mask is None:
+        return values.mean()
+    mask = mask.to(values.dtype)
+    return (values * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def segment_mask(segments: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, T) segment ids (+ valid keys) -> (B, 1, T, T) mask: a position attends only within its segment.
+
+    With relative (rotary) positions this encodes each segment exactly as if it were a sequence of its own,
+    so a batch of per-sample prompt/target splits is encoded in one pass without leaking across the split."""
+    mask = segments[:, :, None] == segments[:, None, :]
+    if valid is not None:
+        mask = mask & valid[:, None, :]
+    return mask[:, None]
+
+
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
     """Sinusoidal embedding of continuous timesteps t in [0, 1] (scaled by 1000 as in DiT). (B,) -> (B, dim)."""
     half = dim // 2

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ConfigError, require, require_positive
-from .layers import RotaryEmbedding, TransformerBlock, key_padding_mask
+from .layers import RotaryEmbedding, TransformerBlock, key_padding_mask, masked_mean, segment_mask
 from .repa import REPAConfig, REPAProjector, repa_loss
 
 
@@ -71,13 +71,6 @@ def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor, mask: torch.Tensor | Non
     return masked_mean(kl, mask)
 
 
-def masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    if mask is None:
-        return values.mean()
-    mask = mask.to(values.dtype)
-    return (values * mask).sum() / mask.sum().clamp_min(1.0)
-
-
 class TextVAE(nn.Module):
     def __init__(self, config: TextVAEConfig, teacher_dim: int | None = None):
         super().__init__()
@@ -104,11 +97,12 @@ class TextVAE(nn.Module):
             self.lm_head.weight = self.embed.weight
 
     # -- encoder ---------------------------------------------------------------------------------
-    def encode(self, tokens: torch.Tensor, valid: torch.Tensor | None = None):
-        """tokens: (B, T) -> (mu, logvar, align_features); mu/logvar: (B, T, latent_dim)."""
+    def encode(self, tokens: torch.Tensor, valid: torch.Tensor | None = None, segments: torch.Tensor | None = None):
+        """tokens: (B, T) -> (mu, logvar, align_features); mu/logvar: (B, T, latent_dim). ``valid``: real
+        tokens; ``segments`` (B, T) ids: each segment is encoded on its own (e.g. a prompt and its target)."""
         c = self.config
         rope = self.rope(tokens.shape[1], tokens.device)
-        mask = key_padding_mask(valid)
+        mask = key_padding_mask(valid) if segments is None else segment_mask(segments, valid)
         h = self.embed(tokens)
         align = None
         for i, block in enumerate(self.encoder, start=1):

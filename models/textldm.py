@@ -9,12 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .config import require
 from .dit import TextDiT
 from .flow import TimestepSchedule, euler_sample, interpolate, time_grid
+from .layers import masked_mean
 from .text_vae import TextVAE
 from .vocab import CompactVocab
 
@@ -47,22 +47,27 @@ class FlowLoss:
     t: torch.Tensor
 
 
-def flow_matching_loss(dit: TextDiT, context: torch.Tensor | None, target: torch.Tensor,
-                       schedule: TimestepSchedule, cfg_dropout: float | None = None,
-                       generator: torch.Generator | None = None) -> FlowLoss:
-    """Conditional flow-matching MSE on the target latents, with per-sample CFG context dropout.
+def flow_matching_loss(dit: TextDiT, latents: torch.Tensor, is_target: torch.Tensor, schedule: TimestepSchedule,
+                       cfg_dropout: float | None = None, generator: torch.Generator | None = None,
+                       valid: torch.Tensor | None = None) -> FlowLoss:
+    """Conditional flow-matching MSE on one window per sample, with per-sample CFG context dropout.
 
-    context: (B, Tc, d) normalised clean latents (None or Tc = 0: unconditional); target: (B, Tt, d).
-    ``dit`` may be wrapped (DDP), so pass ``cfg_dropout`` explicitly there; default: the DiT's config."""
+    latents: (B, T, d) normalised clean latents (the context's own encoding where ``is_target`` is False, the
+    target's where it is True); is_target: (B, T) bool, each sample's split (all True: unconditional);
+    valid: (B, T) real positions (None: all). The loss averages over valid target positions only, so neither
+    the context nor padding counts. ``dit`` may be wrapped (DDP), so pass ``cfg_dropout`` explicitly there;
+    default: the DiT's config."""
     if cfg_dropout is None:
         cfg_dropout = dit.config.cfg_dropout
-    b = target.shape[0]
-    t = schedule.sample(b, device=target.device, generator=generator)
-    noise = torch.randn(target.shape, device=target.device, generator=generator, dtype=target.dtype)
-    x_t, velocity = interpolate(target, noise, t)
-    keep = torch.rand(b, device=target.device, generator=generator) >= cfg_dropout
-    pred = dit(x_t, t, context, keep)
-    return FlowLoss(F.mse_loss(pred.float(), velocity.float()), t)
+    b = latents.shape[0]
+    t = schedule.sample(b, device=latents.device, generator=generator)
+    noise = torch.randn(latents.shape, device=latents.device, generator=generator, dtype=latents.dtype)
+    x_t, velocity = interpolate(latents, noise, t)
+    keep = torch.rand(b, device=latents.device, generator=generator) >= cfg_dropout
+    pred = dit(torch.where(is_target[..., None], x_t, latents), t, None, keep, is_target, valid)
+    scored = is_target if valid is None else is_target & valid
+    squared = (pred.float() - velocity.float()).pow(2).mean(-1)
+    return FlowLoss(masked_mean(squared, scored), t)
 
 
 class TextLDM(nn.Module):

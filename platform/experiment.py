@@ -24,6 +24,8 @@ class DataConfig:
     text_field: str = "text"
     tokenizer: str = "embedded:smollm2"    # local dir, hub name or embedded asset (shared with the REPA teacher)
     seq_len: int = 64                      # tokens per training window (TextLDM: 1024)
+    layout: str = "packed"                 # packed: documents concatenated with EOS, cut into full windows
+                                           # (no padding) | per_document: a window per document, padded
     max_documents: int | None = None       # cap on corpus documents read (None: all)
     valid_fraction: float = 0.05
     test_fraction: float = 0.05
@@ -39,6 +41,7 @@ class DataConfig:
         require_positive("data", seq_len=self.seq_len, teacher_windows=self.teacher_windows,
                          teacher_batch_size=self.teacher_batch_size)
         require(self.seq_len >= 8, "data.seq_len", "at least 8 tokens", self.seq_len)
+        require(self.layout in ("packed", "per_document"), "data.layout", "'packed' or 'per_document'", self.layout)
         require_fraction("data", valid_fraction=self.valid_fraction, test_fraction=self.test_fraction)
         require(self.valid_fraction + self.test_fraction < 1, "data.test_fraction",
                 "valid_fraction + test_fraction < 1", self.valid_fraction + self.test_fraction)

@@ -18,16 +18,8 @@ from .engine import build_engine
 from .tracking import start_tracking
 from .train_vae import vocab_modules
 from .training import (EMA, Throughput, inject_fault, load_vocab, log_and_checkpoint, mean_over_workers,
-                       micro_batches, model_ids, resume, should_log, stack_column, stream_batches, worker_context,
+                       micro_batches, resume, should_log, stream_batches, window_tokens, worker_context,
                        write_checkpoint)
-
-
-def window_tokens(micro: dict, vocab, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """A micro-batch's (model ids, valid-token mask): the mask covers each window's ``length`` tokens."""
-    tokens = torch.from_numpy(stack_column(micro, "tokens")).to(device)
-    lengths = torch.from_numpy(micro["length"].astype("int64")).to(device)
-    mask = torch.arange(tokens.shape[1], device=device)[None] < lengths[:, None]
-    return model_ids(tokens, vocab), mask
 
 
 def train_windows(config: dict, cfg, *, label: str, engine_name: str, model: torch.nn.Module, optim, step_loss,
@@ -66,7 +58,7 @@ def train_windows(config: dict, cfg, *, label: str, engine_name: str, model: tor
             engine.backward(out.loss)
             engine.step()
             sums += torch.stack([getattr(out, name).detach().float() for name in metrics_names])
-            meter.add(int(mask.sum()) * wc.world_size)
+            meter.add((tokens.numel() if mask is None else int(mask.sum())) * wc.world_size)
         if ema is not None:
             with engine.gathered():
                 ema.update(engine.module)

@@ -15,7 +15,7 @@ from .engine import build_engine
 from .tracking import start_tracking
 from .train_vae import vocab_modules
 from .training import (EMA, Throughput, inject_fault, load_vocab, log_and_checkpoint, mean_over_workers,
-                       micro_batches, model_ids, resume, seed_everything, should_log, stack_column, stream_batches,
+                       micro_batches, resume, seed_everything, should_log, stream_batches, window_tokens,
                        worker_context, worker_rows, write_checkpoint)
 
 
@@ -29,13 +29,15 @@ def load_frozen_vae(cfg, vae_dir: str, device) -> TextVAE:
 @torch.no_grad()
 def fit_normalizer(vae: TextVAE, stream, windows: int, latent_dim: int, device, world_size: int,
                    vocab=None) -> LatentNormalizer:
-    """Per-channel mean/std of posterior means over ``windows`` windows (summed over all workers)."""
+    """Per-channel mean/std of posterior means over the real tokens of ``windows`` windows (summed over all
+    workers)."""
     total = torch.zeros(3, latent_dim, dtype=torch.float64, device=device)  # count, sum, sum of squares
     seen = 0
     while seen < max(1, windows // world_size):
         _, _, batch = next(stream)
-        mu, _, _ = vae.encode(model_ids(torch.from_numpy(stack_column(batch, "tokens")).to(device), vocab))
-        flat = mu.reshape(-1, latent_dim).double()
+        tokens, valid = window_tokens(batch, vocab, device)
+        mu, _, _ = vae.encode(tokens, valid)
+        flat = (mu if valid is None else mu[valid]).reshape(-1, latent_dim).double()
         total += torch.stack([torch.full_like(flat[0], flat.shape[0]), flat.sum(0), flat.pow(2).sum(0)])
         seen += mu.shape[0]
     if world_size > 1:
@@ -48,13 +50,29 @@ def fit_normalizer(vae: TextVAE, stream, windows: int, latent_dim: int, device, 
     return normalizer
 
 
-def split_point(seq_len: int, cfg, generator: torch.Generator) -> int:
-    """Context length for this batch: 0 with prob uncond_prob (unconditional), else uniform in the range."""
-    if float(torch.rand((), generator=generator)) < cfg.dit.uncond_prob:
-        return 0
+def split_points(lengths: torch.Tensor, cfg, generator: torch.Generator) -> torch.Tensor:
+    """Each sample's context length over its own real tokens: 0 (unconditional) with prob ``dit.uncond_prob``,
+    else round(u * length) with u uniform in ``train_dit.context_fraction``, kept in [1, length - 1] so every
+    target holds at least one real token. A window of one real token has no split: unconditional."""
+    b = lengths.shape[0]
     lo, hi = cfg.train_dit.context_fraction
-    frac = lo + (hi - lo) * float(torch.rand((), generator=generator))
-    return min(seq_len - 1, max(1, round(frac * seq_len)))
+    uncond = torch.rand(b, generator=generator) < cfg.dit.uncond_prob
+    fraction = lo + (hi - lo) * torch.rand(b, generator=generator)
+    lengths = lengths.cpu()
+    split = torch.minimum(torch.clamp(torch.round(fraction * lengths).long(), min=1), lengths - 1)
+    return torch.where(uncond | (lengths < 2), torch.zeros_like(split), split)
+
+
+@torch.no_grad()
+def encode_window(vae: TextVAE, normalizer: LatentNormalizer, tokens: torch.Tensor, split: torch.Tensor,
+                  valid: torch.Tensor | None):
+    """Context and target of every sample encoded separately (no target information in the context latents),
+    in one encoder pass: each position attends only within its own segment. Returns the normalised window
+    latents and the (B, T) target mask."""
+    positions = torch.arange(tokens.shape[1], device=tokens.device)
+    is_target = positions[None] >= split.to(tokens.device)[:, None]
+    mu, _, _ = vae.encode(tokens, valid, segments=is_target.long())
+    return normalizer.normalize(mu), is_target
 
 
 def train_dit_loop(config: dict) -> None:
@@ -71,7 +89,7 @@ def train_dit_loop(config: dict) -> None:
     dit = TextDiT(cfg.dit).to(wc.device)
     ema = EMA(dit, optim.ema_decay) if optim.ema_decay > 0 else None
     engine = build_engine(dit, optim, cfg.deepspeed, wc, optim.batch_size, name="dit")
-    split_rng = torch.Generator().manual_seed(cfg.seed * 7919)  # the same split on every rank
+    split_rng = torch.Generator().manual_seed(cfg.seed * 7919)  # every rank draws the global batch's splits
     generators = {"split": split_rng}
     normalizer = LatentNormalizer(cfg.dit.latent_dim).to(wc.device)
 
@@ -96,24 +114,29 @@ def train_dit_loop(config: dict) -> None:
     for step in range(start_step + 1, optim.steps + 1):
         epoch, index, batch = next(stream)
         loss_sum = torch.zeros(1, device=wc.device)
+        context_sum = torch.zeros((), device=wc.device)
+        # splits are drawn for the whole global batch, so they do not depend on the number of workers
+        batch["split"] = split_points(torch.from_numpy(batch["length"].astype("int64")), cfg, split_rng).numpy()
         for micro in micro_batches(batch, engine.micro_batch_size, engine.accumulation, wc):
-            tokens = model_ids(torch.from_numpy(stack_column(micro, "tokens")).to(wc.device), vocab)
-            s = split_point(tokens.shape[1], cfg, split_rng)
-            with torch.no_grad():  # context and target are encoded separately: no leakage into the context
-                target = normalizer.normalize(vae.encode(tokens[:, s:])[0])
-                context = normalizer.normalize(vae.encode(tokens[:, :s])[0]) if s > 0 else None
-            out = flow_matching_loss(engine, context, target, cfg.train_dit.schedule, cfg.dit.cfg_dropout)
+            tokens, valid = window_tokens(micro, vocab, wc.device)
+            lengths = torch.from_numpy(micro["length"].astype("int64"))
+            split = torch.from_numpy(micro["split"])
+            latents, is_target = encode_window(vae, normalizer, tokens, split, valid)
+            out = flow_matching_loss(engine, latents, is_target, cfg.train_dit.schedule, cfg.dit.cfg_dropout,
+                                     valid=valid)
             engine.backward(out.loss)
             engine.step()
             loss_sum += out.loss.detach().float()
-            meter.add(tokens.numel() * wc.world_size)
+            context_sum += split.float().mean()
+            meter.add(int(lengths.sum()) * wc.world_size)
         if ema is not None:
             with engine.gathered():
                 ema.update(engine.module)
         inject_fault(config, step, wc)
         if should_log(step, optim):
             loss, = mean_over_workers(loss_sum / engine.accumulation, wc.world_size)
-            metrics = {"loss": loss, "grad_norm": engine.grad_norm, "lr": engine.lr, "context_len": s,
+            metrics = {"loss": loss, "grad_norm": engine.grad_norm, "lr": engine.lr,
+                       "context_len": float(context_sum) / engine.accumulation,
                        **meter.metrics(), "step": step, "epoch": epoch}
 
             def modules():

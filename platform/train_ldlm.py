@@ -2,9 +2,9 @@
 and the optional token-decoder post-training stage on noisy latents (encoder and diffusion frozen).
 
 The joint stage streams precomputed, normalised token-encoder hidden states next to the tokens (the
-frozen LM never runs in the training loop). Like LDLM's fixed-length chunks, every position of a window
-is trained, the EOS padding after a short document included: the decoders learn where a text ends, and
-generation cuts at the first EOS. The adaptive timestep sampler's statistics are summed over
+frozen LM never runs in the training loop). With packed data (the default) every window is a full chunk
+of the concatenated corpus, LDLM's fixed-length chunks; with per-document windows the padding is masked out
+of the encoder's attention and of every loss term. The adaptive timestep sampler's statistics are summed over
 workers at every refresh, so all ranks draw from the same density, and its state is checkpointed.
 """
 from __future__ import annotations
@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from latentlm.models.checkpoint import load_tensors
+from latentlm.models.layers import masked_mean
 from latentlm.models.ldlm import LDLM, PostTrainedDecoder
 from latentlm.models.token_encoder import HiddenStats
 
@@ -23,8 +24,8 @@ from .engine import build_engine
 from .tracking import start_tracking
 from .train_vae import vocab_modules
 from .training import (EMA, Throughput, WorkerContext, inject_fault, load_vocab, log_and_checkpoint,
-                       mean_over_workers, micro_batches, model_ids, resume, seed_everything, should_log,
-                       stack_column, stream_batches, worker_context, write_checkpoint)
+                       mean_over_workers, micro_batches, resume, seed_everything, should_log,
+                       stack_column, stream_batches, window_tokens, worker_context, write_checkpoint)
 
 JOINT_METRICS = ("loss", "mse", "ce", "diffusion", "accuracy", "latent_norm")
 
@@ -34,12 +35,12 @@ def _experiment(config: dict):
     return from_dict(LDLMExperimentConfig, config["experiment"])
 
 
-def micro_inputs(micro: dict, dim: int, stats: HiddenStats, vocab, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(normalised hidden states, model-vocab token ids) of one micro-batch."""
-    tokens = torch.from_numpy(stack_column(micro, "tokens")).to(device)
+def micro_inputs(micro: dict, dim: int, stats: HiddenStats, vocab, device):
+    """(normalised hidden states, model-vocab token ids, real-token mask or None) of one micro-batch."""
+    ids, mask = window_tokens(micro, vocab, device)
     flat = stack_column(micro, "hidden", np.float32)
-    hidden = stats.normalize(torch.from_numpy(flat).view(tokens.shape[0], tokens.shape[1], dim).to(device))
-    return hidden, model_ids(tokens, vocab)
+    hidden = stats.normalize(torch.from_numpy(flat).view(ids.shape[0], ids.shape[1], dim).to(device))
+    return hidden, ids, mask
 
 
 def all_reduce_sum(world_size: int):
@@ -97,10 +98,10 @@ def train_ldlm_loop(config: dict) -> None:
         epoch, index, batch = next(stream)
         sums = torch.zeros(len(JOINT_METRICS), device=wc.device)
         for micro in micro_batches(batch, engine.micro_batch_size, engine.accumulation, wc):
-            hidden, ids = micro_inputs(micro, dim, stats, vocab, wc.device)
+            hidden, ids, mask = micro_inputs(micro, dim, stats, vocab, wc.device)
             n = ids.shape[0]
             t = sampler.sample(n, time_rng) if sampler is not None else torch.rand(n, generator=time_rng)
-            out = engine(hidden, ids, step, t.to(wc.device), None, noise_rng)
+            out = engine(hidden, ids, step, t.to(wc.device), mask, noise_rng)
             engine.backward(out.loss)
             engine.step()
             if sampler is not None:
@@ -172,17 +173,18 @@ def post_decoder_loop(config: dict) -> None:
         epoch, index, batch = next(stream)
         sums = torch.zeros(2, device=wc.device)
         for micro in micro_batches(batch, engine.micro_batch_size, engine.accumulation, wc):
-            hidden, ids = micro_inputs(micro, dim, stats, vocab, wc.device)
+            hidden, ids, mask = micro_inputs(micro, dim, stats, vocab, wc.device)
             with torch.no_grad():
-                z = joint.encode(hidden)
+                z = joint.encode(hidden, mask)
                 z = z + sigma * torch.randn(z.shape, generator=noise_rng, device=z.device, dtype=z.dtype)
             logits = engine(z, joint.decoder)
-            ce = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), ids)
+            token_ce = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), ids, reduction="none")
+            ce = masked_mean(token_ce, mask)
             engine.backward(ce)
             engine.step()
-            accuracy = (logits.argmax(-1) == ids).float().mean()
+            accuracy = masked_mean((logits.argmax(-1) == ids).float(), mask)
             sums += torch.stack([ce.detach().float(), accuracy])
-            meter.add(ids.numel() * wc.world_size)
+            meter.add((ids.numel() if mask is None else int(mask.sum())) * wc.world_size)
         inject_fault(config, step, wc)
         if should_log(step, optim):
             ce_mean, acc_mean = mean_over_workers(sums / engine.accumulation, wc.world_size)

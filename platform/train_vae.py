@@ -70,11 +70,13 @@ def train_vae_loop(config: dict) -> None:
                 tokens, lengths, teacher = random_crop(tokens, lengths, teacher, cfg.train_vae.min_truncation_len,
                                                        crop_rng)
             tokens = model_ids(tokens.to(wc.device), vocab)
-            positions = torch.arange(tokens.shape[1], device=wc.device)
-            align_mask = positions[None, :] < lengths.to(wc.device)[:, None]  # REPA only on real tokens
+            # real tokens only: padding is no key for attention and counts in no loss term (REPA included)
+            valid = None
+            if bool((lengths < tokens.shape[1]).any()):
+                valid = torch.arange(tokens.shape[1], device=wc.device)[None, :] < lengths.to(wc.device)[:, None]
             if teacher is not None:
                 teacher = teacher.to(wc.device)
-            out = engine(tokens, None, teacher, align_mask)
+            out = engine(tokens, valid, teacher, valid)
             engine.backward(out.loss)
             engine.step()
             sums += torch.stack([getattr(out, name).detach().float() for name in METRICS])

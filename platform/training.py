@@ -154,6 +154,16 @@ def mean_over_workers(values: torch.Tensor, world_size: int) -> list[float]:
     return values.tolist()
 
 
+def window_tokens(batch: dict, vocab, device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A (micro-)batch's (model ids, real-token mask); the mask is None when every window is full (packed
+    data), so full windows take the unmasked attention path."""
+    tokens = torch.from_numpy(stack_column(batch, "tokens")).to(device)
+    lengths = torch.from_numpy(batch["length"].astype(np.int64)).to(device)
+    if bool((lengths == tokens.shape[1]).all()):
+        return model_ids(tokens, vocab), None
+    return model_ids(tokens, vocab), torch.arange(tokens.shape[1], device=device)[None] < lengths[:, None]
+
+
 def stack_column(batch: dict, name: str, dtype=np.int64) -> np.ndarray:
     column = batch[name]
     return (np.stack(column) if column.dtype == object else column).astype(dtype)

@@ -153,3 +153,32 @@ def test_on_step_reports_each_blocks_new_latents_after_every_euler_step():
     assert torch.equal(torch.cat(seen[3], 1), out)
     first = torch.cat(seen[1], 1)
     assert not torch.allclose(first, out) and not torch.allclose(first, noise)  # moved, not finished
+
+
+def test_block_flow_matching_loss_counts_only_real_latents():
+    """Hand-computed with a model that echoes its noisy input: the loss averages the squared velocity error
+    over the latents marked real, padding latents excluded."""
+    from latentlm.models.block_dit import block_flow_matching_loss
+    from latentlm.models.flow import TimestepSchedule
+
+    class Echo(torch.nn.Module):
+        config = BlockDiTConfig(latent_dim=3, hidden_dim=8, depth=1, n_heads=2, block_size=2)
+
+        def forward(self, clean, noisy, t_blocks):
+            return noisy
+
+    latents = torch.randn(2, 5, 3, generator=torch.Generator().manual_seed(0))
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], dtype=torch.bool)
+    schedule = TimestepSchedule("uniform")
+    loss = block_flow_matching_loss(Echo(), latents, schedule, torch.Generator().manual_seed(4), mask)
+    g = torch.Generator().manual_seed(4)
+    t_blocks = schedule.sample(2 * 3, generator=g).view(2, 3)
+    noise = torch.randn(latents.shape, generator=g)
+    errors = []
+    for b in range(2):
+        for p in range(5):
+            if mask[b, p]:
+                t = t_blocks[b, p // 2]
+                noisy = t * latents[b, p] + (1 - t) * noise[b, p]
+                errors.append(((noisy - (latents[b, p] - noise[b, p])) ** 2).mean())
+    torch.testing.assert_close(loss, torch.stack(errors).mean())

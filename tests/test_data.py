@@ -16,7 +16,8 @@ from latentlm.models.checkpoint import load_tensors
 from latentlm.models.config import ConfigError
 from latentlm.platform import data as data_mod
 from latentlm.platform.config import merge
-from latentlm.platform.data import (artifact_key, load_tokenizer, prepare_data, read_windows,
+from latentlm.platform.data import (WindowPacker, artifact_key, document_ids, load_tokenizer, packed_windows,
+                                    per_document_windows, prepare_data, read_windows, rebuild_documents,
                                     tokenize_windows, windows_table)
 from latentlm.platform.experiment import build_config
 
@@ -126,14 +127,59 @@ def test_windows_table_round_trip(tok, tmp_path):
     np.testing.assert_array_equal(back.tokens, w.tokens)
     np.testing.assert_array_equal(back.lengths, w.lengths)
     np.testing.assert_array_equal(back.doc_ids, w.doc_ids)
+    np.testing.assert_array_equal(back.doc_offsets, w.doc_offsets)
+    assert back.segment_docs == w.segment_docs and back.segment_starts == w.segment_starts
     assert back.tokens.dtype == np.int32 and back.tokens.shape == w.tokens.shape
+
+
+# -- packed layout ---------------------------------------------------------------------------------
+
+def test_packed_windows_have_no_padding_and_round_trip_provenance(tok):
+    docs = document_ids([_words(10), _words(3, 4), _words(17, 2), _words(1), _words(6, 9)], tok)
+    seq_len = 8
+    w = packed_windows(docs, range(100, 105), seq_len)
+    stream = [t for d in docs for t in d]
+    assert len(w.tokens) == len(stream) // seq_len                          # full windows only
+    assert (w.lengths == seq_len).all()
+    np.testing.assert_array_equal(w.tokens.reshape(-1), stream[:len(w.tokens) * seq_len])  # no padding token added
+    # provenance: first document and its offset, then every document the window touches
+    starts = np.cumsum([0] + [len(d) for d in docs])
+    for row in range(len(w.tokens)):
+        first = int(np.searchsorted(starts, row * seq_len, side="right") - 1)
+        assert w.doc_ids[row] == 100 + first and w.doc_offsets[row] == row * seq_len - starts[first]
+        assert w.segment_starts[row][0] == 0 and w.segment_docs[row][0] == 100 + first
+    rebuilt = rebuild_documents(w)
+    covered = len(w.tokens) * seq_len
+    for i, d in enumerate(docs):
+        if starts[i + 1] <= covered:                                       # every fully packed document
+            assert rebuilt[100 + i] == d
+    assert rebuilt[max(rebuilt)] == docs[max(rebuilt) - 100][:covered - starts[max(rebuilt) - 100]]
+
+
+def test_packing_does_not_depend_on_how_the_stream_is_batched(tok):
+    docs = document_ids([_words(n, n) for n in (5, 11, 2, 30, 7, 7, 1)], tok)
+    whole = packed_windows(docs, range(len(docs)), 6)
+    packer, parts = WindowPacker(6), []
+    for i, d in enumerate(docs):   # one document at a time, collecting after each
+        packer.add(i, d)
+        parts.append(packer.windows())
+    np.testing.assert_array_equal(np.concatenate([p.tokens for p in parts if len(p.tokens)]), whole.tokens)
+    assert sum((p.segment_docs for p in parts), []) == whole.segment_docs
+
+
+def test_per_document_windows_round_trip_too(tok):
+    docs = document_ids([_words(10), _words(3, 4), _words(17, 2)], tok)
+    w = per_document_windows(docs, range(3), tok.pad_token_id, 8)
+    assert rebuild_documents(w) == dict(enumerate(docs))
+    assert (w.lengths < 8).any()                                            # the padded layout pads
 
 
 def test_windows_table_with_teacher(tok, tmp_path):
     w = tokenize_windows([_words(10), _words(3, 4)], tok, 8)
     feats = np.random.default_rng(0).standard_normal((len(w.tokens), 8, 5)).astype(np.float16)
     table = windows_table(w, feats)
-    assert table.column_names == ["tokens", "length", "doc_id", "teacher"]
+    assert table.column_names == ["tokens", "length", "doc_id", "doc_offset", "segment_docs", "segment_starts",
+                                  "teacher"]
     assert table.schema.field("teacher").type == pa.list_(pa.float16())
     path = tmp_path / "f.parquet"
     pq.write_table(table, path)
@@ -174,7 +220,8 @@ def test_prepare_data_writes_manifest_and_train(prepared):
     train = read_windows(Path(arts.train))
     assert train.tokens.shape[1] == SEQ_LEN
     assert manifest["train_windows"] == len(train.tokens) > TEACHER_WINDOWS
-    assert manifest["train_tokens"] == int(train.lengths.sum())
+    assert manifest["layout"] == "packed" and manifest["padding_tokens"] == 0
+    assert manifest["train_tokens"] == int(train.lengths.sum()) == len(train.tokens) * SEQ_LEN
     assert manifest["shards"] == {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
                                   for p in sorted(Path(arts.train).glob("*.parquet"))}
     assert len(manifest["shards"]) >= 1
@@ -185,12 +232,19 @@ def test_prepare_data_writes_manifest_and_train(prepared):
     # the 24 most used ids, plus EOS/pad when they are not among them, plus one unknown class
     keep = load_tensors(Path(arts.vocab))["keep_ids"].tolist()
     assert arts.vocab_size == len(keep) + 1 and 24 <= len(keep) <= 25 and arts.eos_id in keep
-    # every training document is present and closed by exactly one EOS
-    last = train.tokens[np.arange(len(train.tokens)), train.lengths - 1]
-    docs_with_eos = train.doc_ids[last == arts.eos_id]
-    assert docs_with_eos.tolist() == sorted(set(train.doc_ids.tolist()))
-    assert len(docs_with_eos) == manifest["split_documents"]["train"]
-    assert ((train.tokens == arts.eos_id).sum(1) - (SEQ_LEN - train.lengths) == (last == arts.eos_id)).all()
+    # packed: the only EOS tokens are the ones closing each document (no padding); every document but the
+    # cut-off last one is closed inside the windows
+    rebuilt = rebuild_documents(train)
+    closed = [doc for doc, ids in rebuilt.items() if ids[-1] == arts.eos_id]
+    assert (train.tokens == arts.eos_id).sum() == len(closed) == len(rebuilt) - (rebuilt[max(rebuilt)][-1] != 0)
+    assert all(arts.eos_id not in ids[:-1] for ids in rebuilt.values())
+
+
+def _split_documents(cfg):
+    from latentlm.platform.corpus import CorpusSpec, load_documents, split_documents
+    d = cfg.data
+    documents = load_documents(CorpusSpec(d.corpus, d.text_field, max_documents=d.max_documents))
+    return split_documents(documents, d.valid_fraction, d.test_fraction, d.split_seed)["train"]
 
 
 def test_prepare_data_features_match_teacher(prepared, tiny_lm_dir):
@@ -216,19 +270,41 @@ def test_prepare_data_features_match_teacher(prepared, tiny_lm_dir):
 
 
 def test_train_windows_are_the_split_documents_in_order(prepared):
-    """Ray Data tokenizes in parallel, yet the shards hold exactly what in-process tokenization of the
-    train split gives, in document order, under fixed shard names (regression: Ray's write_parquet fused
-    with map_batches reordered rows)."""
-    from latentlm.platform.corpus import CorpusSpec, load_documents, split_documents
+    """Ray Data tokenizes in parallel, yet the shards hold exactly what in-process packing of the train split
+    gives, in document order, under fixed shard names (regression: Ray's write_parquet fused with map_batches
+    reordered rows), and the provenance columns rebuild every document."""
     cfg, root, arts = prepared
-    d = cfg.data
-    documents = load_documents(CorpusSpec(d.corpus, d.text_field, max_documents=d.max_documents))
-    split = split_documents(documents, d.valid_fraction, d.test_fraction, d.split_seed)
-    expected = tokenize_windows(split["train"], load_tokenizer(d.tokenizer), d.seq_len)
+    tokenizer = load_tokenizer(cfg.data.tokenizer)
+    docs = document_ids(_split_documents(cfg), tokenizer)
+    expected = packed_windows(docs, range(len(docs)), cfg.data.seq_len)
     train = read_windows(Path(arts.train))
     np.testing.assert_array_equal(train.tokens, expected.tokens)
     np.testing.assert_array_equal(train.doc_ids, expected.doc_ids)
+    np.testing.assert_array_equal(train.doc_offsets, expected.doc_offsets)
+    assert train.segment_docs == expected.segment_docs and train.segment_starts == expected.segment_starts
+    rebuilt = rebuild_documents(train)
+    assert all(rebuilt[i] == docs[i] for i in range(max(rebuilt)))          # all but the cut-off last one
     assert sorted(p.name for p in Path(arts.train).glob("*.parquet")) == ["part-00000.parquet"]
+
+
+def test_per_document_layout_pads_each_document(prepared, tiny_corpus, tiny_lm_dir):
+    cfg, root, arts = prepared
+    other = build_config("tiny", overrides(tiny_corpus, tiny_lm_dir, data={"layout": "per_document"}))
+    out = prepare_data(other, root, need_teacher=False)
+    assert out.root != arts.root                                           # the layout is part of the key
+    train = read_windows(Path(out.train))
+    expected = tokenize_windows(_split_documents(other), load_tokenizer(other.data.tokenizer), other.data.seq_len)
+    np.testing.assert_array_equal(train.tokens, expected.tokens)
+    np.testing.assert_array_equal(train.lengths, expected.lengths)
+    manifest = json.loads(Path(out.manifest).read_text())
+    assert manifest["layout"] == "per_document"
+    assert manifest["padding_tokens"] == int(len(train.tokens) * SEQ_LEN - train.lengths.sum()) > 0
+    # every training document is present and closed by exactly one EOS at its last real position
+    last = train.tokens[np.arange(len(train.tokens)), train.lengths - 1]
+    docs_with_eos = train.doc_ids[last == out.eos_id]
+    assert docs_with_eos.tolist() == sorted(set(train.doc_ids.tolist()))
+    assert rebuild_documents(train) == dict(enumerate(document_ids(_split_documents(other),
+                                                                   load_tokenizer(other.data.tokenizer))))
 
 
 def test_write_dataset_atomic_keeps_order_across_shards(ray_local, tmp_path):
@@ -252,7 +328,7 @@ def test_prepare_data_second_call_is_a_cache_hit(prepared, monkeypatch):
 
     monkeypatch.setattr(teacher_mod, "FrozenTeacher", boom)
     monkeypatch.setattr(data_mod, "load_documents", boom)
-    monkeypatch.setattr(data_mod, "tokenize_windows", boom)
+    monkeypatch.setattr(data_mod, "cut_windows", boom)
     mtimes = {p: p.stat().st_mtime_ns for p in Path(arts.root).rglob("*") if p.is_file()}
     again = prepare_data(cfg, root, need_teacher=True)
     assert again == arts

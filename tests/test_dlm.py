@@ -103,3 +103,21 @@ def test_progression_reports_each_step_in_order_and_ends_at_the_output(attention
     assert [i for i, _ in seen] == [1, 2, 3, 4] and all(ids.shape == (2, 9) for _, ids in seen)
     assert torch.equal(seen[-1][1], got)
     assert model.generate(prompt, 0, steps=4, on_step=lambda i, ids: None).shape == (2, 0)  # nothing to generate
+
+
+def test_joint_loss_ignores_what_the_padding_holds():
+    """Per-document windows: with a causal VAE and one-latent blocks, no real latent sees a later position, so
+    every loss term must be unchanged when only the padding tokens change (they count in no term)."""
+    torch.manual_seed(0)
+    model = ColaDLM(config(vae=dict(vocab_size=20, latent_dim=6, hidden_dim=32, n_heads=2, encoder_layers=1,
+                                    decoder_layers=1, attention="causal", mask_weight=0.5),
+                           dit=dict(latent_dim=6, hidden_dim=32, depth=2, n_heads=2, block_size=1))).eval()
+    tokens = torch.randint(0, 20, (3, 8), generator=torch.Generator().manual_seed(2))
+    mask = torch.arange(8)[None] < torch.tensor([8, 5, 2])[:, None]
+    other = torch.where(mask, tokens, (tokens + 7) % 20)
+    a = model.joint_loss(tokens, mask, model.vae, torch.Generator().manual_seed(3))
+    b = model.joint_loss(other, mask, model.vae, torch.Generator().manual_seed(3))
+    for name in ("loss", "fm", "recon", "kl", "mask", "ref", "accuracy"):
+        torch.testing.assert_close(getattr(a, name), getattr(b, name), msg=name)
+    unmasked = model.joint_loss(other, None, model.vae, torch.Generator().manual_seed(3))
+    assert not torch.allclose(unmasked.recon, b.recon)

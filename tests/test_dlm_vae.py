@@ -113,3 +113,22 @@ def test_streaming_decoder_matches_the_full_decode(attention, patch):
     torch.testing.assert_close(torch.cat(pieces, 1), want, rtol=0, atol=1e-10)
     with pytest.raises(ConfigError, match="dlm.vae.attention"):
         vae(attention="bidirectional").streaming_decoder()
+
+
+@pytest.mark.parametrize("patch", [1, 2])
+def test_padding_counts_in_no_vae_loss_term(patch):
+    """Hand-computed: recon CE and accuracy average over real tokens, KL over the latents that hold a real
+    token (with patches, a latent of which any token is real)."""
+    model = vae(patch_size=patch, mask_weight=0.0).eval()
+    tokens = torch.randint(0, 12, (2, 7), generator=torch.Generator().manual_seed(1))
+    mask = torch.tensor([[1, 1, 1, 1, 1, 0, 0], [1, 1, 0, 0, 0, 0, 0]], dtype=torch.bool)
+    out = model(tokens, mask, torch.Generator().manual_seed(5))
+    mean, logvar = model.posterior(tokens)
+    eps = torch.randn(mean.shape, generator=torch.Generator().manual_seed(5))
+    logits = model.decode_logits(mean + (0.5 * logvar).exp() * eps, 7)
+    ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), tokens, reduction="none")
+    torch.testing.assert_close(out.recon, ce[mask].mean())
+    torch.testing.assert_close(out.accuracy, (logits.argmax(-1) == tokens)[mask].float().mean())
+    real_latents = {1: mask, 2: torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0]], dtype=torch.bool)}[patch]
+    kl = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).sum(-1)
+    torch.testing.assert_close(out.kl, kl[real_latents].mean())

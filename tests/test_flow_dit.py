@@ -260,7 +260,7 @@ def test_dit_zero_init_perturbed_by_training_too():
     opt = torch.optim.AdamW(dit.parameters(), lr=1e-2)
     ctx, target = randn(4, 3, D, seed=1), randn(4, 5, D, seed=2)
     for _ in range(3):
-        loss = flow_matching_loss(dit, ctx, target, TimestepSchedule()).loss
+        loss = flow_matching_loss(dit, *window(ctx, target), TimestepSchedule()).loss
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -289,15 +289,22 @@ def test_dit_config_validation(field, overrides):
 
 # -- flow-matching loss -----------------------------------------------------------------------------
 
+def window(ctx: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[context ; target] latents as one window per sample, with the same split for all."""
+    b, tc, tt = ctx.shape[0], ctx.shape[1], target.shape[1]
+    is_target = torch.cat([torch.zeros(tc, dtype=torch.bool), torch.ones(tt, dtype=torch.bool)]).expand(b, -1)
+    return torch.cat([ctx, target], 1), is_target
+
+
 def test_flow_matching_loss_matches_definition():
     dit = tiny_dit(perturb=True, cfg_dropout=0.5)
     ctx, target = randn(6, 3, D, seed=1), randn(6, 4, D, seed=2)
     schedule = TimestepSchedule("logit_normal", loc=0.1, scale=1.2)
-    out = flow_matching_loss(dit, ctx, target, schedule, generator=torch.Generator().manual_seed(9))
-    # replay the same random draws: t, then noise, then the CFG keep mask
+    out = flow_matching_loss(dit, *window(ctx, target), schedule, generator=torch.Generator().manual_seed(9))
+    # replay the same random draws: t, then noise (over the whole window), then the CFG keep mask
     g = torch.Generator().manual_seed(9)
     t = schedule.sample(6, generator=g)
-    noise = torch.randn(target.shape, generator=g)
+    noise = torch.randn(6, 7, D, generator=g)[:, 3:]
     keep = torch.rand(6, generator=g) >= 0.5
     assert 0 < keep.sum() < 6
     torch.testing.assert_close(out.t, t)
@@ -307,12 +314,63 @@ def test_flow_matching_loss_matches_definition():
     torch.testing.assert_close(out.loss, expected)
 
 
+def test_window_forward_equals_concatenated_forward():
+    """Training's per-sample windows and sampling's [context ; target] are one computation."""
+    dit = tiny_dit(perturb=True)
+    ctx, x = randn(3, 2, D, seed=4), randn(3, 5, D, seed=5)
+    t, keep = torch.tensor([0.2, 0.5, 0.9]), torch.tensor([True, False, True])
+    latents, is_target = window(ctx, x)
+    torch.testing.assert_close(dit(latents, t, None, keep, is_target)[:, 2:], dit(x, t, ctx, keep), atol=1e-6, rtol=0)
+
+
+def test_per_sample_splits_in_one_batch_equal_each_sample_alone():
+    """Samples with different splits and padding in one batch get what each gets in its own call."""
+    dit = tiny_dit(perturb=True)
+    T = 8
+    latents = randn(3, T, D, seed=6)
+    splits, lengths = [2, 5, 0], [8, 7, 3]
+    positions = torch.arange(T)
+    is_target = positions[None] >= torch.tensor(splits)[:, None]
+    valid = positions[None] < torch.tensor(lengths)[:, None]
+    t = torch.tensor([0.3, 0.6, 0.8])
+    batched = dit(latents, t, None, None, is_target, valid)
+    for i, (split, length) in enumerate(zip(splits, lengths)):
+        alone = dit(latents[i:i + 1, split:length], t[i:i + 1], latents[i:i + 1, :split] if split else None)
+        torch.testing.assert_close(batched[i, split:length], alone[0], atol=1e-5, rtol=0)
+
+
+def test_flow_matching_loss_counts_only_real_target_positions():
+    """Hand-computed: the loss is the mean squared velocity error over valid target positions only."""
+    class Echo(torch.nn.Module):  # predicts the input itself, so the error at every position is known
+        config = TextDiTConfig(latent_dim=D, hidden_dim=32, depth=1, n_heads=2, cfg_dropout=0.0)
+
+        def forward(self, x, t, context, keep, is_target, valid):
+            return x
+
+    latents = randn(2, 6, D, seed=7)
+    is_target = torch.tensor([[0, 0, 1, 1, 1, 1], [0, 1, 1, 1, 1, 1]], dtype=torch.bool)
+    valid = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]], dtype=torch.bool)
+    schedule = TimestepSchedule("uniform")
+    out = flow_matching_loss(Echo(), latents, is_target, schedule, generator=torch.Generator().manual_seed(3),
+                             valid=valid)
+    g = torch.Generator().manual_seed(3)
+    t = schedule.sample(2, generator=g)
+    noise = torch.randn(2, 6, D, generator=g)
+    errors = []
+    for b, positions in ((0, [2, 3, 4, 5]), (1, [1, 2])):
+        for p in positions:
+            x_t = t[b] * latents[b, p] + (1 - t[b]) * noise[b, p]
+            errors.append(((x_t - (latents[b, p] - noise[b, p])) ** 2).mean())
+    torch.testing.assert_close(out.loss, torch.stack(errors).mean())
+
+
 def test_flow_matching_loss_cfg_dropout_one_is_unconditional():
     dit = tiny_dit(perturb=True, cfg_dropout=1.0)
     ctx, target = randn(4, 3, D, seed=1), randn(4, 4, D, seed=2)
     s = TimestepSchedule()
-    a = flow_matching_loss(dit, ctx, target, s, generator=torch.Generator().manual_seed(0)).loss
-    b = flow_matching_loss(dit, torch.zeros_like(ctx), target, s, generator=torch.Generator().manual_seed(0)).loss
+    a = flow_matching_loss(dit, *window(ctx, target), s, generator=torch.Generator().manual_seed(0)).loss
+    b = flow_matching_loss(dit, *window(torch.zeros_like(ctx), target), s,
+                           generator=torch.Generator().manual_seed(0)).loss
     torch.testing.assert_close(a, b)
 
 
@@ -329,7 +387,7 @@ def test_flow_matching_loss_falls_when_training():
     losses = []
     for _ in range(150):
         idx = torch.randint(0, n, (32,), generator=g)
-        loss = flow_matching_loss(dit, ctx[idx], target[idx], schedule, generator=g).loss
+        loss = flow_matching_loss(dit, *window(ctx[idx], target[idx]), schedule, generator=g).loss
         opt.zero_grad()
         loss.backward()
         opt.step()

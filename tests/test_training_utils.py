@@ -12,7 +12,7 @@ from torch import nn
 
 from latentlm.models.checkpoint import load_tensors, read_json, save_tensors, write_json
 from latentlm.platform.experiment import OptimConfig, build_config
-from latentlm.platform.train_dit import fit_normalizer, split_point
+from latentlm.platform.train_dit import fit_normalizer, split_points
 from latentlm.platform.train_vae import random_crop
 from latentlm.platform.training import (EMA, load_optimizer, make_optimizer, optimizer_tensors,
                                         restore_optimizer, stack_column, write_training_checkpoint)
@@ -61,39 +61,49 @@ def test_random_crop_is_deterministic_given_generator():
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
 
 
-# -- split_point -----------------------------------------------------------------------------------
+# -- split_points (TextLDM DiT: one split per sample over its real tokens) -------------------------
 
-def test_split_point_unconditional():
+def _splits(lengths, cfg, seed=0, repeats=1):
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.as_tensor(lengths)
+    return torch.stack([split_points(lengths, cfg, g) for _ in range(repeats)])  # (repeats, B)
+
+
+def test_split_points_unconditional():
     cfg = build_config("tiny", {"dit": {"uncond_prob": 1.0}})
-    g = torch.Generator().manual_seed(0)
-    assert {split_point(64, cfg, g) for _ in range(100)} == {0}
+    assert set(_splits([64] * 8, cfg, repeats=20).flatten().tolist()) == {0}
 
 
-def test_split_point_in_context_range():
+def test_split_points_in_context_range_of_each_samples_own_length():
     cfg = build_config("tiny", {"dit": {"uncond_prob": 0.0}, "train_dit": {"context_fraction": [0.25, 0.5]}})
-    g = torch.Generator().manual_seed(0)
-    points = [split_point(64, cfg, g) for _ in range(500)]
-    assert min(points) >= 16 and max(points) <= 32
-    assert len(set(points)) > 10
+    lengths = torch.tensor([64, 40, 12])
+    points = _splits(lengths, cfg, repeats=500)
+    for column, length in zip(points.T, lengths.tolist()):
+        assert column.min() >= round(0.25 * length) and column.max() <= round(0.5 * length)
+    assert len(set(points[:, 0].tolist())) > 10
+    assert len(set(points[0].tolist())) > 1 or len(set(points[1].tolist())) > 1  # samples differ within a batch
 
 
-@pytest.mark.parametrize("seq_len", [8, 9, 64])
-def test_split_point_never_empty_target_or_context(seq_len):
-    cfg = build_config("tiny", {"dit": {"uncond_prob": 0.0}, "train_dit": {"context_fraction": [0.0, 0.99]}})
-    g = torch.Generator().manual_seed(1)
-    points = [split_point(seq_len, cfg, g) for _ in range(500)]
-    assert 1 <= min(points) and max(points) <= seq_len - 1
-    assert seq_len not in points and 0 not in points
+@pytest.mark.parametrize("fraction", [[0.0, 0.99], [0.5, 0.5]])
+def test_split_points_never_give_an_all_padding_or_empty_target(fraction):
+    """Per-document windows: the target is [split, length) of the sample's *real* tokens, never padding."""
+    cfg = build_config("tiny", {"dit": {"uncond_prob": 0.2}, "train_dit": {"context_fraction": fraction}})
+    lengths = torch.tensor([64, 33, 9, 2, 1])
+    points = _splits(lengths, cfg, seed=1, repeats=500)
+    assert (points < lengths).all()                  # at least one real target token, every sample, every draw
+    assert (points[:, lengths >= 2] >= 0).all() and (points[:, -1] == 0).all()  # one real token: unconditional
+    conditional = points[:, :3]
+    assert (conditional[conditional > 0] >= 1).all()
 
 
-def test_split_point_mixes_unconditional():
+def test_split_points_mix_unconditional_per_sample():
     cfg = build_config("tiny", {"dit": {"uncond_prob": 0.3}})
-    g = torch.Generator().manual_seed(2)
-    points = [split_point(64, cfg, g) for _ in range(2000)]
-    share = points.count(0) / len(points)
+    points = _splits([64] * 20, cfg, seed=2, repeats=200)
+    share = (points == 0).float().mean().item()
     assert 0.25 < share < 0.35
+    assert ((points == 0).any(1) & (points > 0).any(1)).float().mean() > 0.9  # mixed inside one batch
     lo, hi = cfg.train_dit.context_fraction
-    assert all(round(lo * 64) <= p <= round(hi * 64) for p in points if p)
+    assert ((points == 0) | ((points >= round(lo * 64)) & (points <= round(hi * 64)))).all()
 
 
 # -- optimizer + schedule --------------------------------------------------------------------------
@@ -281,9 +291,9 @@ def test_stack_column_plain_arrays():
 # -- fit_normalizer --------------------------------------------------------------------------------
 
 class _FakeVAE:
-    """encode(tokens) -> (mu, logvar, extra) with mu[b, t] = [tokens, 2 * tokens + 1]."""
+    """encode(tokens, valid) -> (mu, logvar, extra) with mu[b, t] = [tokens, 2 * tokens + 1]."""
 
-    def encode(self, ids):
+    def encode(self, ids, valid=None):
         mu = torch.stack([ids.float(), 2 * ids.float() + 1], dim=-1)
         return mu, torch.zeros_like(mu), None
 
@@ -291,7 +301,7 @@ class _FakeVAE:
 def test_fit_normalizer_matches_numpy():
     rng = np.random.default_rng(0)
     batches = [rng.integers(0, 50, size=(4, 8)) for _ in range(5)]
-    stream = iter([(0, i, {"tokens": b}) for i, b in enumerate(batches)])
+    stream = iter([(0, i, {"tokens": b, "length": np.full(4, 8)}) for i, b in enumerate(batches)])
     normalizer = fit_normalizer(_FakeVAE(), stream, 12, 2, "cpu", 1)   # 12 windows: 3 batches of 4
     used = np.concatenate(batches[:3]).reshape(-1).astype(np.float64)
     mu = np.stack([used, 2 * used + 1], -1)
@@ -301,6 +311,18 @@ def test_fit_normalizer_matches_numpy():
     next(stream)
     with pytest.raises(StopIteration):
         next(stream)
+
+
+def test_fit_normalizer_ignores_padding():
+    """Per-document windows: only each window's real tokens enter the latent statistics."""
+    tokens = np.array([[1, 2, 3, 0, 0, 0], [4, 5, 6, 7, 8, 0]])
+    lengths = np.array([3, 5])
+    stream = iter([(0, 0, {"tokens": tokens, "length": lengths})])
+    normalizer = fit_normalizer(_FakeVAE(), stream, 2, 2, "cpu", 1)
+    real = np.array([1, 2, 3, 4, 5, 6, 7, 8], dtype=np.float64)
+    mu = np.stack([real, 2 * real + 1], -1)
+    np.testing.assert_allclose(normalizer.mean.numpy(), mu.mean(0), rtol=1e-6)
+    np.testing.assert_allclose(normalizer.std.numpy(), mu.std(0, ddof=1), rtol=1e-5)
 
 
 def test_make_optimizer_scales_learning_rates_per_parameter_through_the_schedule():
