@@ -86,6 +86,7 @@ class ARExperimentConfig:
 
     def __post_init__(self):
         require(self.preset in AR_PRESETS, "preset", f"one of {sorted(AR_PRESETS)}", self.preset)
+        self.eval.check_window(self.data.seq_len)
         parse_match(self.match)
         require(self.budget in BUDGETS, "budget", f"one of {BUDGETS}", self.budget)
         require(self.match_count in COUNTS, "match_count", f"one of {COUNTS}", self.match_count)

@@ -38,13 +38,14 @@ class ARGenerator(torch.nn.Module):
     steps, cfg_scale, grid, generator)`` with tokenizer ids in and out (a compact vocabulary is mapped; its
     unknown class comes back as -1, which the protocol drops). ``steps``, ``cfg_scale`` and ``grid`` are
     diffusion-sampler knobs that do not act on an AR model: accepted and ignored; sampling follows
-    ``gpt.temperature`` / ``gpt.top_p``. There is deliberately no ``reconstruct``: an AR model has no
+    ``gpt.temperature`` / ``gpt.top_p``, with ``eos_id`` suppressed until ``max_new`` tokens are out (the
+    protocol scores exactly the reference's length). There is deliberately no ``reconstruct``: an AR model has no
     latent round trip, so the protocol has no reconstruction accuracy to report for it."""
 
-    def __init__(self, cfg, checkpoint: str, use_ema: bool = True):
+    def __init__(self, cfg, checkpoint: str, use_ema: bool = True, eos_id: int | None = None):
         super().__init__()
         d = Path(checkpoint)
-        self.cfg = cfg
+        self.cfg, self.eos_id = cfg, eos_id
         self.model = GPT(cfg.gpt)
         ema = d / "ema.safetensors"
         weights = load_tensors(ema if use_ema and ema.is_file() else d / "gpt.safetensors")
@@ -56,7 +57,11 @@ class ARGenerator(torch.nn.Module):
     def generate(self, prompts: torch.Tensor, max_new: int, steps: int | None = None, cfg_scale: float | None = None,
                  grid: str | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
         ids = prompts if self.vocab is None else self.vocab.encode(prompts)
-        out = self.model.generate(ids, max_new, generator=generator)
+        # the protocol asks for exactly max_new tokens: EOS may not end the continuation early
+        eos = None
+        if self.eos_id is not None:
+            eos = self.eos_id if self.vocab is None else int(self.vocab.encode(torch.tensor([self.eos_id]))[0])
+        out = self.model.generate(ids, max_new, generator=generator, min_new_tokens=max_new, eos_id=eos)
         return out if self.vocab is None else self.vocab.decode(out)
 
 
@@ -65,7 +70,8 @@ def load_ar(checkpoint: str, use_ema: bool = True, device="cpu") -> ARGenerator:
     from .ar_config import ARExperimentConfig
     from .config import from_dict
     cfg = from_dict(ARExperimentConfig, read_json(Path(checkpoint) / "config.json"))
-    return ARGenerator(cfg, checkpoint, use_ema).to(device)
+    from .data import load_tokenizer
+    return ARGenerator(cfg, checkpoint, use_ema, load_tokenizer(cfg.data.tokenizer).eos_token_id).to(device)
 
 
 def run_ar(cfg, run_dir: Path, data_root: Path | None = None, cache_root: Path | None = None,
@@ -92,8 +98,8 @@ def run_ar(cfg, run_dir: Path, data_root: Path | None = None, cache_root: Path |
         f"ar-{key}", storage, cfg.resources))
     t0 = time.time()
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = ARGenerator(cfg, checkpoint, cfg.eval.use_ema).to(device)
+    model = ARGenerator(cfg, checkpoint, cfg.eval.use_ema, artifacts.eos_id).to(device)
     evaluation = evaluate_checkpoint(cfg, checkpoint, run_dir / "eval", model=model,
-                                     ceiling_cache=cache.ceiling_dir)
+                                     ceiling_cache=cache.ceiling_dir, token_counts=artifacts.token_counts)
     return {"results": evaluation.results, "evaluation": evaluation, "checkpoint": checkpoint, "facts": facts,
             "stage_seconds": {"ar": seconds, "eval": round(time.time() - t0, 1)}}

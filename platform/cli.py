@@ -1,4 +1,4 @@
-"""``latentlm`` command line: train / sample / evaluate / info."""
+"""``latentlm`` command line: train / sample / evaluate / info / leaderboard / compare."""
 from __future__ import annotations
 
 import argparse
@@ -119,6 +119,37 @@ def cmd_leaderboard(args) -> int:
     return 0
 
 
+DEFAULT_LEADERBOARDS = "runs/*/leaderboard.parquet"
+
+
+def _compare_paths(given: list[str] | None) -> list[Path]:
+    """The leaderboards to search: the given files or sweep directories, else every ``runs/*/leaderboard.parquet``."""
+    from . import leaderboard as lb
+    if given:
+        return [lb.resolve_path(p) for p in given]
+    found = sorted(Path().glob(DEFAULT_LEADERBOARDS))
+    if not found:
+        raise lb.LeaderboardError(f"no leaderboard files at {DEFAULT_LEADERBOARDS} (relative to {Path.cwd()}); "
+                                  "pass --leaderboard PATH")
+    return found
+
+
+def cmd_compare(args) -> int:
+    from . import leaderboard as lb
+    try:
+        lb.check_compare_options(args.level, args.replicates, args.seed)
+        paths = _compare_paths(args.leaderboard)
+        board = lb.combine(*(lb.read(p) for p in paths))  # names a missing or damaged file
+        a = lb.find_row(board, args.row_a, args.dataset, paths)
+        b = lb.find_row(board, args.row_b, args.dataset, paths)
+        comparison = lb.compare_rows(a, b, level=args.level, replicates=args.replicates, seed=args.seed)
+    except (lb.LeaderboardError, OSError) as err:
+        print(f"latentlm: compare error: {err}", file=sys.stderr)
+        return 2
+    print(lb.format_comparison(comparison), end="")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="latentlm", description="continuous latent diffusion LMs on Ray")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -169,6 +200,18 @@ def main(argv: list[str] | None = None) -> int:
     board.add_argument("--title", default="latentlm leaderboard", help="title of the HTML page")
     board.add_argument("--merge-into", metavar="FILE", help="merge the inputs into this leaderboard file on disk")
     board.set_defaults(fn=cmd_leaderboard)
+
+    compare = sub.add_parser("compare", help="paired bootstrap comparison of two leaderboard rows over their shared "
+                                             "prompts (protocol v3 rows, which carry per-prompt evidence)")
+    compare.add_argument("row_a", metavar="ROW_A", help="row id, a row-id prefix (>= 6 characters) or a trial name")
+    compare.add_argument("row_b", metavar="ROW_B", help="the row to compare against (same forms)")
+    compare.add_argument("--leaderboard", action="extend", nargs="+", metavar="PATH",
+                         help=f"leaderboard file or sweep dir to search (default: {DEFAULT_LEADERBOARDS})")
+    compare.add_argument("--dataset", metavar="NAME", help="pick the trial's row on this eval dataset")
+    compare.add_argument("--level", type=float, default=0.95, help="confidence level of the intervals (default 0.95)")
+    compare.add_argument("--replicates", type=int, default=1000, help="bootstrap replicates (default 1000)")
+    compare.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    compare.set_defaults(fn=cmd_compare)
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")

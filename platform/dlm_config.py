@@ -52,6 +52,7 @@ class DLMExperimentConfig:
 
     def __post_init__(self):
         require(self.preset in DLM_PRESETS, "preset", f"one of {sorted(DLM_PRESETS)}", self.preset)
+        self.eval.check_window(self.data.seq_len)
         require(self.eval.grid == "uniform", "eval.grid", "'uniform' (Cola DLM integrates each block on a "
                 "uniform grid)", self.eval.grid)
 

@@ -129,7 +129,7 @@ def run_dlm(cfg, run_dir: Path, data_root: Path | None = None, cache_root: Path 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = ColaDLMGenerator(cfg, stage2_ckpt, cfg.eval.use_ema, artifacts.eos_id).to(device)
     evaluation = evaluate_checkpoint(cfg, stage2_ckpt, run_dir / "eval", model=model,
-                                     ceiling_cache=cache.ceiling_dir)
+                                     ceiling_cache=cache.ceiling_dir, token_counts=artifacts.token_counts)
     return {"results": evaluation.results, "evaluation": evaluation, "stage1_checkpoint": stage1_ckpt, "stage2_checkpoint": stage2_ckpt,
             "checkpoint": stage2_ckpt, "facts": facts,
             "stage_seconds": {"stage1": stage1_seconds, "stage2": stage2_seconds, "eval": round(time.time() - t0, 1)}}

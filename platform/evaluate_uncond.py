@@ -1,10 +1,12 @@
 """The unconditional task of the evaluation protocol (LDLM's): generate ``num_samples`` full windows per
-sampling seed from Gaussian noise, cut each at its first EOS, and score the set with the shared harness
-(``harness.py``: Gen-PPL under a scorer LM that is not the token encoder, MAUVE against length-matched
-held-out windows over sampling x k-means seeds, unigram entropy, n-gram diversity; mean and std over seeds),
-with a human-ceiling row (a second set of held-out windows against the first); plus the latent-interpolation
-smoothness probe: decode points on the straight line between the latents of two real texts and score them
-with the same scorer (a smooth latent space keeps Gen-PPL low along the whole path).
+sampling seed from Gaussian noise and score every token of them with the shared harness (``harness.py``:
+Gen-PPL under a scorer LM that is not the token encoder, MAUVE against full held-out windows over sampling x
+k-means seeds, unigram entropy, n-gram diversity; mean, std and bootstrap CI), next to the reference rows:
+the human ceiling (windows of a second, disjoint set of held-out documents) and the must-lose floors. Both
+sides are fixed-length windows of ``data.seq_len`` tokens: held-out documents are packed (concatenated with
+EOS) and cut like the packed training data. Plus the latent-interpolation smoothness probe: decode points on
+the straight line between the latents of two real texts and score them with the same scorer (a smooth latent
+space keeps Gen-PPL low along the whole path).
 """
 from __future__ import annotations
 
@@ -21,9 +23,10 @@ from latentlm.models.ldlm import LDLM, PostTrainedDecoder
 from latentlm.models.token_encoder import HiddenStats, TokenEncoder
 from latentlm.models.vocab import CompactVocab
 
-from . import assets, harness
-from .data import load_tokenizer, tokenize_windows
-from .evaluate import Evaluation, ProgressionRecorder, held_out_documents, strip_at_eos, write_metrics
+from . import assets, floors, harness
+from .data import document_ids, load_tokenizer, packed_windows
+from .evaluate import Evaluation, ProgressionRecorder, held_out_documents, training_token_counts, write_metrics
+from .progress import progress
 from .protocol import EvalProtocol
 from .train_ldlm import load_joint_model
 
@@ -63,26 +66,31 @@ class LDLMGenerator:
 
 def generate_ids(gen: LDLMGenerator, tokenizer, seed: int, cfg, recorder: ProgressionRecorder | None = None
                  ) -> list[list[int]]:
-    """``num_samples`` generations with sampling seed ``seed``, cut at EOS; ``recorder`` follows sample 0."""
+    """``num_samples`` full-window generations with sampling seed ``seed``; ``recorder`` follows sample 0."""
     e = cfg.eval
     generator = torch.Generator().manual_seed(seed)
     ids: list[list[int]] = []
-    for start in range(0, e.num_samples, e.batch_size):
-        on_step = None
-        if recorder is not None and start == 0:
-            on_step = lambda step, z: recorder(step, gen.decode(z))  # noqa: E731
-        with harness.sampler_precision(e.dtype, gen.device):
-            rows = gen.sample(min(e.batch_size, e.num_samples - start), e.steps, generator, e.grid, on_step)
-        ids.extend(strip_at_eos(row, tokenizer.eos_token_id) for row in rows.tolist())
+    with progress(e.num_samples, f"generate seed {seed}", log, unit="seq") as bar:
+        for start in range(0, e.num_samples, e.batch_size):
+            on_step = None
+            if recorder is not None and start == 0:
+                on_step = lambda step, z: recorder(step, gen.decode(z))  # noqa: E731
+            with harness.sampler_precision(e.dtype, gen.device):
+                rows = gen.sample(min(e.batch_size, e.num_samples - start), e.steps, generator, e.grid, on_step)
+            ids.extend(rows.tolist())
+            bar.update(len(rows))
     return ids
 
 
-def reference_windows(documents: list[str], tokenizer, seq_len: int, n: int) -> tuple[list[list[int]], np.ndarray]:
-    """References: the first ``seq_len`` tokens of the first ``n`` held-out documents, cut at EOS exactly like
-    the generations (the harness length-matches them). Returns their ids and token windows."""
-    w = tokenize_windows(documents, tokenizer, seq_len, max_windows=n, first_window_only=True)
-    ids = [strip_at_eos(row[:length].tolist(), tokenizer.eos_token_id) for row, length in zip(w.tokens, w.lengths)]
-    return ids, w.tokens
+def reference_windows(documents: list[str], tokenizer, seq_len: int, n: int
+                      ) -> tuple[list[list[int]], list[list[int]], np.ndarray]:
+    """Held-out documents packed into full windows of ``seq_len`` tokens, as the training data is: the first
+    ``n`` windows (the references) and up to ``n`` further windows that share no document with them (the
+    human ceiling's). Returns both id lists and the references' token windows."""
+    w = packed_windows(document_ids(documents, tokenizer), range(len(documents)), seq_len)
+    used = {doc for docs in w.segment_docs[:n] for doc in docs}
+    others = [i for i in range(n, len(w.tokens)) if not used & set(w.segment_docs[i])][:n]
+    return w.tokens[:n].tolist(), w.tokens[others].tolist(), w.tokens[:n]
 
 
 @torch.no_grad()
@@ -98,25 +106,25 @@ def interpolation_probe(gen: LDLMGenerator, encoder: TokenEncoder, windows: np.n
     curve = []
     for lam in torch.linspace(0, 1, points).tolist():
         ids = gen.decode((1 - lam) * a + lam * b)
-        texts = tokenizer.batch_decode([strip_at_eos(r, tokenizer.eos_token_id) for r in ids.tolist()],
-                                       skip_special_tokens=True)
-        curve.append(scorer(texts)["gen_ppl"])
+        curve.append(scorer(harness.render(tokenizer, ids.tolist()))["gen_ppl"])
     return curve
 
 
 def evaluate_ldlm(cfg, joint_checkpoint: str, post_checkpoint: str | None, out_dir: Path,
-                  ceiling_cache: Path | None = None) -> Evaluation:
-    """The unconditional protocol over every eval dataset (MAUVE references); writes samples and metrics.
-    ``ceiling_cache``: a directory the human-ceiling rows are shared through (see ``harness.human_ceiling``)."""
+                  ceiling_cache: Path | None = None, token_counts: str | None = None) -> Evaluation:
+    """The unconditional protocol over every eval dataset (MAUVE references); writes samples, metrics and
+    evidence. ``ceiling_cache``: a directory the reference rows are shared through (see
+    ``harness.score_reference``); ``token_counts``: the data artifact's training-token counts (floors)."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     e = cfg.eval
     protocol = EvalProtocol.from_config(cfg)
     gen = LDLMGenerator(cfg, joint_checkpoint, post_checkpoint, device)
     tokenizer = load_tokenizer(cfg.data.tokenizer)
     scorers = harness.Scorers(e, device)
+    counts = training_token_counts(cfg, tokenizer, token_counts) if e.floors else None
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    recorder = ProgressionRecorder(e.progression_steps, e.steps, tokenizer, tokenizer.eos_token_id)
+    recorder = ProgressionRecorder(e.progression_steps, e.steps, tokenizer)
     generations = {seed: generate_ids(gen, tokenizer, seed, cfg, recorder if index == 0 else None)
                    for index, seed in enumerate(e.sampling_seeds)}
     generation_seconds = time.time() - t0
@@ -125,15 +133,16 @@ def evaluate_ldlm(cfg, joint_checkpoint: str, post_checkpoint: str | None, out_d
     curve: list[float] = []
     for index, dataset in enumerate(e.datasets):
         docs = held_out_documents(cfg, dataset)
-        count = 2 * e.num_samples if e.human_ceiling else e.num_samples
-        references, ref_windows = reference_windows(docs, tokenizer, cfg.data.seq_len, count)
-        refs, others = references[:e.num_samples], references[e.num_samples:]
+        refs, others, ref_windows = reference_windows(docs, tokenizer, cfg.data.seq_len, e.num_samples)
         if len(refs) < e.num_samples:
-            raise ValueError(f"eval.num_samples: {dataset} has only {len(refs)} held-out windows, "
-                             f"{e.num_samples} requested")
-        row, per_seed[dataset] = harness.score(e, scorers, tokenizer, generations, refs, paired=False)
+            raise ValueError(f"eval.num_samples: {dataset} has only {len(refs)} held-out windows of "
+                             f"{cfg.data.seq_len} tokens, {e.num_samples} requested")
+        log.info("eval %s: scoring %d windows x %d seeds", dataset, len(refs), len(generations))
+        scored = harness.score(e, scorers, tokenizer, generations, refs, paired=False, cache_dir=ceiling_cache,
+                               label=dataset)
+        row, per_seed[dataset] = scored.row, scored.per_seed
         # the same scorer on real text: the floor to aim at
-        row["reference_gen_ppl"] = scorers.genppl(tokenizer.batch_decode(refs, skip_special_tokens=True))["gen_ppl"]
+        row["reference_gen_ppl"] = scorers.genppl(harness.render(tokenizer, refs))["gen_ppl"]
         if index == 0:
             encoder = TokenEncoder(assets.resolve_model(cfg.token_encoder.model), cfg.token_encoder.layer, gen.stats,
                                    device=device)
@@ -144,16 +153,24 @@ def evaluate_ldlm(cfg, joint_checkpoint: str, post_checkpoint: str | None, out_d
             row["interp_ppl_mean"], row["interp_ppl_max"] = float(np.mean(curve)), float(np.max(curve))
         row.update({"sample_seconds_per_seq": generation_seconds / (len(e.sampling_seeds) * e.num_samples),
                     "eval_seconds": round(time.time() - t0, 1)})
-        evaluation.results[dataset] = row
-        if len(others) >= 4:
-            evaluation.ceiling[dataset] = harness.human_ceiling(e, scorers, tokenizer, refs, others, ceiling_cache,
+        evaluation.results[dataset], evaluation.evidence[dataset] = row, scored.evidence
+        references: dict[str, harness.Scored] = {}
+        if e.human_ceiling and len(others) == len(refs):
+            references["human-ceiling"] = harness.human_ceiling(e, scorers, tokenizer, refs, others, ceiling_cache,
                                                                 protocol.scoring_hash)
+        if e.floors:
+            for name, floor in floors.window_floors(len(refs), cfg.data.seq_len, counts,
+                                                    list(e.sampling_seeds)).items():
+                references[name] = harness.score_reference(e, scorers, tokenizer, floor, refs, False, ceiling_cache,
+                                                           protocol.scoring_hash, name)
+        evaluation.references[dataset] = references
         if recorder.texts:
             evaluation.progressions[dataset] = {"prompt": "", "reference": "", "total_steps": e.steps,
                                                 "steps": recorder.steps, "texts": recorder.texts}
-        log.info("eval %s: %s", dataset, row)
+        log.info("eval %s: %s", dataset, {k: round(v, 4) for k, v in row.items()
+                                          if not k.endswith(("_ci_low", "_ci_high"))})
     lines = [json.dumps({"seed": seed, "text": text}) for seed, ids in generations.items()
-             for text in tokenizer.batch_decode(ids, skip_special_tokens=True)]
+             for text in harness.render(tokenizer, ids)]
     atomic_write_text(out_dir / "samples.jsonl", "\n".join(lines) + "\n")
     write_metrics(out_dir, evaluation, per_seed=per_seed, interpolation_curve=curve)
     return evaluation

@@ -1,19 +1,31 @@
 """The scoring harness every method family shares: given generations (token ids per sampling seed) and
 held-out references, compute the protocol's metrics the same way for all of them.
 
+Under protocol v3 a generation has exactly its reference's token length (the task asks each sampler for
+that many tokens), and every id is scored: EOS and other special ids are rendered as their text (``render``),
+so an early EOS cannot shorten what is scored and no rule lets a shorter output score better.
+
 Per sampling seed: Gen-PPL (``metrics.GenPPLScorer``, micro-averaged), unigram entropy, n-gram diversity,
 mean generated length and, for paired tasks (continuation), ROUGE-1/2/L and BERTScore against each
-generation's full reference. Across seeds: the mean and ``<metric>_std``. MAUVE: references length-matched
-to each seed's generations, featurized by the protocol's LM, scored for every (sampling seed, k-means seed)
-pair; reported as ``mauve`` (mean), ``mauve_std`` (over all pairs), ``mauve_kmeans_std`` (mean over
-sampling seeds of the std over k-means seeds) and ``mauve_sampling_std`` (std over sampling seeds of the
-mean over k-means seeds). The human ceiling scores a second, disjoint reference set as if it were a model.
+generation's reference. Across seeds: the mean and ``<metric>_std``. MAUVE: generation features against the
+(whole) references' features, quantised for every (sampling seed, k-means seed) pair; reported as ``mauve``
+(mean), ``mauve_std`` (over all pairs), ``mauve_kmeans_std`` (mean over sampling seeds of the std over
+k-means seeds) and ``mauve_sampling_std`` (std over sampling seeds of the mean over k-means seeds).
+
+Every scored row also carries its per-prompt *evidence* (``significance`` documents the format) and, for
+each metric it covers, a bootstrap CI ``<metric>_ci_low`` / ``<metric>_ci_high`` (prompts resampled; for
+MAUVE also the sampling and k-means seeds, on the cached quantisation). Reference rows (the human ceiling
+and the must-lose floors) are scored by the very same code and cached by content (``score_reference``).
 """
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import json
+import logging
+import math
+import os
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -22,8 +34,13 @@ import torch
 
 from latentlm.models.checkpoint import atomic_write_text
 
-from . import assets, metrics
+from . import assets, metrics, significance
+from .progress import progress
 from .protocol import ContinuationEvalConfig, ScoringConfig
+
+log = logging.getLogger(__name__)
+
+CI_METRICS = ("mauve", "gen_ppl", "rouge1", "rouge2", "rougeL", "bertscore", "entropy")
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -31,13 +48,17 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
 
 
-def length_match(references: list[list[int]], generations: list[list[int]]) -> list[list[int]]:
-    """Reference i truncated to the token length of generation i (a shorter reference is kept whole). The
-    reference of an empty generation is kept whole too: an empty text has no length to match, and matching
-    it would hand a model that emits nothing empty references (a perfect MAUVE). Paired by index."""
-    if len(references) != len(generations):
-        raise ValueError(f"length_match: {len(references)} references for {len(generations)} generations")
-    return [ref[:len(gen)] if gen else ref for ref, gen in zip(references, generations)]
+def render(tokenizer, id_lists: list[list[int]]) -> list[str]:
+    """The texts that are scored: every id decoded, special ids (EOS included) as their own text, ids outside
+    a compact vocabulary (-1) as the tokenizer's unknown token (EOS when it has none)."""
+    unknown = tokenizer.unk_token_id if tokenizer.unk_token_id is not None else tokenizer.eos_token_id
+    return tokenizer.batch_decode([[i if i >= 0 else unknown for i in ids] for ids in id_lists],
+                                  skip_special_tokens=False)
+
+
+def buckets_for(n: int) -> int:
+    """MAUVE's quantisation size for n texts per side (``metrics.mauve``'s "auto")."""
+    return max(2, n // 10)
 
 
 def sampler_precision(dtype: str, device: str | torch.device):
@@ -63,69 +84,138 @@ class Scorers:
         return metrics.GenPPLScorer(assets.resolve_model(self.e.genppl_model), max_length=self.e.genppl_max_length,
                                     batch_size=self.e.batch_size, device=self.device)
 
-    def bertscore(self, predictions: list[str], references: list[str]) -> float:
+    def reference_features(self, texts: list[str], cache_dir: Path | None = None) -> np.ndarray:
+        """MAUVE features of the references; with ``cache_dir`` stored under a key of the featurizer settings
+        and the texts, so the trials of a sweep (which share their references) featurize them once."""
+        if cache_dir is None:
+            return self.featurizer(texts)
         e = self.e
-        return metrics.bertscore(predictions, references, assets.resolve_model(e.bertscore_model),
-                                 e.bertscore_num_layers, device=self.device)
+        blob = json.dumps([e.mauve_model, e.mauve_pooling, e.mauve_max_length, texts])
+        path = Path(cache_dir) / f"features-{hashlib.sha256(blob.encode()).hexdigest()[:24]}.npy"
+        if path.is_file():
+            return np.load(path)
+        features = self.featurizer(texts)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
+        np.save(tmp, features)
+        os.replace(tmp, path)
+        return features
+
+    def bertscore(self, predictions: list[str], references: list[str]) -> np.ndarray:
+        e = self.e
+        return metrics.bertscore_scores(predictions, references, assets.resolve_model(e.bertscore_model),
+                                        e.bertscore_num_layers, device=self.device)
 
 
-def _per_seed(e: ScoringConfig, scorers: Scorers, tokenizer, ids: list[list[int]], references: list[list[int]],
-              paired: bool) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
-    texts = tokenizer.batch_decode(ids, skip_special_tokens=True)
-    ppl = scorers.genppl(texts)
-    row = {"gen_ppl": ppl["gen_ppl"], "entropy": metrics.unigram_entropy(ids),
-           "diversity": metrics.ngram_diversity(texts, e.diversity_ns), "gen_tokens": float(np.mean([len(x) for x in ids]))}
-    if paired:
-        ref_texts = tokenizer.batch_decode(references, skip_special_tokens=True)
-        row.update(metrics.rouge(texts, ref_texts))
-        row["bertscore"] = scorers.bertscore(texts, ref_texts)
-    matched = tokenizer.batch_decode(length_match(references, ids), skip_special_tokens=True)
-    return row, scorers.featurizer(texts), scorers.featurizer(matched)
+@dataclass
+class Scored:
+    """One scored row: the aggregated metrics (CIs included), the per-seed metrics and the per-prompt evidence
+    that paired comparisons between rows resample."""
+    row: dict[str, float]
+    evidence: dict
+    per_seed: dict[int, dict[str, float]] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {"row": self.row, "evidence": self.evidence}
+
+
+def _check_lengths(generations: dict[int, list[list[int]]], references: list[list[int]]) -> None:
+    for seed, ids in generations.items():
+        if len(ids) != len(references):
+            raise ValueError(f"harness: seed {seed} has {len(ids)} generations for {len(references)} references")
 
 
 def score(e: ScoringConfig, scorers: Scorers, tokenizer, generations: dict[int, list[list[int]]],
-          references: list[list[int]], paired: bool) -> tuple[dict[str, float], dict[int, dict[str, float]]]:
+          references: list[list[int]], paired: bool, cache_dir: Path | None = None, label: str = "") -> Scored:
     """Score ``generations`` (sampling seed -> one id list per reference, paired by index) against
-    ``references``. Returns the aggregated row and the per-seed metrics (MAUVE per seed included)."""
+    ``references``; ``cache_dir`` shares the references' features between calls (see
+    ``Scorers.reference_features``); ``label`` names the row in the progress lines."""
+    _check_lengths(generations, references)
+    # four phases per seed (Gen-PPL, paired metrics, features, MAUVE): a line at least every phase or so
+    bar = progress(4 * len(generations), f"score {label} ({len(references)} texts x {len(generations)} seeds)",
+                   log, unit="phase")
+    ref_texts = render(tokenizer, references)
+    ref_features = scorers.reference_features(ref_texts, cache_dir)  # the same for every seed and row
+    buckets = buckets_for(len(references))
     per_seed: dict[int, dict[str, float]] = {}
-    mauve_grid: list[list[float]] = []
+    per_prompt: dict[str, list[list[float]]] = {}
+    nll_rows, token_rows, ref_labels, gen_labels, grid = [], [], [], [], []
     for seed, ids in generations.items():
-        row, gen_features, ref_features = _per_seed(e, scorers, tokenizer, ids, references, paired)
-        scores = [metrics.mauve(ref_features, gen_features, seed=k) for k in e.mauve_kmeans_seeds]
+        texts = render(tokenizer, ids)
+        nll, counts = scorers.genppl.nll(texts)
+        bar.update()
+        entropies = np.nan_to_num(metrics.sample_entropies(ids), nan=0.0)
+        values = {"entropy": entropies, "gen_tokens": np.asarray([len(x) for x in ids], dtype=np.float64)}
+        if paired:
+            values.update(metrics.rouge_scores(texts, ref_texts))
+            values["bertscore"] = scorers.bertscore(texts, ref_texts)
+        bar.update()
+        row = {name: float(v.mean()) for name, v in values.items()}
+        row["gen_ppl"] = math.exp(nll.sum() / counts.sum()) if counts.sum() else math.nan
+        row["diversity"] = metrics.ngram_diversity(texts, e.diversity_ns)
+        for name, v in values.items():
+            per_prompt.setdefault(name, []).append(v.tolist())
+        nll_rows.append(nll.tolist())
+        token_rows.append(counts.tolist())
+        gen_features = scorers.featurizer(texts)
+        bar.update()
+        labels = [significance.quantize(ref_features, gen_features, buckets, k) for k in e.mauve_kmeans_seeds]
+        scores = [significance.mauve_from_labels(r, g, buckets) for r, g in labels]
+        ref_labels.append([r.tolist() for r, _ in labels])
+        gen_labels.append([g.tolist() for _, g in labels])
         per_seed[seed] = {**row, "mauve": float(np.mean(scores))}
-        mauve_grid.append(scores)
+        grid.append(scores)
+        bar.update()
+    bar.close()
     out: dict[str, float] = {}
     for name in next(iter(per_seed.values())):
         if name != "mauve":
             out[name], out[f"{name}_std"] = mean_std([s[name] for s in per_seed.values()])
-    grid = np.asarray(mauve_grid)
-    out["mauve"], out["mauve_std"] = mean_std(grid.ravel().tolist())
-    out["mauve_kmeans_std"] = float(np.mean([mean_std(r.tolist())[1] for r in grid]))
-    out["mauve_sampling_std"] = mean_std(grid.mean(axis=1).tolist())[1]
+    grid_arr = np.asarray(grid)
+    out["mauve"], out["mauve_std"] = mean_std(grid_arr.ravel().tolist())
+    out["mauve_kmeans_std"] = float(np.mean([mean_std(r.tolist())[1] for r in grid_arr]))
+    out["mauve_sampling_std"] = mean_std(grid_arr.mean(axis=1).tolist())[1]
     out.update({"samples": float(len(references)), "seeds": float(len(generations))})
-    return out, per_seed
+    evidence = {"n": len(references), "seeds": [int(s) for s in generations], "per_prompt": per_prompt,
+                "genppl": {"nll": nll_rows, "tokens": token_rows},
+                "mauve": {"buckets": buckets, "kmeans_seeds": list(e.mauve_kmeans_seeds), "ref_labels": ref_labels,
+                          "gen_labels": gen_labels}}
+    for name in CI_METRICS:
+        if name in out and (name in per_prompt or name in ("mauve", "gen_ppl")):
+            out[f"{name}_ci_low"], out[f"{name}_ci_high"] = significance.bootstrap_ci(
+                evidence, name, level=e.ci_level, replicates=e.bootstrap_replicates, seed=e.bootstrap_seed)
+    return Scored(out, evidence, per_seed)
+
+
+def score_reference(e: ScoringConfig, scorers: Scorers, tokenizer, generations: dict[int, list[list[int]]],
+                    references: list[list[int]], paired: bool, cache_dir: Path | None = None,
+                    scoring_hash: str = "", label: str = "reference row") -> Scored:
+    """``score`` for a reference row (the human ceiling, a floor), whose texts do not depend on any trained
+    model: every trial of a sweep scores the same ones. With ``cache_dir`` the row is stored under a key of
+    exactly what it depends on (the protocol's ``scoring_hash``, which names the scorers and seeds, and the
+    texts), so the first trial computes it and the others read it."""
+    path = None
+    if cache_dir is not None:
+        blob = json.dumps([scoring_hash, paired, references, sorted(generations.items())])
+        path = Path(cache_dir) / f"reference-{hashlib.sha256(blob.encode()).hexdigest()[:24]}.json"
+        if path.is_file():
+            cached = json.loads(path.read_text())
+            return Scored(cached["row"], cached["evidence"])
+    scored = score(e, scorers, tokenizer, generations, references, paired, cache_dir, label)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(scored.to_json(), sort_keys=True) + "\n")  # concurrent trials agree
+    return scored
 
 
 def human_ceiling(e: ScoringConfig, scorers: Scorers, tokenizer, references: list[list[int]],
-                  others: list[list[int]], cache_dir: Path | None = None, scoring_hash: str = "") -> dict[str, float]:
-    """The human-vs-human row: a disjoint set of held-out texts (``others``) scored as generations against
-    ``references`` by the very same rules (one "sampling seed"; paired metrics do not apply).
-
-    With ``cache_dir`` the row is stored under a key of exactly what it depends on (the protocol's
-    ``scoring_hash``, which names the scorers and seeds, and both id lists): every trial of a sweep scores the
-    same held-out halves, so the first trial computes the row and the others read it."""
+                  others: list[list[int]], cache_dir: Path | None = None, scoring_hash: str = "") -> Scored:
+    """The human-vs-human row: a disjoint set of held-out texts (``others``, one per reference, each of its
+    reference's length) scored as generations against ``references`` by the very same rules (one "sampling
+    seed"; paired metrics do not apply: the texts are not continuations of these prompts)."""
     n = min(len(references), len(others))
-    path = None
-    if cache_dir is not None:
-        key = hashlib.sha256(json.dumps([scoring_hash, references[:n], others[:n]]).encode()).hexdigest()[:24]
-        path = Path(cache_dir) / f"human-{key}.json"
-        if path.is_file():
-            return json.loads(path.read_text())
-    row, _ = score(e, scorers, tokenizer, {0: others[:n]}, references[:n], paired=False)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, json.dumps(row, sort_keys=True) + "\n")  # concurrent trials write equal rows
-    return row
+    return score_reference(e, scorers, tokenizer, {0: others[:n]}, references[:n], False, cache_dir, scoring_hash,
+                           "human-ceiling")
 
 
 def is_paired(e: ScoringConfig) -> bool:

@@ -80,7 +80,8 @@ def run_ldlm(cfg, run_dir: Path, data_root: Path | None = None, cache_root: Path
             post_decoder_loop, {**common, "joint_checkpoint": joint_ckpt}, dataset(),
             f"post_decoder-{keys['post_decoder']}", storage, cfg.resources))
     t0 = time.time()
-    evaluation = evaluate_ldlm(cfg, joint_ckpt, post_ckpt, run_dir / "eval", ceiling_cache=cache.ceiling_dir)
+    evaluation = evaluate_ldlm(cfg, joint_ckpt, post_ckpt, run_dir / "eval", ceiling_cache=cache.ceiling_dir,
+                               token_counts=artifacts.token_counts)
     return {"results": evaluation.results, "evaluation": evaluation, "joint_checkpoint": joint_ckpt, "post_decoder_checkpoint": post_ckpt,
             "checkpoint": post_ckpt or joint_ckpt, "facts": facts,
             "stage_seconds": {"joint": joint_seconds, "post_decoder": post_seconds,

@@ -30,7 +30,9 @@ import torch
 
 __all__ = [
     "rouge",
+    "rouge_scores",
     "bertscore",
+    "bertscore_scores",
     "LMFeaturizer",
     "mauve",
     "token_accuracy",
@@ -38,6 +40,7 @@ __all__ = [
     "GenPPLScorer",
     "gen_ppl",
     "unigram_entropy",
+    "sample_entropies",
     "ngram_diversity",
     "MIN_MAUVE_SAMPLES",
 ]
@@ -76,18 +79,23 @@ def rouge(predictions: list[str], references: list[str]) -> dict[str, float]:
     runs, so a text with no such characters (empty, punctuation-only, non-Latin script) scores 0 even
     against an identical reference.
     """
+    return {key: float(values.mean()) for key, values in rouge_scores(predictions, references).items()}
+
+
+def rouge_scores(predictions: list[str], references: list[str]) -> dict[str, np.ndarray]:
+    """Per-pair ROUGE F-measures (the terms :func:`rouge` averages), one float64 array per ROUGE type."""
     global _ROUGE_SCORER
     _check_pairs(predictions, references)
     if _ROUGE_SCORER is None:
         from rouge_score import rouge_scorer
 
         _ROUGE_SCORER = rouge_scorer.RougeScorer(list(_ROUGE_TYPES), use_stemmer=True)
-    totals = dict.fromkeys(_ROUGE_TYPES, 0.0)
-    for pred, ref in zip(predictions, references):
+    out = {key: np.zeros(len(predictions), dtype=np.float64) for key in _ROUGE_TYPES}
+    for i, (pred, ref) in enumerate(zip(predictions, references)):
         scores = _ROUGE_SCORER.score(ref, pred)  # rouge_score's order is (target, prediction)
         for key in _ROUGE_TYPES:
-            totals[key] += scores[key].fmeasure
-    return {key: totals[key] / len(predictions) for key in _ROUGE_TYPES}
+            out[key][i] = scores[key].fmeasure
+    return out
 
 
 # ------------------------------------------------------------------------------------------- BERTScore
@@ -128,6 +136,12 @@ def bertscore(
     (it is not sent to the model, so bert_score prints no warning). The scorer is cached per
     ``(model, num_layers, device)``.
     """
+    return float(bertscore_scores(predictions, references, model, num_layers, batch_size, device).mean())
+
+
+def bertscore_scores(predictions: list[str], references: list[str], model: str, num_layers: int,
+                     batch_size: int = 32, device: str = "cpu") -> np.ndarray:
+    """Per-pair BERTScore F1 (the terms :func:`bertscore` averages), float64; see :func:`bertscore`."""
     _check_pairs(predictions, references)
     keep = [i for i, (p, r) in enumerate(zip(predictions, references)) if p.strip() and r.strip()]
     f1 = np.zeros(len(predictions), dtype=np.float64)
@@ -137,7 +151,7 @@ def bertscore(
             [predictions[i] for i in keep], [references[i] for i in keep], batch_size=batch_size
         )
         f1[keep] = f.detach().cpu().double().numpy()
-    return float(f1.mean())
+    return f1
 
 
 # ------------------------------------------------------------------------------------------ featurizer
@@ -358,6 +372,15 @@ def unigram_entropy(token_id_lists: Sequence[Sequence[int]] | torch.Tensor | np.
     a list of id lists or a 2-D tensor/array (one row per sample). Ids in ``ignore_ids`` (e.g. padding) are
     dropped first. Samples with no tokens left are skipped; if none remain the result is 0.0.
     """
+    entropies = sample_entropies(token_id_lists, ignore_ids)
+    entropies = entropies[~np.isnan(entropies)]
+    return float(np.mean(entropies)) if len(entropies) else 0.0
+
+
+def sample_entropies(token_id_lists: Sequence[Sequence[int]] | torch.Tensor | np.ndarray,
+                     ignore_ids: Collection[int] = ()) -> np.ndarray:
+    """Each sample's unigram entropy in nats (the terms :func:`unigram_entropy` averages); NaN for a sample
+    with no tokens left after dropping ``ignore_ids``."""
     if isinstance(token_id_lists, str):
         raise TypeError("token_id_lists must be a list of token-id sequences, got a str")
     if isinstance(token_id_lists, (torch.Tensor, np.ndarray)) and token_id_lists.ndim != 2:
@@ -367,11 +390,12 @@ def unigram_entropy(token_id_lists: Sequence[Sequence[int]] | torch.Tensor | np.
     for sample in token_id_lists:
         ids = [int(i) for i in _tokens(sample) if int(i) not in ignore]
         if not ids:
+            entropies.append(math.nan)
             continue
         counts = np.fromiter(Counter(ids).values(), dtype=np.float64)
         p = counts / counts.sum()
         entropies.append(float(-(p * np.log(p)).sum()))
-    return float(np.mean(entropies)) if entropies else 0.0
+    return np.asarray(entropies, dtype=np.float64)
 
 
 # --------------------------------------------------------------------------------------------- Gen-PPL

@@ -60,7 +60,8 @@ class StageCache:
     def __init__(self, root: Path):
         self.root = Path(root) / "artifacts"
         self.root.mkdir(parents=True, exist_ok=True)
-        self.ceiling_dir = self.root / "human_ceiling"  # human-ceiling rows, shared like the checkpoints
+        # reference rows (human ceiling, floors) and reference features, shared by every trial like checkpoints
+        self.ceiling_dir = self.root / "references"
 
     def get_or_run(self, stage: str, key: str, run) -> tuple[str, float]:
         record_path = self.root / f"{stage}-{key}.json"
@@ -107,7 +108,8 @@ def run_textldm(cfg, run_dir: Path, data_root: Path | None = None, cache_root: P
         train_dit_loop, {**common, "vae_checkpoint": vae_ckpt}, training_dataset(artifacts.train, token_columns, limit),
         f"dit-{keys['dit']}", storage, cfg.resources))
     t0 = time.time()
-    evaluation = evaluate_checkpoint(cfg, dit_ckpt, run_dir / "eval", ceiling_cache=cache.ceiling_dir)
+    evaluation = evaluate_checkpoint(cfg, dit_ckpt, run_dir / "eval", ceiling_cache=cache.ceiling_dir,
+                                     token_counts=artifacts.token_counts)
     return {"results": evaluation.results, "evaluation": evaluation, "vae_checkpoint": vae_ckpt, "dit_checkpoint": dit_ckpt, "checkpoint": dit_ckpt,
             "facts": facts,
             "stage_seconds": {"vae": vae_seconds, "dit": dit_seconds, "eval": round(time.time() - t0, 1)}}

@@ -22,23 +22,35 @@ from typing import Any
 
 from latentlm.models.config import require, require_positive
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 TASKS = ("continuation", "unconditional")
 SAMPLER_FIELDS = ("steps", "cfg_scale", "grid", "dtype", "batch_size")
-NOT_PROTOCOL = ("use_ema", "human_ceiling", "progression_steps")  # which weights / extra rows / a view: no number
+NOT_PROTOCOL = ("use_ema", "human_ceiling", "floors", "progression_steps")  # weights / extra rows / a view
 RULES = {
-    "eos": "generations and references are cut at the first EOS id; ids outside the vocabulary are dropped",
-    "reference_length": "MAUVE references are length-matched to the generations: reference i is truncated to the "
-                        "token length of generation i; the reference of an empty generation is kept whole",
+    "length": "continuation: each generation has exactly its reference continuation's token length (samplers are "
+              "asked for that many tokens; the AR baseline suppresses EOS until it is reached); unconditional: "
+              "generations and references are full windows of seq_len tokens; references are never truncated",
+    "render": "every generated id is scored: EOS and other special ids are rendered as their text, ids outside "
+              "a compact vocabulary as the tokenizer's unknown token (EOS when it has none)",
     "genppl": "scorer tokenization without special tokens, BOS prepended when the scorer has one, first "
               "genppl_max_length ids; micro-average exp(sum NLL / sum predicted tokens) over all texts of a seed",
-    "mauve": "features of the configured LM (last-token or mean pooling), buckets max(2, n // 10); reported as the "
-             "mean and std over every (sampling seed, k-means seed) pair",
-    "paired": "ROUGE (F1, stemmed) and BERTScore (F1) compare each generation with its full reference continuation",
+    "mauve": "features of the configured LM (last-token or mean pooling) of the generations and of the whole "
+             "references, buckets max(2, n // 10); reported as the mean and std over every (sampling seed, k-means "
+             "seed) pair",
+    "paired": "ROUGE (F1, stemmed) and BERTScore (F1) compare each generation with its reference continuation",
     "aggregate": "per-seed metrics are averaged over the sampling seeds; *_std is the sample std over seeds",
+    "intervals": "<metric>_ci_low/_ci_high: percentile bootstrap (bootstrap_replicates, bootstrap_seed) over "
+                 "prompts and sampling seeds; MAUVE also over k-means seeds, on the cached quantisation",
     "continuation_split": "the first seq_len - 1 tokens of each held-out document (shuffled by sample_seed), "
-                          "split at round(u * length), u ~ U(split_range); documents under min_tokens skipped",
-    "human_ceiling": "a second, disjoint set of held-out references scored as if it were a model's generations",
+                          "split at round(u * length), u ~ U(split_range); documents under min_tokens and "
+                          "continuations under the target floor skipped",
+    "held_out": "a dataset that is the training corpus contributes its test split; any other dataset, never "
+                "trained on, is used whole",
+    "human_ceiling": "continuations (or windows) of a second, disjoint set of held-out documents, each as long as "
+                     "its reference, scored as if it were a model's generations",
+    "floors": "must-lose rows scored the same way: the prompt's last tokens repeated, a unigram sampler over "
+              "training-token frequencies, the most frequent training token repeated, and a real continuation "
+              "taken from a different document",
 }
 
 
@@ -60,8 +72,12 @@ class ScoringConfig:
     grid: str = "schedule"
     dtype: str = "float32"                   # sampler compute dtype: "float32" | "bfloat16" (autocast)
     batch_size: int = 32                     # in the protocol: it orders the sampler's noise draws
+    ci_level: float = 0.95                   # confidence level of every reported interval
+    bootstrap_replicates: int = 1000         # resamples behind each interval and paired comparison
+    bootstrap_seed: int = 0
     use_ema: bool = True
     human_ceiling: bool = True               # also score held-out references against each other (a "human" row)
+    floors: bool = True                      # also score the must-lose rows (degenerate generators)
     progression_steps: list[int] = field(default_factory=lambda: [1, 10, 20, 30, 40, 50])  # denoising view
 
     def __post_init__(self):
@@ -70,7 +86,8 @@ class ScoringConfig:
         require(len(self.mauve_kmeans_seeds) > 0, "eval.mauve_kmeans_seeds", "at least one seed",
                 self.mauve_kmeans_seeds)
         require_positive("eval", num_samples=self.num_samples, steps=self.steps, batch_size=self.batch_size,
-                         mauve_max_length=self.mauve_max_length)
+                         mauve_max_length=self.mauve_max_length, bootstrap_replicates=self.bootstrap_replicates)
+        require(0 < self.ci_level < 1, "eval.ci_level", "a confidence level in (0, 1), e.g. 0.95", self.ci_level)
         require(self.genppl_max_length >= 2, "eval.genppl_max_length", ">= 2", self.genppl_max_length)
         require(self.mauve_pooling in ("last", "mean"), "eval.mauve_pooling", "'last' or 'mean'", self.mauve_pooling)
         require(self.dtype in ("float32", "bfloat16"), "eval.dtype", "'float32' or 'bfloat16'", self.dtype)
@@ -83,7 +100,8 @@ class ScoringConfig:
 @dataclass
 class ContinuationEvalConfig(ScoringConfig):
     """Prefix -> continuation (TextLDM's protocol; Cola DLM and the AR baseline use it too)."""
-    min_tokens: int = 24                    # samples shorter than this are skipped
+    min_tokens: int = 24                    # documents shorter than this are skipped
+    min_target_tokens: int | None = None    # continuations shorter than this are skipped; None: min(32, seq_len // 4)
     split_range: tuple[float, float] = (0.4, 0.6)  # prompt/target split, uniform in this fraction of the length
     cfg_scale: float = 7.0
     bertscore_model: str = "embedded:minilm"   # paper-comparable: roberta-large
@@ -92,6 +110,21 @@ class ContinuationEvalConfig(ScoringConfig):
     def __post_init__(self):
         super().__post_init__()
         require_positive("eval", min_tokens=self.min_tokens, bertscore_num_layers=self.bertscore_num_layers)
+        require(self.min_target_tokens is None or self.min_target_tokens >= 1, "eval.min_target_tokens",
+                "a token count >= 1 or null", self.min_target_tokens)
+
+    def target_floor(self, seq_len: int) -> int:
+        """The shortest continuation scored: ``min_target_tokens``, by default 32 tokens at seq_len >= 128
+        and a quarter of the window below (16 at the tiny preset's 64)."""
+        return self.min_target_tokens if self.min_target_tokens is not None else min(32, seq_len // 4)
+
+    def check_window(self, seq_len: int) -> None:
+        """The floor must leave room for a prompt inside the window (whose first seq_len - 1 tokens are
+        split): an error naming the field otherwise."""
+        floor = self.target_floor(seq_len)
+        require(floor <= seq_len - 2, "eval.min_target_tokens",
+                f"at most data.seq_len - 2 = {seq_len - 2} (a prompt token and the continuation fit the window)",
+                floor)
         lo, hi = self.split_range
         require(0 < lo <= hi < 1, "eval.split_range", "0 < low <= high < 1", self.split_range)
         require(self.cfg_scale >= 0, "eval.cfg_scale", ">= 0", self.cfg_scale)
@@ -116,7 +149,7 @@ class UnconditionalEvalConfig(ScoringConfig):
         require(self.interpolation_points >= 2, "eval.interpolation_points", ">= 2", self.interpolation_points)
 
 
-SPLIT_FIELDS = ("tokenizer", "seq_len", "valid_fraction", "test_fraction", "split_seed", "text_field")
+SPLIT_FIELDS = ("corpus", "tokenizer", "seq_len", "valid_fraction", "test_fraction", "split_seed", "text_field")
 
 
 def _digest(obj: Any) -> str:
@@ -146,6 +179,8 @@ class EvalProtocol:
         require(isinstance(e, ScoringConfig), "eval", "a ContinuationEvalConfig or UnconditionalEvalConfig", type(e))
         values = {f.name: getattr(e, f.name) for f in dataclasses.fields(e) if f.name not in NOT_PROTOCOL}
         sampler = {k: values.pop(k) for k in SAMPLER_FIELDS if k in values}
+        if isinstance(e, ContinuationEvalConfig):  # the derived floor is what scores; store its value
+            values["min_target_tokens"] = e.target_floor(cfg.data.seq_len)
         data = {k: getattr(cfg.data, k) for k in SPLIT_FIELDS}
         return cls(task, json.loads(json.dumps(data)), json.loads(json.dumps(values)), json.loads(json.dumps(sampler)))
 

@@ -91,5 +91,7 @@ def evaluate_saved(checkpoint: str | Path, overrides: dict[str, Any] | None = No
         model = ColaDLMGenerator(cfg, str(checkpoint), cfg.eval.use_ema, eos).to(device)
     elif method == "ar":
         from .ar_pipeline import ARGenerator
-        model = ARGenerator(cfg, str(checkpoint), cfg.eval.use_ema).to(device)
+        from .data import load_tokenizer
+        model = ARGenerator(cfg, str(checkpoint), cfg.eval.use_ema, load_tokenizer(cfg.data.tokenizer).eos_token_id
+                            ).to(device)
     return evaluate_checkpoint(cfg, str(checkpoint), out_dir, model=model)

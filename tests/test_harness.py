@@ -1,21 +1,13 @@
-"""The shared scoring harness: length matching, determinism, MAUVE's seed spread, the human ceiling."""
-import random
+"""The shared scoring harness: every id is scored, determinism, MAUVE's seed spread, CIs, the reference rows'
+cache, and on the real embedded data the order of the human ceiling, the floors and degenerate generators."""
+import json
 
+import numpy as np
 import pytest
+import torch
 
 from latentlm.platform import harness
 from latentlm.platform.protocol import ContinuationEvalConfig, UnconditionalEvalConfig
-
-
-def test_length_match_truncates_and_keeps_shorter_references_and_those_of_empty_generations():
-    refs = [[1, 2, 3, 4, 5], [6, 7], [8, 9, 10], [11, 12, 13]]
-    gens = [[0, 0], [0, 0, 0, 0], [], [0, 0, 0]]
-    # truncated to 2; shorter reference kept whole; an empty generation's reference kept whole (not emptied:
-    # that would reward empty output); equal length kept
-    assert harness.length_match(refs, gens) == [[1, 2], [6, 7], [8, 9, 10], [11, 12, 13]]
-    assert harness.length_match([], []) == []
-    with pytest.raises(ValueError, match="3 references for 2 generations"):
-        harness.length_match(refs[:3], gens[:2])
 
 
 @pytest.fixture(scope="module")
@@ -28,85 +20,163 @@ def _texts_as_ids(tokenizer, texts):
     return [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
 
 
+def test_render_keeps_every_id_eos_and_unknown_included(word_tokenizer):
+    eos = word_tokenizer.eos_token_id
+    word = word_tokenizer("river", add_special_tokens=False)["input_ids"][0]
+    texts = harness.render(word_tokenizer, [[eos, eos, eos], [word, -1, eos], []])
+    assert texts[0].split() == [word_tokenizer.eos_token] * 3  # an all-EOS generation is not an empty text
+    assert "river" in texts[1] and texts[1].count(word_tokenizer.eos_token) + texts[1].count(
+        word_tokenizer.unk_token or "\0") >= 2                  # the unknown id and the EOS both stay visible
+    assert texts[2] == ""
+
+
+def _scoring_config(lm, **kw):
+    return ContinuationEvalConfig(**{"num_samples": 12, "sampling_seeds": [0, 1], "mauve_kmeans_seeds": [25, 26, 27],
+                                     "mauve_model": lm, "genppl_model": lm, "bertscore_model": lm,
+                                     "bertscore_num_layers": 2, "batch_size": 4, "bootstrap_replicates": 200, **kw})
+
+
 def test_same_generations_scored_twice_give_identical_numbers(tiny_corpus, tiny_lm_dir, word_tokenizer, single_thread):
-    import json
     lm = str(tiny_lm_dir)
-    e = ContinuationEvalConfig(num_samples=12, sampling_seeds=[0, 1], mauve_kmeans_seeds=[25, 26, 27], mauve_model=lm,
-                               genppl_model=lm, bertscore_model=lm, bertscore_num_layers=2, batch_size=4)
+    e = _scoring_config(lm)
     docs = [json.loads(line)["text"] for line in tiny_corpus.read_text().splitlines()]
     ids = _texts_as_ids(word_tokenizer, docs[:36])
-    refs, gens = [x[:12] for x in ids[:12]], {0: [x[:10] for x in ids[12:24]], 1: [x[:14] for x in ids[24:36]]}
-    first, per_seed = harness.score(e, harness.Scorers(e), word_tokenizer, gens, refs, paired=True)
-    second, _ = harness.score(e, harness.Scorers(e), word_tokenizer, gens, refs, paired=True)  # fresh scorers
-    assert first == second
+    refs, gens = [x[:12] for x in ids[:12]], {0: [x[:12] for x in ids[12:24]], 1: [x[:12] for x in ids[24:36]]}
+    first = harness.score(e, harness.Scorers(e), word_tokenizer, gens, refs, paired=True)
+    second = harness.score(e, harness.Scorers(e), word_tokenizer, gens, refs, paired=True)  # fresh scorers
+    assert first.row == second.row and first.evidence == second.evidence
+    row = first.row
     for name in ("rouge1", "rouge2", "rougeL", "bertscore", "gen_ppl", "entropy", "diversity", "gen_tokens"):
-        assert name in first and f"{name}_std" in first, name
-    assert first["gen_tokens"] == 12.0 and first["gen_tokens_std"] == pytest.approx(2 ** 0.5 * 2)
-    assert first["seeds"] == 2 and first["samples"] == 12 and set(per_seed) == {0, 1}
+        assert name in row and f"{name}_std" in row, name
+    for name in harness.CI_METRICS:  # every interval brackets its own estimate
+        assert row[f"{name}_ci_low"] <= row[name] + 1e-9 <= row[f"{name}_ci_high"] + 2e-9, name
+    assert row["gen_tokens"] == 12.0 and row["seeds"] == 2 and row["samples"] == 12 and set(first.per_seed) == {0, 1}
     # the spread is over every (sampling seed, k-means seed) pair; its two components are reported too
-    assert first["mauve"] == pytest.approx(sum(s["mauve"] for s in per_seed.values()) / 2)
-    assert first["mauve_std"] >= max(first["mauve_kmeans_std"], 0) and first["mauve_sampling_std"] >= 0
+    assert row["mauve"] == pytest.approx(sum(s["mauve"] for s in first.per_seed.values()) / 2)
+    assert row["mauve_std"] > 0 and row["mauve_kmeans_std"] >= 0 and row["mauve_sampling_std"] >= 0
+    # the evidence reproduces the row: n prompts, S seeds, K quantisations per seed
+    ev = first.evidence
+    assert ev["n"] == 12 and ev["seeds"] == [0, 1] and len(ev["mauve"]["ref_labels"]) == 2
+    assert len(ev["mauve"]["ref_labels"][0]) == 3 and len(ev["per_prompt"]["rouge1"][1]) == 12
     # unpaired tasks (unconditional) have no ROUGE / BERTScore
     u = UnconditionalEvalConfig(num_samples=12, sampling_seeds=[0], mauve_kmeans_seeds=[25], mauve_model=lm,
-                                genppl_model=lm, batch_size=4)
-    unpaired, _ = harness.score(u, harness.Scorers(u), word_tokenizer, {0: gens[0]}, refs, paired=False)
+                                genppl_model=lm, batch_size=4, bootstrap_replicates=100)
+    unpaired = harness.score(u, harness.Scorers(u), word_tokenizer, {0: gens[0]}, refs, paired=False).row
     assert "rouge1" not in unpaired and "bertscore" not in unpaired and unpaired["mauve_std"] == 0.0
 
 
+def test_generations_must_pair_with_references(tiny_lm_dir, word_tokenizer):
+    e = _scoring_config(str(tiny_lm_dir))
+    with pytest.raises(ValueError, match="seed 0 has 2 generations for 3 references"):
+        harness.score(e, harness.Scorers(e), word_tokenizer, {0: [[1], [2]]}, [[1], [2], [3]], paired=True)
+
+
 class _RefusesToScore:
-    """Scorers that fail when used: a cached human ceiling must not touch them."""
+    """Scorers that fail when used: a cached reference row must not touch them."""
 
     def __getattr__(self, name):
         raise RuntimeError(f"recomputed (scorers.{name} used)")
 
 
-def test_human_ceiling_is_cached_by_scoring_protocol_and_texts(tiny_corpus, tiny_lm_dir, word_tokenizer, single_thread,
-                                                              tmp_path):
-    import json
+def test_reference_rows_are_cached_by_scoring_protocol_and_texts(tiny_corpus, tiny_lm_dir, word_tokenizer,
+                                                                 single_thread, tmp_path):
     lm = str(tiny_lm_dir)
     e = UnconditionalEvalConfig(num_samples=12, sampling_seeds=[0], mauve_kmeans_seeds=[25], mauve_model=lm,
-                                genppl_model=lm, batch_size=4)
+                                genppl_model=lm, batch_size=4, bootstrap_replicates=100)
     docs = [json.loads(line)["text"] for line in tiny_corpus.read_text().splitlines()]
     ids = [x[:12] for x in _texts_as_ids(word_tokenizer, docs[:26])]
     refs, others = ids[:12], ids[12:24]
     cached = harness.human_ceiling(e, harness.Scorers(e), word_tokenizer, refs, others, tmp_path, "scoring-a")
-    assert cached == harness.human_ceiling(e, harness.Scorers(e), word_tokenizer, refs, others)  # = uncached row
-    assert len(list(tmp_path.glob("human-*.json"))) == 1
+    uncached = harness.human_ceiling(e, harness.Scorers(e), word_tokenizer, refs, others)
+    assert cached.row == uncached.row and cached.evidence == uncached.evidence
+    assert len(list(tmp_path.glob("reference-*.json"))) == 1
     again = harness.human_ceiling(e, _RefusesToScore(), word_tokenizer, refs, others, tmp_path, "scoring-a")
-    assert again == cached  # read back exactly, nothing scored
+    assert again.row == cached.row and again.evidence == cached.evidence  # read back exactly, nothing scored
     for changed in (dict(scoring_hash="scoring-b"), dict(others=[*others[:-1], ids[24]])):
         args = {"references": refs, "others": others, "scoring_hash": "scoring-a", **changed}
         with pytest.raises(RuntimeError, match="recomputed"):  # another protocol or other texts: a new row
             harness.human_ceiling(e, _RefusesToScore(), word_tokenizer, cache_dir=tmp_path, **args)
 
 
-def test_human_ceiling_is_near_the_top_on_the_embedded_data(single_thread):
-    """Held-out wiki text against held-out wiki text, ranked with degraded 'models' of the same texts by the
-    protocol's own MAUVE features (the embedded SmolLM2): the ceiling must sit at the top (within one place)."""
+# -- the real embedded data: ceiling, floors and degenerate generators in one scoring pass ----------
+
+class _FixedGenerator(torch.nn.Module):
+    """A 'model' whose continuation of every prompt is ``make(length)`` (what a degenerate sampler emits)."""
+
+    def __init__(self, make):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(1))  # a device for generate_continuations
+        self.make = make
+
+    def generate(self, prompts, length, **_):
+        return torch.tensor([self.make(length) for _ in range(len(prompts))], dtype=torch.long)
+
+
+@pytest.fixture(scope="module")
+def embedded_board(single_thread):
+    """One scoring pass on held-out embedded wiki text with the protocol's scorers (Gen-PPL under the embedded
+    SmolLM2 instead of Gemma-3, for speed): the human ceiling, the four floors and two degenerate generators
+    run through the continuation task's own generation loop (one that emits EOS at once, one that writes
+    three tokens and then EOS). Returns name -> harness.Scored."""
     from latentlm.platform.data import load_tokenizer
-    from latentlm.platform.evaluate import held_out_documents
-    from latentlm.platform.evaluate_uncond import reference_windows
+    from latentlm.platform.evaluate import (continuation_samples, generate_continuations, held_out_documents,
+                                            reference_rows, training_token_counts)
     from latentlm.platform.experiment import build_config
-    cfg = build_config("tiny")
-    e = UnconditionalEvalConfig(num_samples=48, sampling_seeds=[0], mauve_kmeans_seeds=[25, 26],
-                                genppl_model="embedded:smollm2", batch_size=16)
+    cfg = build_config("tiny", {"eval": {"num_samples": 64, "sampling_seeds": [0], "mauve_kmeans_seeds": [25, 26],
+                                         "genppl_model": "embedded:smollm2", "batch_size": 16,
+                                         "bootstrap_replicates": 500, "datasets": ["embedded:wiki"]}})
+    e = cfg.eval
     tokenizer = load_tokenizer(cfg.data.tokenizer)
-    ids, _ = reference_windows(held_out_documents(cfg, "embedded:wiki"), tokenizer, 48, 3 * e.num_samples)
-    refs, humans, spare = ids[:48], ids[48:96], ids[96:144]
-    assert len(spare) == 48
-    rng = random.Random(0)
-    unigram_pool = [t for x in spare for t in x]
-    models = {
-        "unigram": [[rng.choice(unigram_pool) for _ in x] for x in spare],      # right words, no order
-        "shuffled": [rng.sample(x, len(x)) for x in spare],                     # each text's words permuted
-        "repeat": [(x[:4] * 12)[:len(x)] for x in spare],                       # degenerate loops
-        "truncated": [x[:6] for x in spare],                                    # real but too short
-    }
+    drawn = continuation_samples(held_out_documents(cfg, "embedded:wiki"), tokenizer, cfg, count=128)
+    samples, others = drawn[:64], drawn[64:]
     scorers = harness.Scorers(e)
-    ceiling = harness.human_ceiling(e, scorers, tokenizer, refs, humans)
-    scores = {name: harness.score(e, scorers, tokenizer, {0: gen}, refs, paired=False)[0]["mauve"]
-              for name, gen in models.items()}
-    ranking = sorted([*scores.items(), ("human", ceiling["mauve"])], key=lambda kv: -kv[1])
-    assert [name for name, _ in ranking].index("human") <= 1, ranking
-    assert ceiling["mauve"] > max(scores["repeat"], scores["unigram"]), ranking
-    assert ceiling["gen_ppl"] < 100 and ceiling["entropy"] > 2.5  # real text under a real scorer
+    counts = training_token_counts(cfg, tokenizer)
+    board = reference_rows(e, scorers, tokenizer, samples, others, counts, None, "")
+    eos = tokenizer.eos_token_id
+    word = tokenizer(" the", add_special_tokens=False)["input_ids"][0]
+    fakes = {"eos-at-once": _FixedGenerator(lambda n: [eos] * n),
+             "three-tokens": _FixedGenerator(lambda n: ([word] * 3 + [eos] * n)[:n])}
+    targets = [s.target_ids for s in samples]
+    generated = {}
+    for name, model in fakes.items():
+        generated[name] = generate_continuations(model, samples, cfg, 0)
+        board[name] = harness.score(e, scorers, tokenizer, {0: generated[name]}, targets, paired=True)
+    return board, generated, targets, cfg
+
+
+def _below(board, low: str, high: str, metric: str = "mauve") -> bool:
+    """``low`` is significantly worse than ``high`` (paired bootstrap over the shared prompts, p < 0.05)."""
+    from latentlm.platform import significance
+    diff = significance.paired_difference(board[low].evidence, board[high].evidence, metric, replicates=500)
+    return diff.difference < 0 and diff.p_value < 0.05
+
+
+def test_degenerate_generators_are_scored_at_full_length_and_land_at_the_bottom(embedded_board):
+    board, generated, targets, cfg = embedded_board
+    lengths = [len(t) for t in targets]
+    assert min(lengths) >= cfg.eval.target_floor(cfg.data.seq_len)          # the floor held
+    for name, ids in generated.items():
+        assert [len(x) for x in ids] == lengths, name                       # no EOS shortened anything
+        assert board[name].row["gen_tokens"] == pytest.approx(np.mean(lengths))
+        for better in ("human-ceiling", "floor:other-document"):
+            assert _below(board, name, better), (name, better)
+        assert _below(board, name, "floor:other-document", "bertscore"), name
+        assert board[name].row["rouge1"] < 0.1 and board[name].row["rouge2"] < 0.01
+
+
+def test_floors_rank_below_the_ceiling_and_other_documents_only_fool_mauve(embedded_board):
+    board = embedded_board[0]
+    rows = {name: scored.row for name, scored in board.items()}
+    ceiling = rows["human-ceiling"]
+    for name in ("floor:prompt-repeat", "floor:unigram", "floor:top-token"):
+        assert _below(board, name, "human-ceiling"), (name, rows[name]["mauve"], ceiling["mauve"])
+    other = rows["floor:other-document"]
+    assert other["mauve"] > 0.8 * ceiling["mauve"]
+    assert not _below(board, "floor:other-document", "human-ceiling")       # near the ceiling on MAUVE ...
+    # ... but fluent text that ignores the prompt is no better than the degenerate floors on the paired metrics
+    assert other["rouge1"] <= max(rows[n]["rouge1"] for n in ("floor:prompt-repeat", "floor:unigram")) + 0.05
+    assert other["bertscore"] <= rows["floor:unigram"]["bertscore"] + 0.05 and other["rouge2"] < 0.05
+    # real text under a real scorer, and the degenerate repetition is visible in the entropy
+    assert ceiling["gen_ppl"] < 100 and ceiling["entropy"] > 2.5
+    assert rows["floor:top-token"]["entropy"] == 0.0 and rows["floor:prompt-repeat"]["entropy"] < 0.8 * ceiling["entropy"]
+    assert rows["floor:unigram"]["gen_ppl"] > 10 * ceiling["gen_ppl"]

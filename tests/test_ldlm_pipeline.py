@@ -90,7 +90,7 @@ def test_ldlm_pipeline_end_to_end(ldlm_overrides, tiny_corpus, tmp_path, ray_loc
     assert 0 < row["mauve"] <= 1 and 0 <= row["diversity"] <= 1 and row["entropy"] >= 0
     assert row["seeds"] == 2 and row["samples"] == 8
     metrics = json.loads((tmp_path / "run" / "eval" / "metrics.json").read_text())
-    assert metrics["protocol"]["name"] == "unconditional/v2" and len(metrics["per_seed"][str(tiny_corpus)]) == 2
+    assert metrics["protocol"]["name"] == "unconditional/v3" and len(metrics["per_seed"][str(tiny_corpus)]) == 2
     assert metrics["protocol"]["hash"] == out["evaluation"].protocol.hash
     steps = out["evaluation"].progressions[str(tiny_corpus)]["steps"]
     assert steps == [1, 6]  # the configured progression steps that exist (<= 6) and the final step
@@ -195,17 +195,22 @@ def test_ldlm_killed_worker_resumes_bit_identically(ldlm_overrides, tmp_path, ra
     assert int(sampler["updates"]) == 12 and bool(sampler["edge_seen"].any())
 
 
-def test_reference_windows_are_first_windows_cut_at_eos(tiny_lm_dir):
+def test_reference_windows_are_full_packed_windows_and_the_ceilings_share_no_document(tiny_lm_dir):
+    """Unconditional v3: both sides are full windows of held-out text packed like the training data (EOS
+    between documents, no padding); the human ceiling's windows come from other documents."""
     from latentlm.platform.data import load_tokenizer
     from latentlm.platform.evaluate_uncond import reference_windows
     tokenizer = load_tokenizer(str(tiny_lm_dir))
     docs = ["the river city music people king war science old new small large early later north south",
-            "the old king ."]
-    ids, windows = reference_windows(docs, tokenizer, seq_len=8, n=5)
-    texts = tokenizer.batch_decode(ids, skip_special_tokens=True)
-    assert windows.shape == (2, 8)  # one window per document, at most n
-    assert texts[0] == "the river city music people king war science"  # first seq_len tokens
-    assert texts[1] == "the old king ."  # short document: cut at its EOS, padding dropped
+            "the old king .", "a ship on the road", "north south forest island mountain school book law art trade"]
+    refs, others, windows = reference_windows(docs, tokenizer, seq_len=8, n=2)
+    assert windows.shape == (2, 8) and all(len(x) == 8 for x in refs + others)
+    texts = tokenizer.batch_decode(refs, skip_special_tokens=False)
+    assert texts[0] == "the river city music people king war science"
+    assert texts[1].split()[:8] == "old new small large early later north south".split()
+    # windows 2-3 still hold document 0's EOS and document 1: the ceiling starts after them
+    other = tokenizer.batch_decode(others, skip_special_tokens=True)
+    assert "old king" not in " ".join(other) and "river" not in " ".join(other) and len(others) >= 1
 
 
 def test_masked_lm_tokenizers_end_documents_with_sep(tmp_path):

@@ -339,7 +339,7 @@ def steps_rows(steps, seed=0, mauve=0.5, mauve_std=None, protocol_info=True, pro
 
 def test_make_rows_protocol_and_progression_columns():
     (row,) = steps_rows(10, progression=_progression())
-    assert lb.COLUMNS[-2:] == ("protocol_json", "progression_json") and list(row) == list(lb.COLUMNS)
+    assert lb.COLUMNS[-3:] == ("protocol_json", "progression_json", "evidence_json") and list(row) == list(lb.COLUMNS)
     assert row["protocol_json"] == lb.canonical_json(_info(row["protocol_hash"], 10))
     assert row["protocol_json"].startswith('{"hash":"0010') and '"scoring_hash":"5c0e' in row["protocol_json"]
     assert row["progression_json"] == lb.canonical_json(_progression())
@@ -412,8 +412,8 @@ def test_markdown_shows_results_not_bookkeeping_and_no_spread_for_one_seed():
     df = lb.combine(lb._normalise(model + human))
     table = _table(lb.to_markdown(df), f"{PROTOCOL} · embedded:wiki", PHASH)
     header = table[0]
-    assert header[header.index("**MAUVE**") + 1:header.index("seed")] == [
-        "Gen-PPL", "MAUVE k-means std", "MAUVE sampling std"]
+    assert header[header.index("**MAUVE**") + 1:header.index("seed")] == [  # entropy always beside Gen-PPL
+        "Gen-PPL", "entropy", "MAUVE k-means std", "MAUVE sampling std"]
     rows = {r[header.index("method")]: r for r in table[1:]}
     assert rows["dlm"][header.index("**MAUVE**")] == "25.00 ± 20.00"
     assert rows["dlm"][header.index("MAUVE k-means std")] == "10.00" and rows["dlm"][header.index("Gen-PPL")] == "80 ± 4"

@@ -37,7 +37,7 @@ def test_textldm_pipeline_end_to_end(tiny_overrides, tiny_corpus, tmp_path, ray_
         assert 0.0 <= row[key] <= 1.0, (key, row[key])
     assert row["samples"] == 8 and row["seeds"] == 2 and row["gen_ppl"] > 1 and row["entropy"] >= 0
     metrics = json.loads((tmp_path / "run" / "eval" / "metrics.json").read_text())
-    assert metrics["protocol"]["name"] == "continuation/v2"
+    assert metrics["protocol"]["name"] == "continuation/v3"
     assert metrics["protocol"]["hash"] == out["evaluation"].protocol.hash
     lines = (tmp_path / "run" / "eval").glob("samples_*.jsonl").__next__().read_text().splitlines()
     assert len(lines) == 2 * 8  # every sampling seed's generations
