@@ -117,6 +117,7 @@ class SweepSpec:
     overrides: dict[str, Any] = field(default_factory=dict)     # applied to every trial
     max_concurrent_trials: int = 1
     run_dir: str = "runs"
+    baseline: bool = False   # add the matched AR baseline (method "ar", match <method>:<preset>) as a trial
 
 
 @dataclass
@@ -124,6 +125,27 @@ class Trial:
     trial_id: str
     axes: dict[str, Any]
     overrides: dict[str, Any]
+    method: str | None = None   # None: the sweep's method (the AR baseline trial names its own)
+
+
+BASELINE_TRIAL = "baseline:ar"
+MATCHABLE_METHODS = ("textldm", "dlm")  # families the AR baseline can be matched to (continuation protocol)
+
+
+def baseline_trial(spec: SweepSpec) -> Trial:
+    """The matched AR baseline of a sweep: the GPT sized and budgeted against the sweep method's preset, on the
+    same data and eval sections (the sweep's own ``data`` / ``eval`` overrides included), so its rows share the
+    protocol hash of the trials with default eval settings and rank in their tables."""
+    require(spec.method in MATCHABLE_METHODS, "sweep.baseline",
+            f"a sweep over {' or '.join(MATCHABLE_METHODS)} (the AR baseline answers the continuation protocol)",
+            spec.method)
+    overrides = {"match": f"{spec.method}:{spec.preset}",
+                 **{k: spec.overrides[k] for k in ("data", "eval", "seed") if k in spec.overrides}}
+    try:
+        METHODS["ar"].build(spec.preset, overrides)
+    except ConfigError as err:
+        raise ConfigError(f"sweep trial {BASELINE_TRIAL}: {err}") from None
+    return Trial(BASELINE_TRIAL, {}, overrides, "ar")
 
 
 def field_type(cls: type, path: str, spec_field: str) -> Any:
@@ -188,6 +210,8 @@ def plan_trials(spec: SweepSpec) -> list[Trial]:
             continue
         seen.add(fingerprint)
         trials.append(Trial(trial_id(axes), axes, overrides))
+    if spec.baseline:
+        trials.append(baseline_trial(spec))
     return trials
 
 
@@ -199,8 +223,9 @@ def result_identity(cfg) -> dict[str, Any]:
 
 def add_rows(path: Path, method: str, sweep: str, trial: str, axes: dict, cfg, out: dict,
              compute_seconds: float | None) -> None:
-    """The trial's rows (one per eval dataset, with its protocol and denoising progressions) and the protocol's
-    human-ceiling rows, which every trial of the same protocol maps to the same row ids."""
+    """The trial's rows (one per eval dataset, with its protocol, evidence and denoising progressions) and the
+    protocol's reference rows (the human ceiling, method ``human``, and the floors, method ``floor``), which
+    every trial of the same protocol maps to the same row ids."""
     from . import leaderboard
     evaluation = out["evaluation"]
     protocol = evaluation.protocol
@@ -208,12 +233,16 @@ def add_rows(path: Path, method: str, sweep: str, trial: str, axes: dict, cfg, o
     rows = leaderboard.make_rows(
         method=method, sweep=sweep, trial=trial, axes=axes, results=evaluation.results, protocol=protocol.name,
         protocol_hash=protocol.hash, seed=cfg.seed, compute_seconds=compute_seconds, checkpoint=out["checkpoint"],
-        config=result_identity(cfg), protocol_info=info, progressions=evaluation.progressions)
-    if evaluation.ceiling:  # identity = the protocol alone: one ceiling row per protocol and dataset
+        config=result_identity(cfg), protocol_info=info, progressions=evaluation.progressions,
+        evidences=evaluation.evidence)
+    names = sorted({name for references in evaluation.references.values() for name in references})
+    for name in names:  # identity = the protocol and the reference's name: one row per protocol and dataset
+        scored = {d: refs[name] for d, refs in evaluation.references.items() if name in refs}
         rows += leaderboard.make_rows(
-            method="human", sweep=sweep, trial="human-ceiling", axes={}, results=evaluation.ceiling,
-            protocol=protocol.name, protocol_hash=protocol.hash, seed=0, compute_seconds=None, checkpoint=None,
-            config=info, protocol_info=info)
+            method="human" if name == "human-ceiling" else "floor", sweep=sweep, trial=name, axes={},
+            results={d: s.row for d, s in scored.items()}, protocol=protocol.name, protocol_hash=protocol.hash,
+            seed=0, compute_seconds=None, checkpoint=None, config={**info, "reference": name}, protocol_info=info,
+            evidences={d: s.evidence for d, s in scored.items()})
     leaderboard.Leaderboard(path).add(rows)
 
 
@@ -222,8 +251,11 @@ def run_trial(config: dict[str, Any], spec: dict[str, Any], root: str) -> None:
     import torch
     from ray import tune
 
+    from .progress import configure_logging
+    configure_logging()  # the trial's own progress (data, evaluation) reaches the driver's console
     trial = json.loads(config["trial"])
-    method = METHODS[spec["method"]]
+    method_name = trial.get("method") or spec["method"]
+    method = METHODS[method_name]
     cfg = method.build(spec["preset"], trial["overrides"])
     cfg.name = spec["name"]  # W&B groups a sweep's runs by its name
     torch.set_num_threads(cfg.resources.torch_threads or os.cpu_count() or 1)  # Tune pins OMP threads to 1
@@ -233,7 +265,7 @@ def run_trial(config: dict[str, Any], spec: dict[str, Any], root: str) -> None:
     out = method.run(cfg, root_path / "trials" / trial["trial_id"], data_root=root_path.parent,
                      cache_root=root_path.parent,
                      teacher_layers=spec["teacher_layers"])
-    add_rows(root_path / "leaderboard.parquet", spec["method"], spec["name"], trial["trial_id"], trial["axes"], cfg,
+    add_rows(root_path / "leaderboard.parquet", method_name, spec["name"], trial["trial_id"], trial["axes"], cfg,
              out, compute_seconds=sum(out["stage_seconds"].values()))
     tune.report({f"{dataset}/{metric}": value for dataset, metrics in out["results"].items()
                  for metric, value in metrics.items()})
@@ -256,7 +288,7 @@ def run_sweep(spec: SweepSpec) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     write_json(root / "sweep.json", {**dataclasses.asdict(spec), "trials": [t.trial_id for t in trials]})
     method = METHODS[spec.method]
-    configs = [method.build(spec.preset, t.overrides) for t in trials]
+    configs = [method.build(spec.preset, t.overrides) for t in trials if t.method is None]
     layers = method.teacher_layers(configs)  # every frozen-LM layer the sweep needs: one teacher pass
     log.info("sweep %s: %d trials: %s", spec.name, len(trials), [t.trial_id for t in trials])
     init_ray()
@@ -303,6 +335,8 @@ def sweep_main(name: str, default_axes, description: str, argv: list[str] | None
     parser.add_argument("--run-dir", default="runs", help="sweeps go to <run-dir>/<name>/")
     parser.add_argument("--name", default=name, help=f"sweep name (default: {name})")
     parser.add_argument("--max-concurrent-trials", type=int, default=1)
+    parser.add_argument("--baseline", action="store_true",
+                        help="also train and rank the matched AR baseline (TextLDM and Cola DLM sweeps)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     from . import leaderboard
@@ -311,7 +345,8 @@ def sweep_main(name: str, default_axes, description: str, argv: list[str] | None
         axes.update(parse_axis(a) for a in args.axis)
         overrides = merge(load_file(args.config) if args.config else {}, parse_overrides(args.set))
         spec = SweepSpec(name=args.name, method=method, preset=args.preset, axes=axes, overrides=overrides,
-                         max_concurrent_trials=args.max_concurrent_trials, run_dir=args.run_dir)
+                         max_concurrent_trials=args.max_concurrent_trials, run_dir=args.run_dir,
+                         baseline=args.baseline)
         root = run_sweep(spec)
     except ConfigError as err:
         print(f"config error: {err}")

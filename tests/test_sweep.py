@@ -46,6 +46,23 @@ def test_unknown_method_and_grid_expansion():
     assert parse_axis("eval.cfg_scale=1,3.5") == ("eval.cfg_scale", [1, 3.5])
 
 
+def test_baseline_trial_is_the_matched_ar_on_the_sweeps_data_and_eval():
+    from latentlm.platform.sweep import METHODS
+    overrides = {"eval": {"num_samples": 16}, "data": {"max_documents": 500}, "vae": {"latent_dim": 8}}
+    trials = plan_trials(SweepSpec("x", axes={"vae.repa.enabled": [False]}, overrides=overrides, baseline=True))
+    assert [t.trial_id for t in trials] == ["repa.enabled=False", "baseline:ar"]
+    baseline = trials[-1]
+    assert baseline.method == "ar" and trials[0].method is None
+    # the sweep's data / eval overrides travel (so its rows rank with the trials'), its model overrides do not
+    assert baseline.overrides == {"match": "textldm:tiny", "eval": {"num_samples": 16},
+                                  "data": {"max_documents": 500}}
+    ar = METHODS["ar"].build("tiny", baseline.overrides)
+    assert ar.eval.num_samples == 16 and ar.data.max_documents == 500
+    assert plan_trials(SweepSpec("x", axes={"vae.repa.enabled": [False]}))[-1].method is None  # opt-in
+    with pytest.raises(ConfigError, match="sweep.baseline"):
+        plan_trials(SweepSpec("x", method="ldlm", baseline=True))
+
+
 def _micro_config(tmp_path: Path, tiny_overrides) -> Path:
     path = tmp_path / "micro.yaml"
     short = {"steps": 12, "log_every": 6, "warmup_steps": 2}
@@ -113,12 +130,13 @@ def test_interrupted_sweep_is_restored_and_each_trial_lands_once(tiny_overrides,
         os.killpg(first.pid, signal.SIGKILL)  # the driver and the local Ray cluster it started
         first.wait()
     first_board = pd.read_parquet(board_path)
-    assert len(first_board[first_board["method"] != "human"]) == 1
+    assert len(first_board[first_board["method"] == "textldm"]) == 1
     second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     board = pd.read_parquet(board_path)
-    assert sorted(board.loc[board["method"] != "human", "trial"]) == ["vae.latent_dim=4", "vae.latent_dim=8"]
-    assert (board["method"] == "human").sum() == 1  # one protocol, one dataset: one ceiling row, however many trials
+    assert sorted(board.loc[board["method"] == "textldm", "trial"]) == ["vae.latent_dim=4", "vae.latent_dim=8"]
+    # one protocol, one dataset: one ceiling row and one row per floor, however many trials
+    assert (board["method"] == "human").sum() == 1 and (board["method"] == "floor").sum() == 4
     assert board["row_id"].is_unique
     sweep = json.loads((runs / "ablate_latent_dim" / "sweep.json").read_text())
     assert sweep["trials"] == ["vae.latent_dim=4", "vae.latent_dim=8"]
