@@ -325,12 +325,12 @@ class TokenizeDocuments:
 class TeacherFeatures:
     """Ray Data UDF (one frozen teacher per actor): appends fp16 hidden states of each layer as columns."""
 
-    def __init__(self, teacher: str, layers: list[int]):
+    def __init__(self, teacher: str, layers: list[int], dtype: str = "bfloat16"):
         from latentlm.models.teacher import FrozenTeacher
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         if self.device == "cpu":
             torch.set_num_threads(os.cpu_count() or 1)  # the actor's 1-CPU reservation pins OMP to 1 thread
-        dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
+        dtype = getattr(torch, dtype)
         self.teacher = FrozenTeacher(teacher, layers, dtype=dtype, device=self.device)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -433,7 +433,7 @@ def _teacher_features(cfg, base: Path, train_dir: Path, extra_layers: list[int])
     num_layers = teacher_num_layers(teacher_cfg)
     layer = resolve_layer(requested_layer, num_layers)
     wanted = {layer, *(resolve_layer(x, num_layers, "data.teacher_layers") for x in extra_layers)}
-    directory = feature_dir(base, teacher, n)
+    directory = feature_dir(base, teacher, n, cfg.data.teacher_dtype)
     meta_path = directory / "manifest.json"
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {"layers": []}
     if not wanted <= set(meta["layers"]):  # a miss: compute every layer asked for so far in one pass
@@ -442,7 +442,8 @@ def _teacher_features(cfg, base: Path, train_dir: Path, extra_layers: list[int])
         rd = _ray_data()
         use_gpu = torch.cuda.is_available() or _cluster_gpus() > 0
         ds = rd.read_parquet(str(train_dir)).limit(n)
-        ds = ds.map_batches(TeacherFeatures, fn_constructor_args=(spec, layers), batch_format="pyarrow",
+        ds = ds.map_batches(TeacherFeatures, fn_constructor_args=(spec, layers, cfg.data.teacher_dtype),
+                            batch_format="pyarrow",
                             batch_size=cfg.data.teacher_batch_size, concurrency=max(1, _cluster_gpus()),
                             num_gpus=1 if use_gpu else 0, num_cpus=0.5)
         # Half a CPU per actor: a whole one starves Ray Data's own read tasks on a 2-core node (deadlock).
@@ -458,8 +459,8 @@ def _teacher_features(cfg, base: Path, train_dir: Path, extra_layers: list[int])
     return str(directory / "shards"), meta["teacher_dim"], layer
 
 
-def feature_dir(base: Path, teacher: str, windows: int) -> Path:
-    return Path(base) / "features" / artifact_key(teacher=teacher, windows=windows)
+def feature_dir(base: Path, teacher: str, windows: int, dtype: str = "bfloat16") -> Path:
+    return Path(base) / "features" / artifact_key(teacher=teacher, windows=windows, dtype=dtype)
 
 
 def feature_stats(shards: str, layer: int, dim: int, windows: int) -> str:

@@ -123,6 +123,16 @@ class TorchEngine(Engine):
         restore_optimizer(directory, self.optimizer, self.scheduler)
 
 
+def skip_shared_memory_op() -> None:
+    """A single CPU worker has no peer to reduce with, but DeepSpeed's CPU backend JIT-compiles its
+    shared-memory all-reduce op at initialisation (~50 s on a 2-core box, once per checkout). Marking the op
+    incompatible makes DeepSpeed fall back to torch.distributed, which it does anyway when the op is absent."""
+    import deepspeed.ops
+    compatible = getattr(deepspeed.ops, "__compatible_ops__", None)
+    if isinstance(compatible, dict):
+        compatible["deepspeed_shm_comm"] = False
+
+
 class DeepSpeedEngine(Engine):
     """``deepspeed.initialize`` over the process group Ray's TorchTrainer already set up, with our torch
     AdamW and LR schedule (DeepSpeed steps the schedule at each accumulation boundary)."""
@@ -133,6 +143,8 @@ class DeepSpeedEngine(Engine):
         super().__init__(model, wc, micro_batch_size, accumulation, name)
         import deepspeed
         logging.getLogger("DeepSpeed").setLevel(logging.WARNING)  # it logs its whole config at INFO
+        if wc.world_size == 1 and wc.device.type == "cpu":
+            skip_shared_memory_op()
         self.stage = ds.zero_stage
         optimizer, scheduler = make_optimizer(model.parameters(), optim, lr_multiplier)
         zero = {"stage": ds.zero_stage}

@@ -77,12 +77,14 @@ class Scorers:
     @cached_property
     def featurizer(self) -> metrics.LMFeaturizer:
         return metrics.LMFeaturizer(assets.resolve_model(self.e.mauve_model), max_length=self.e.mauve_max_length,
-                                    pooling=self.e.mauve_pooling, device=self.device)
+                                    pooling=self.e.mauve_pooling, device=self.device,
+                                    dtype=getattr(torch, self.e.scorer_dtype))
 
     @cached_property
     def genppl(self) -> metrics.GenPPLScorer:
         return metrics.GenPPLScorer(assets.resolve_model(self.e.genppl_model), max_length=self.e.genppl_max_length,
-                                    batch_size=self.e.batch_size, device=self.device)
+                                    batch_size=self.e.batch_size, device=self.device,
+                                    dtype=getattr(torch, self.e.scorer_dtype))
 
     def reference_features(self, texts: list[str], cache_dir: Path | None = None) -> np.ndarray:
         """MAUVE features of the references; with ``cache_dir`` stored under a key of the featurizer settings
@@ -90,7 +92,7 @@ class Scorers:
         if cache_dir is None:
             return self.featurizer(texts)
         e = self.e
-        blob = json.dumps([e.mauve_model, e.mauve_pooling, e.mauve_max_length, texts])
+        blob = json.dumps([e.mauve_model, e.mauve_pooling, e.mauve_max_length, e.scorer_dtype, texts])
         path = Path(cache_dir) / f"features-{hashlib.sha256(blob.encode()).hexdigest()[:24]}.npy"
         if path.is_file():
             return np.load(path)

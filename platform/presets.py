@@ -18,7 +18,8 @@ from latentlm.models.config import ConfigError
 
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {
-        "data": {"seq_len": 64, "max_train_windows": 6000, "teacher_windows": 1024, "vocab_limit": 8191},
+        "data": {"seq_len": 64, "max_train_windows": 6000, "teacher_windows": 1024, "teacher_batch_size": 32,
+                 "vocab_limit": 8191},
         "vae": {"latent_dim": 16, "hidden_dim": 128, "n_heads": 4, "encoder_layers": 2, "decoder_layers": 2,
                 "tie_embeddings": True, "repa": {"projector_hidden": 256}},
         "dit": {"hidden_dim": 128, "depth": 4, "n_heads": 4},

@@ -67,6 +67,9 @@ class ScoringConfig:
     mauve_max_length: int = 128
     genppl_model: str = "embedded:gemma3"    # Gen-PPL scorer (LDLM: GPT-2 Large)
     genppl_max_length: int = 256
+    scorer_dtype: str = "bfloat16"           # compute dtype of the frozen MAUVE featurizer and Gen-PPL scorer
+                                             # (bf16: 0.05% off fp32 Gen-PPL on the embedded text, 1.3-2.5x faster on
+                                             # AMX CPUs and GPUs); "float32" for CPUs without bf16 units
     diversity_ns: list[int] = field(default_factory=lambda: [2, 3, 4])
     steps: int = 50
     grid: str = "schedule"
@@ -91,6 +94,8 @@ class ScoringConfig:
         require(self.genppl_max_length >= 2, "eval.genppl_max_length", ">= 2", self.genppl_max_length)
         require(self.mauve_pooling in ("last", "mean"), "eval.mauve_pooling", "'last' or 'mean'", self.mauve_pooling)
         require(self.dtype in ("float32", "bfloat16"), "eval.dtype", "'float32' or 'bfloat16'", self.dtype)
+        require(self.scorer_dtype in ("float32", "bfloat16"), "eval.scorer_dtype", "'float32' or 'bfloat16'",
+                self.scorer_dtype)
         require(len(self.diversity_ns) > 0 and all(n >= 1 for n in self.diversity_ns), "eval.diversity_ns",
                 "a non-empty list of n >= 1", self.diversity_ns)
         require(all(s >= 1 for s in self.progression_steps), "eval.progression_steps", "steps >= 1",

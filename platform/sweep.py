@@ -30,6 +30,8 @@ from .dlm_config import DLMExperimentConfig, build_dlm_config
 from .ldlm_config import LDLMExperimentConfig, build_ldlm_config
 
 log = logging.getLogger(__name__)
+# Tune's TensorBoard logger renames every "dataset:metric" key with a warning line (dozens per trial)
+logging.getLogger("tensorboardX.summary").setLevel(logging.ERROR)
 
 
 @dataclass(frozen=True)

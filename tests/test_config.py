@@ -256,6 +256,7 @@ def test_unknown_preset():
     ({"data": {"seq_len": 64}, "dit": {"max_seq_len": 32}}, "dit.max_seq_len"),
     ({"vae": {"latent_dim": 0}}, "vae.latent_dim"),
     ({"data": {"seq_len": 4}}, "data.seq_len"),
+    ({"data": {"teacher_dtype": "float16"}}, "data.teacher_dtype"),
     ({"resources": {"use_gpu": "maybe"}}, "resources.use_gpu"),
 ])
 def test_cross_field_validation(overrides, field):

@@ -18,7 +18,7 @@ CHANGED = {
     "dtype": "bfloat16", "batch_size": 3, "use_ema": False, "human_ceiling": False, "progression_steps": [2],
     "min_tokens": 11, "split_range": [0.3, 0.7], "cfg_scale": 2.5, "bertscore_model": "z", "bertscore_num_layers": 3,
     "interpolation_pairs": 1, "interpolation_points": 4, "min_target_tokens": 5, "ci_level": 0.9,
-    "bootstrap_replicates": 500, "bootstrap_seed": 3, "floors": False,
+    "bootstrap_replicates": 500, "bootstrap_seed": 3, "floors": False, "scorer_dtype": "float32",
 }
 SPLIT_CHANGES = {"corpus": "embedded:shakespeare", "tokenizer": "other-tokenizer", "seq_len": 48, "valid_fraction": 0.07, "test_fraction": 0.07,
                  "split_seed": 9, "text_field": "body"}
@@ -76,6 +76,7 @@ def test_families_on_the_same_settings_share_a_protocol():
 @pytest.mark.parametrize("field,value,expected", [
     ("sampling_seeds", [], "eval.sampling_seeds"), ("mauve_kmeans_seeds", [], "eval.mauve_kmeans_seeds"),
     ("dtype", "float16", "eval.dtype"), ("genppl_max_length", 1, "eval.genppl_max_length"),
+    ("scorer_dtype", "float16", "eval.scorer_dtype"),
     ("progression_steps", [0], "eval.progression_steps"), ("ci_level", 1.0, "eval.ci_level"),
     ("ci_level", 0.0, "eval.ci_level"), ("ci_level", -0.5, "eval.ci_level"),
     ("bootstrap_replicates", 0, "eval.bootstrap_replicates"), ("min_target_tokens", 0, "eval.min_target_tokens"),
