@@ -13,7 +13,7 @@ from torch import nn
 
 from .config import require
 from .dit import TextDiT
-from .flow import TimestepSchedule, euler_sample, interpolate, time_grid
+from .flow import TimestepSchedule, euler_sample, guided_velocity, interpolate, time_grid
 from .layers import masked_mean
 from .text_vae import TextVAE
 from .vocab import CompactVocab
@@ -124,6 +124,59 @@ class TextLDM(nn.Module):
         decode_step = None if on_step is None else (lambda i, x: on_step(i, self.decode(x)))
         latents = euler_sample(velocity, noise, times, decode_step)
         return self.decode(latents)
+
+    @torch.no_grad()
+    def generate_ragged(self, prompts: list[list[int]], target_lens: list[int], steps: int = 50,
+                        cfg_scale: float = 7.0, grid: str = "schedule", generator: torch.Generator | None = None,
+                        on_step=None) -> list[list[int]]:
+        """``generate`` for prompts and target lengths that differ per sample, in one batch.
+
+        Each sample is laid out as in training, one window ``[prompt, target, padding]`` with its own split
+        (padding is no key for attention, the prompt is encoded on its own), so a sample's computation is the
+        one ``generate`` does for it alone; its noise is drawn in order, sample by sample, so sample i gets
+        what ``generate`` would draw for it right after samples 0..i-1. ``on_step(i, ids)`` gets one id
+        list per sample. Returns one list of ``target_lens[i]`` ids per prompt."""
+        require(grid in ("schedule", "uniform"), "sampler.grid", "'schedule' or 'uniform'", grid)
+        require(len(prompts) == len(target_lens) and len(prompts) > 0, "prompts",
+                "one target length per prompt, at least one prompt", (len(prompts), len(target_lens)))
+        require(all(len(p) > 0 for p in prompts) and all(n > 0 for n in target_lens), "prompts",
+                "non-empty prompts and positive target lengths", (min(map(len, prompts)), min(target_lens)))
+        device = next(self.dit.parameters()).device
+        b, d = len(prompts), self.dit.config.latent_dim
+        ctx_lens = torch.tensor([len(p) for p in prompts], device=device)
+        tgt_lens = torch.tensor(target_lens, device=device)
+        width = int((ctx_lens + tgt_lens).max())
+        pos = torch.arange(width, device=device)[None]
+        is_context = pos < ctx_lens[:, None]
+        is_target = ~is_context & (pos < (ctx_lens + tgt_lens)[:, None])
+        valid = is_context | is_target
+        tokens = torch.zeros((b, width), dtype=torch.long, device=device)
+        for i, p in enumerate(prompts):
+            tokens[i, : len(p)] = torch.tensor(p, dtype=torch.long, device=device)
+        mu, _, _ = self.vae.encode(self.model_ids(tokens), is_context)
+        window = torch.where(is_context[..., None], self.normalizer.normalize(mu), torch.zeros_like(mu))
+        for i, n in enumerate(target_lens):  # sample by sample, in order: generate's draws
+            noise = torch.randn((n, d), device=device, generator=generator)
+            window[i, len(prompts[i]) : len(prompts[i]) + n] = noise.to(window.dtype)
+        times = time_grid(steps, self.schedule if grid == "schedule" else None)
+        keep = torch.cat([torch.ones(b, dtype=torch.bool, device=device), torch.zeros(b, dtype=torch.bool, device=device)])
+        doubled = [torch.cat([m, m]) for m in (is_target, valid)]
+
+        def velocity(x, t):  # guided velocity on the targets, zero on the (clean) prompts and the padding
+            cond, uncond = self.dit(torch.cat([x, x]), torch.cat([t, t]), None, keep, *doubled).chunk(2)
+            return torch.where(is_target[..., None], guided_velocity(cond, uncond, cfg_scale), torch.zeros_like(x))
+
+        # the targets, left-aligned (B, max target, d); the decoder sees each sample's own positions only
+        target_index = (ctx_lens[:, None] + torch.arange(int(tgt_lens.max()), device=device)[None]).clamp_max(width - 1)
+        target_valid = torch.arange(int(tgt_lens.max()), device=device)[None] < tgt_lens[:, None]
+
+        def decode(x) -> list[list[int]]:
+            z = torch.gather(x, 1, target_index[..., None].expand(-1, -1, d))
+            ids = self.tokenizer_ids(self.vae.decode(self.normalizer.denormalize(z), target_valid).argmax(-1))
+            return [row[:n] for row, n in zip(ids.tolist(), target_lens)]
+
+        decode_step = None if on_step is None else (lambda i, x: on_step(i, decode(x)))
+        return decode(euler_sample(velocity, window, times, decode_step))
 
 
 def load_textldm(directory, use_ema: bool = True, device: str | torch.device = "cpu") -> TextLDM:

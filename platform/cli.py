@@ -98,12 +98,25 @@ def cmd_info(args) -> int:
     return 0
 
 
+def _descending(metric: str, order: str | None) -> bool:
+    """``--ascending`` / ``--descending`` if given, else the metric's better direction (Gen-PPL: lowest first);
+    a metric without one (e.g. ``compute_seconds``) ranks highest first."""
+    from .significance import higher_is_better
+    if order is not None:
+        return order == "descending"
+    try:
+        return higher_is_better(metric)
+    except ValueError:
+        return True
+
+
 def cmd_leaderboard(args) -> int:
     from . import leaderboard as lb
     try:
         paths = [lb.resolve_path(p) for p in args.paths]
         board = lb.combine(*(lb.read(p) for p in paths))  # names a missing or damaged file
-        text = lb.to_markdown(board, sort_by=args.sort, descending=not args.ascending)  # checks --sort first
+        descending = _descending(args.sort, args.order)
+        text = lb.to_markdown(board, sort_by=args.sort, descending=descending)  # checks --sort first
         if args.merge_into:
             target = lb.Leaderboard(args.merge_into)
             stored = target.add(board)
@@ -111,7 +124,7 @@ def cmd_leaderboard(args) -> int:
                   file=sys.stderr)
         print(text, end="")
         if args.html:
-            out = lb.to_html(board, args.html, title=args.title, sort_by=args.sort, descending=not args.ascending)
+            out = lb.to_html(board, args.html, title=args.title, sort_by=args.sort, descending=descending)
             print(f"wrote {out}", file=sys.stderr)
     except (lb.LeaderboardError, OSError) as err:  # OSError: e.g. --html names a directory
         print(f"latentlm: leaderboard error: {err}", file=sys.stderr)
@@ -195,7 +208,11 @@ def main(argv: list[str] | None = None) -> int:
     board.add_argument("paths", nargs="+", metavar="PATH",
                        help="leaderboard file, or a dir holding leaderboard.parquet")
     board.add_argument("--sort", default="mauve", metavar="METRIC", help="metric to rank by (default: mauve)")
-    board.add_argument("--ascending", action="store_true", help="rank lowest first (e.g. perplexities)")
+    direction = board.add_mutually_exclusive_group()
+    direction.add_argument("--ascending", dest="order", action="store_const", const="ascending",
+                           help="rank lowest first (default: the metric's better direction; Gen-PPL lowest first)")
+    direction.add_argument("--descending", dest="order", action="store_const", const="descending",
+                           help="rank highest first")
     board.add_argument("--html", metavar="OUT", help="write the self-contained HTML page here")
     board.add_argument("--title", default="latentlm leaderboard", help="title of the HTML page")
     board.add_argument("--merge-into", metavar="FILE", help="merge the inputs into this leaderboard file on disk")

@@ -129,7 +129,8 @@ class ProgressionRecorder:
     def __call__(self, step: int, ids: torch.Tensor) -> None:
         if step in self.wanted and (not self.steps or step > self.steps[-1]):  # one sampler pass only
             self.steps.append(step)
-            self.texts.append(harness.render(self.tokenizer, [ids[self.row].tolist()])[0])
+            row = ids[self.row]  # a tensor row, or one id list per sample (ragged batches)
+            self.texts.append(harness.render(self.tokenizer, [row.tolist() if torch.is_tensor(row) else list(row)])[0])
 
 
 def _accepts_on_step(fn) -> bool:
@@ -140,13 +141,29 @@ def _accepts_on_step(fn) -> bool:
 def generate_continuations(model, samples: list[ContinuationSample], cfg, seed: int,
                            recorder: ProgressionRecorder | None = None, label: str = "") -> list[list[int]]:
     """Generate each sample's continuation, exactly as many tokens as its reference, with sampling seed
-    ``seed``; batched by (prompt length, target length) in the protocol's batch size and precision.
+    ``seed``; in the protocol's batch size and precision, batched in index order by a model that takes mixed
+    lengths (``generate_ragged``), else by (prompt length, target length).
     ``recorder`` follows sample 0."""
     e = cfg.eval
     device = next(model.parameters()).device
     torch.manual_seed(seed)  # for samplers that draw from the global generator
     generator = torch.Generator(device=device).manual_seed(seed)
     outputs: dict[int, list[int]] = {}
+    if hasattr(model, "generate_ragged"):  # one batch of mixed lengths (TextLDM): in index order
+        with progress(len(samples), f"generate {label} seed {seed}", log, unit="seq") as bar:
+            for start in range(0, len(samples), e.batch_size):
+                chunk = samples[start:start + e.batch_size]
+                kwargs = {}
+                if recorder is not None and start == 0:
+                    recorder.row, kwargs["on_step"] = 0, recorder
+                with harness.sampler_precision(e.dtype, device):
+                    ids = model.generate_ragged([s.prompt_ids for s in chunk], [len(s.target_ids) for s in chunk],
+                                                steps=e.steps, cfg_scale=e.cfg_scale, grid=e.grid,
+                                                generator=generator, **kwargs)
+                for offset, row in enumerate(ids):
+                    outputs[start + offset] = row
+                bar.update(len(chunk))
+        return [outputs[i] for i in range(len(samples))]
     groups: dict[tuple[int, int], list[int]] = {}
     for i, s in enumerate(samples):
         groups.setdefault((len(s.prompt_ids), len(s.target_ids)), []).append(i)

@@ -23,8 +23,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "vae": {"latent_dim": 16, "hidden_dim": 128, "n_heads": 4, "encoder_layers": 2, "decoder_layers": 2,
                 "tie_embeddings": True, "repa": {"projector_hidden": 256}},
         "dit": {"hidden_dim": 128, "depth": 4, "n_heads": 4},
-        "train_vae": {"optim": {"steps": 320, "batch_size": 32, "lr": 2e-3, "log_every": 40}},
-        "train_dit": {"optim": {"steps": 480, "batch_size": 32, "lr": 1e-3, "log_every": 100, "ema_decay": 0.995}},
+        "train_vae": {"optim": {"steps": 224, "batch_size": 32, "lr": 2e-3, "log_every": 32}},
+        "train_dit": {"optim": {"steps": 336, "batch_size": 32, "lr": 1e-3, "log_every": 84, "ema_decay": 0.995}},
         "eval": {"num_samples": 128, "sampling_seeds": [1234]},
     },
     "small": {

@@ -30,6 +30,9 @@ RULES = {
     "length": "continuation: each generation has exactly its reference continuation's token length (samplers are "
               "asked for that many tokens; the AR baseline suppresses EOS until it is reached); unconditional: "
               "generations and references are full windows of seq_len tokens; references are never truncated",
+    "sampling": "one generator per sampling seed; batches of batch_size samples, in prompt order for samplers "
+                "that take mixed lengths in one batch (TextLDM), else grouped by (prompt, target) length; noise "
+                "drawn batch by batch, sample by sample",
     "render": "every generated id is scored: EOS and other special ids are rendered as their text, ids outside "
               "a compact vocabulary as the tokenizer's unknown token (EOS when it has none)",
     "genppl": "scorer tokenization without special tokens, BOS prepended when the scorer has one, first "

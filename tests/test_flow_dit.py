@@ -430,6 +430,25 @@ def test_generate_conditional_shapes_and_determinism():
     assert not torch.equal(out, run(1))
 
 
+def test_ragged_batch_is_each_sample_generated_alone():
+    """Mixed prompt and target lengths in one padded batch: every sample gets exactly what ``generate`` gives
+    it alone with the generator state it would have after the samples before it (padding changes nothing)."""
+    ldm = tiny_ldm()
+    g = torch.Generator().manual_seed(3)
+    prompts = [torch.randint(0, 50, (n,), generator=g).tolist() for n in (5, 2, 7)]
+    target_lens = [6, 9, 3]
+    seen = []
+    ragged = ldm.generate_ragged(prompts, target_lens, steps=4, cfg_scale=3.0,
+                                 generator=torch.Generator().manual_seed(0), on_step=lambda i, ids: seen.append(ids))
+    alone, generator = [], torch.Generator().manual_seed(0)
+    for prompt, n in zip(prompts, target_lens):
+        alone.append(ldm.generate(torch.tensor([prompt]), n, steps=4, cfg_scale=3.0, generator=generator)[0].tolist())
+    assert [len(x) for x in ragged] == target_lens and ragged == alone
+    assert len(seen) == 4 and seen[-1] == ragged  # one id list per sample after each step
+    with pytest.raises(ConfigError, match="prompts"):
+        ldm.generate_ragged(prompts, target_lens[:2])
+
+
 def test_generate_matches_manual_pipeline():
     ldm = tiny_ldm()
     ctx = torch.randint(0, 50, (2, 5), generator=torch.Generator().manual_seed(1))

@@ -510,6 +510,19 @@ def test_compare_prints_every_shared_metric_with_difference_ci_and_p(capsys, boa
     assert rc == 0 and float(rouge["A − B"]) < 0 and ci(rouge["95% CI"])[1] < 0 and rouge["verdict"] == "B better"
 
 
+def test_leaderboard_command_ranks_each_metric_in_its_better_direction(capsys, tmp_path):
+    # `--sort gen_ppl` alone ranks the lowest Gen-PPL first and marks it best; --descending overrides
+    low_ppl, high_ppl = evidence(21, nll=3.0), evidence(22, nll=3.4)
+    board = tmp_path / "ppl.parquet"
+    lb.Leaderboard(board).add(v3_rows("textldm", "low", {WIKI: low_ppl}) + v3_rows("textldm", "high", {WIKI: high_ppl}))
+    assert cli.main(["leaderboard", str(board), "--sort", "gen_ppl"]) == 0
+    out = capsys.readouterr().out
+    assert "ascending" in out and out.index("| low") < out.index("| high")
+    assert cli.main(["leaderboard", str(board), "--sort", "gen_ppl", "--descending"]) == 0
+    out = capsys.readouterr().out
+    assert out.index("| high") < out.index("| low")
+
+
 def test_compare_verdict_follows_the_metric_direction(capsys, tmp_path):
     # Gen-PPL: lower is better, so a negative A - B is "A better"
     low_ppl, high_ppl = evidence(21, nll=3.0), evidence(22, nll=3.4)
