@@ -169,6 +169,10 @@ def test_floors_rank_below_the_ceiling_and_other_documents_only_fool_mauve(embed
     rows = {name: scored.row for name, scored in board.items()}
     ceiling = rows["human-ceiling"]
     for name in ("floor:prompt-repeat", "floor:unigram", "floor:top-token"):
+        assert rows[name]["mauve"] < 0.8 * ceiling["mauve"], (name, rows[name]["mauve"], ceiling["mauve"])
+    # significantly so where 64 prompts have the power: near MAUVE's floor; at mid-range (prompt-repeat,
+    # ~0.6 here) the detectable difference is ~0.4 (README, power analysis), so there only the ranking holds
+    for name in ("floor:unigram", "floor:top-token"):
         assert _below(board, name, "human-ceiling"), (name, rows[name]["mauve"], ceiling["mauve"])
     other = rows["floor:other-document"]
     assert other["mauve"] > 0.8 * ceiling["mauve"]
