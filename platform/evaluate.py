@@ -149,42 +149,37 @@ def generate_continuations(model, samples: list[ContinuationSample], cfg, seed: 
     torch.manual_seed(seed)  # for samplers that draw from the global generator
     generator = torch.Generator(device=device).manual_seed(seed)
     outputs: dict[int, list[int]] = {}
-    if hasattr(model, "generate_ragged"):  # one batch of mixed lengths (TextLDM): in index order
-        with progress(len(samples), f"generate {label} seed {seed}", log, unit="seq") as bar:
-            for start in range(0, len(samples), e.batch_size):
-                chunk = samples[start:start + e.batch_size]
-                kwargs = {}
-                if recorder is not None and start == 0:
-                    recorder.row, kwargs["on_step"] = 0, recorder
-                with harness.sampler_precision(e.dtype, device):
-                    ids = model.generate_ragged([s.prompt_ids for s in chunk], [len(s.target_ids) for s in chunk],
-                                                steps=e.steps, cfg_scale=e.cfg_scale, grid=e.grid,
-                                                generator=generator, **kwargs)
-                for offset, row in enumerate(ids):
-                    outputs[start + offset] = row
-                bar.update(len(chunk))
-        return [outputs[i] for i in range(len(samples))]
-    groups: dict[tuple[int, int], list[int]] = {}
-    for i, s in enumerate(samples):
-        groups.setdefault((len(s.prompt_ids), len(s.target_ids)), []).append(i)
+    ragged = hasattr(model, "generate_ragged")  # one batch of mixed lengths (TextLDM), in index order
+    if ragged:
+        batches = [list(range(i, min(i + e.batch_size, len(samples)))) for i in range(0, len(samples), e.batch_size)]
+    else:
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, s in enumerate(samples):
+            groups.setdefault((len(s.prompt_ids), len(s.target_ids)), []).append(i)
+        batches = [indices[i:i + e.batch_size] for _, indices in sorted(groups.items())
+                   for i in range(0, len(indices), e.batch_size)]
+    sampler = dict(steps=e.steps, cfg_scale=e.cfg_scale, grid=e.grid, generator=generator)
     with progress(len(samples), f"generate {label} seed {seed}", log, unit="seq") as bar:
-        for (_, target_len), indices in sorted(groups.items()):
-            for start in range(0, len(indices), e.batch_size):
-                chunk = indices[start:start + e.batch_size]
-                prompts = torch.tensor([samples[i].prompt_ids for i in chunk], device=device)
-                kwargs = {}
-                if recorder is not None and 0 in chunk and _accepts_on_step(model.generate):
-                    recorder.row = chunk.index(0)
-                    kwargs["on_step"] = recorder
-                with harness.sampler_precision(e.dtype, device):
-                    ids = model.generate(prompts, target_len, steps=e.steps, cfg_scale=e.cfg_scale, grid=e.grid,
-                                         generator=generator, **kwargs)
-                if tuple(ids.shape) != (len(chunk), target_len):
-                    raise ValueError(f"{type(model).__name__}.generate returned shape {tuple(ids.shape)} for "
-                                     f"{len(chunk)} prompts and {target_len} new tokens")
-                for i, row in zip(chunk, ids.tolist()):
-                    outputs[i] = row
-                bar.update(len(chunk))
+        for chunk in batches:
+            if recorder is not None and 0 in chunk and (ragged or _accepts_on_step(model.generate)):
+                recorder.row = chunk.index(0)
+                sampler["on_step"] = recorder
+            else:
+                sampler.pop("on_step", None)
+            prompts = [samples[i].prompt_ids for i in chunk]
+            with harness.sampler_precision(e.dtype, device):
+                if ragged:
+                    rows = model.generate_ragged(prompts, [len(samples[i].target_ids) for i in chunk], **sampler)
+                else:
+                    target_len = len(samples[chunk[0]].target_ids)
+                    ids = model.generate(torch.tensor(prompts, device=device), target_len, **sampler)
+                    if tuple(ids.shape) != (len(chunk), target_len):
+                        raise ValueError(f"{type(model).__name__}.generate returned shape {tuple(ids.shape)} for "
+                                         f"{len(chunk)} prompts and {target_len} new tokens")
+                    rows = ids.tolist()
+            for i, row in zip(chunk, rows):
+                outputs[i] = row
+            bar.update(len(chunk))
     return [outputs[i] for i in range(len(samples))]
 
 
