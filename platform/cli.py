@@ -155,7 +155,8 @@ def cmd_compare(args) -> int:
         board = lb.combine(*(lb.read(p) for p in paths))  # names a missing or damaged file
         a = lb.find_row(board, args.row_a, args.dataset, paths)
         b = lb.find_row(board, args.row_b, args.dataset, paths)
-        comparison = lb.compare_rows(a, b, level=args.level, replicates=args.replicates, seed=args.seed)
+        comparison = lb.compare_rows(a, b, level=args.level, replicates=args.replicates, seed=args.seed,
+                                      board=board)
     except (lb.LeaderboardError, OSError) as err:
         print(f"latentlm: compare error: {err}", file=sys.stderr)
         return 2

@@ -979,6 +979,23 @@ class Comparison:
     level: float
     replicates: int
     seed: int
+    entropy_threshold: float | None = None  # ENTROPY_FLAG_RATIO x the matching human row's entropy, when known
+
+    def flagged(self, which: str) -> bool:
+        """Whether row ``which`` ("a" or "b") has its Gen-PPL flagged: entropy far below the human row's."""
+        entropy = next((getattr(d, which) for d in self.differences if d.metric == "entropy"), None)
+        return (self.entropy_threshold is not None and entropy is not None and math.isfinite(entropy)
+                and entropy < self.entropy_threshold)
+
+
+def human_entropy_threshold(board: pd.DataFrame, row: pd.Series) -> float | None:
+    """The Gen-PPL flag threshold of ``row``'s tables: ``ENTROPY_FLAG_RATIO`` x the mean unigram entropy of the
+    human-ceiling rows on its protocol name, scoring key and dataset; None without such a row."""
+    key = (row["protocol"], scoring_key(row["protocol_json"], row["protocol_hash"]), row["dataset"])
+    human = board[board["method"].isin(CEILING_METHODS)]
+    human = human[[(p, scoring_key(t, h), d) == key for p, t, h, d in
+                   zip(human["protocol"], human["protocol_json"], human["protocol_hash"], human["dataset"])]]
+    return _entropy_threshold(expand(human)) if len(human) else None
 
 
 def _row_evidence(row: pd.Series, name: str) -> dict:
@@ -1010,9 +1027,11 @@ def _compare_order(metrics: Iterable[str]) -> list[str]:
 
 
 def compare_rows(a: pd.Series, b: pd.Series, level: float = 0.95, replicates: int = 1000,
-                 seed: int = 0) -> Comparison:
+                 seed: int = 0, board: pd.DataFrame | None = None) -> Comparison:
     """Paired bootstrap of A - B on every metric both rows have evidence for (``significance.paired_difference``).
-    Rows must share dataset and scoring hash; a different protocol hash (sampler settings) only adds a note."""
+    Rows must share dataset and scoring hash; a different protocol hash (sampler settings) only adds a note.
+    With the ``board`` the rows come from, a Gen-PPL whose row's entropy is far below the human ceiling's is
+    flagged as in the tables (``human_entropy_threshold``)."""
     from . import significance
     check_compare_options(level, replicates, seed)
     ev_a, ev_b = _row_evidence(a, "A"), _row_evidence(b, "B")
@@ -1032,7 +1051,9 @@ def compare_rows(a: pd.Series, b: pd.Series, level: float = 0.95, replicates: in
                      f"{str(b['protocol_hash'])[:12]}); they share prompts and scorers, so they are paired")
     if a["row_id"] == b["row_id"]:
         notes.append("note: A and B are the same row")
-    return Comparison(a, b, int(ev_a["n"]), tuple(differences), tuple(notes), float(level), int(replicates), int(seed))
+    threshold = human_entropy_threshold(board, a) if board is not None else None
+    return Comparison(a, b, int(ev_a["n"]), tuple(differences), tuple(notes), float(level), int(replicates), int(seed),
+                      threshold)
 
 
 def _compare_decimals(diff) -> int:
@@ -1088,13 +1109,21 @@ def format_comparison(c: Comparison) -> str:
         label = _metric_label(d.metric) + (" (x100)" if d.metric in PERCENT_METRICS else "")
         digits = _compare_decimals(d)
         ci = f"[{_fmt_compare(d.metric, d.low, digits, True)}, {_fmt_compare(d.metric, d.high, digits, True)}]"
-        table.append([label, _fmt_compare(d.metric, d.a, digits), _fmt_compare(d.metric, d.b, digits),
+        shown = {which: _fmt_compare(d.metric, getattr(d, which), digits) for which in ("a", "b")}
+        if d.metric == "gen_ppl":
+            shown = {which: f"{FLAG_MARK} {text}" if c.flagged(which) else text for which, text in shown.items()}
+        table.append([label, shown["a"], shown["b"],
                       _fmt_compare(d.metric, d.difference, digits, True), ci, _fmt_p(d.p_value),
                       _verdict(d, 1 - c.level)])
     lines = _aligned(table, frozenset({0, len(table[0]) - 1}))
     foot = (f"A − B and its {level} CI: paired bootstrap over prompts (the same resampled prompts for both rows, "
             f"seeds resampled per row; {c.replicates} replicates, seed {c.seed}); p: two-sided test of no difference; "
             f"verdict at p < {1 - c.level:.3g}")
+    if any(d.metric == "gen_ppl" for d in c.differences):
+        if c.entropy_threshold is None:
+            foot += "\nno human-ceiling row on this protocol and dataset: Gen-PPL is not checked against its entropy"
+        elif c.flagged("a") or c.flagged("b"):
+            foot += f"\n{_flag_legend()} ({c.entropy_threshold:.3g})"
     return "\n".join(head + lines + ["", foot]) + "\n"
 
 
@@ -1570,21 +1599,25 @@ def axis_plots(df: pd.DataFrame, metric: str = "mauve") -> list[tuple[dict, str,
     """(plot-group key, axis name, figure HTML) for every axis with more than one scored value within one
     (protocol name, scoring hash) group; see ``_plot_groups`` for the key and ``_axis_plot`` for the bars.
     Floor rows are left out: they have no axes, and lines at their (far lower) scores would flatten the curves;
-    the tables rank them and the Gen-PPL–entropy plane shows them."""
+    the tables rank them and the Gen-PPL–entropy plane shows them. Gen-PPL is never drawn alone: each Gen-PPL
+    plot is followed by the unigram entropy over the same axis (when the rows have it)."""
     expanded = expand(df) if len(df) else df
     if not len(expanded):
         return []
     _check_metric(expanded, metric)
+    metrics = [metric] + (["entropy"] if metric == "gen_ppl" and "entropy" in expanded.columns else [])
     plots = []
     for key, group in _plot_groups(expanded):
         ceilings = group[group["method"].isin(CEILING_METHODS)]
-        rows = group[~group["method"].isin(CEILING_METHODS | FLOOR_METHODS) & group[metric].notna()]
+        models = group[~group["method"].isin(CEILING_METHODS | FLOOR_METHODS)]
         datasets = sorted(set(group["dataset"]))
         for axis in axis_columns(group):
-            present = [v for v in rows[axis] if not _missing(v)]
-            if len({_axis_value_key(v) for v in present}) < 2:
-                continue
-            plots.append((key, axis[len("axis."):], _axis_plot(rows, ceilings, axis, metric, key, datasets)))
+            for name in metrics:
+                rows = models[models[name].notna()]
+                present = [v for v in rows[axis] if not _missing(v)]
+                if len({_axis_value_key(v) for v in present}) < 2:
+                    continue
+                plots.append((key, axis[len("axis."):], _axis_plot(rows, ceilings, axis, name, key, datasets)))
     return plots
 
 
@@ -1623,16 +1656,17 @@ def _plane_points(rows: pd.DataFrame) -> list[dict]:
     return points
 
 
-def _plane_marker(kind: str, X: float, Y: float, tip: str) -> str:
-    """Models: filled circles; the human ceiling: a filled diamond; floors: hollow squares."""
+def _plane_marker(kind: str, X: float, Y: float, tip: str, css: str = "point") -> str:
+    """Models: filled circles; the human ceiling: a filled diamond; floors: hollow squares. ``css``: "point" for
+    a row's point, "legend-marker" for the legend's sample (so a count of points never includes the legend)."""
     color, title = _PLANE_STYLE[kind], f"<title>{_esc(tip)}</title>"
     if kind == "human":
-        return (f'<path class="point" data-kind="human" d="M{X:.1f} {Y - 6:.1f}l6 6l-6 6l-6 -6z" '
+        return (f'<path class="{css}" data-kind="human" d="M{X:.1f} {Y - 6:.1f}l6 6l-6 6l-6 -6z" '
                 f'fill="{color}">{title}</path>')
     if kind == "floor":
-        return (f'<rect class="point" data-kind="floor" x="{X - 4.5:.1f}" y="{Y - 4.5:.1f}" width="9" height="9" '
+        return (f'<rect class="{css}" data-kind="floor" x="{X - 4.5:.1f}" y="{Y - 4.5:.1f}" width="9" height="9" '
                 f'fill="#fff" stroke="{color}" stroke-width="1.8">{title}</rect>')
-    return f'<circle class="point" data-kind="model" cx="{X:.1f}" cy="{Y:.1f}" r="4" fill="{color}">{title}</circle>'
+    return f'<circle class="{css}" data-kind="model" cx="{X:.1f}" cy="{Y:.1f}" r="4" fill="{color}">{title}</circle>'
 
 
 def _plane_plot(key: dict, dataset: str, rows: pd.DataFrame, points: list[dict]) -> str:
@@ -1687,7 +1721,8 @@ def _plane_plot(key: dict, dataset: str, rows: pd.DataFrame, points: list[dict])
     legend = [("model", "model"), ("human", "human ceiling"), ("floor", "floor")]
     for i, (kind, text) in enumerate(k for k in legend if any(p["kind"] == k[0] for p in points)):
         y = py0 + 8 + 20 * i
-        out.append(f'{_plane_marker(kind, px1 + 18, y, text)}<text x="{px1 + 30}" y="{y + 4}">{_esc(text)}</text>')
+        marker = _plane_marker(kind, px1 + 18, y, text, "legend-marker")
+        out.append(f'{marker}<text x="{px1 + 30}" y="{y + 4}">{_esc(text)}</text>')
     if threshold is not None:
         y = py0 + 8 + 20 * 3
         out.append(f'<line x1="{px1 + 12}" x2="{px1 + 24}" y1="{y}" y2="{y}" stroke="#b3261e" stroke-dasharray="4 3"/>'
@@ -1816,7 +1851,8 @@ def _figures_by_group(plots: list[tuple[dict, str, str]]) -> list[str]:
 
 
 def _axis_plots_section(plots: list[tuple[dict, str, str]], sort_by: str) -> list[str]:
-    parts = [f'<section id="axis-plots">\n<h2>Ablation axes: {_esc(_metric_label(sort_by))}</h2>']
+    shown = _metric_label(sort_by) + (" and unigram entropy" if sort_by == "gen_ppl" else "")
+    parts = [f'<section id="axis-plots">\n<h2>Ablation axes: {_esc(shown)}</h2>']
     if not plots:
         parts.append('<p class="meta">No ablation axis has more than one value with a score.</p>')
     else:

@@ -376,7 +376,8 @@ def not_significantly_worse(evidences: dict[str, dict], metric: str, higher_is_b
     The best row is the one with the best point value (``higher_is_better`` defaults to the metric's
     direction); every other row is compared with it by :func:`paired_difference` and kept unless
     ``p < alpha``. The best row is always kept. Rows without evidence for the metric, or with a NaN value,
-    are left out; rows must share their prompts (same ``n``), else ``paired_difference`` raises.
+    are left out, and so is a row whose difference from the best has no p-value (NaN: not estimable), since
+    "tied" is a claim too; rows must share their prompts (same ``n``), else ``paired_difference`` raises.
     """
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
@@ -390,7 +391,7 @@ def not_significantly_worse(evidences: dict[str, dict], metric: str, higher_is_b
     for key in points:
         if key != best:
             diff = paired_difference(evidences[best], evidences[key], metric, level, replicates, seed)
-            if not diff.p_value < alpha:
+            if math.isfinite(diff.p_value) and diff.p_value >= alpha:
                 keep.add(key)
     return keep
 

@@ -509,6 +509,18 @@ def test_axis_plots_group_by_scoring_hash_across_sampler_protocols():
     assert lb.scoring_key('{"scoring_hash": "s1"}', "abc") == ("scoring_hash", "s1")
 
 
+def test_gen_ppl_axis_plots_come_with_entropy():
+    rows = steps_rows(10) + steps_rows(20) + steps_rows(50)
+    df = lb.combine(lb._normalise(rows))
+    assert [axis for _, axis, _ in lb.axis_plots(df, "mauve")] == ["eval.steps"]
+    plots = lb.axis_plots(df, "gen_ppl")
+    assert [(axis, 'data-metric="gen_ppl"' in fig, 'data-metric="entropy"' in fig) for _, axis, fig in plots] == [
+        ("eval.steps", True, False), ("eval.steps", False, True)]
+    page = lb.html_page(df, sort_by="gen_ppl")
+    assert "Ablation axes: Gen-PPL and unigram entropy" in page
+    assert page.index('data-metric="gen_ppl"') < page.index('data-metric="entropy"')
+
+
 def test_progression_view_escapes_script_and_markup(tmp_path):
     nasty = '</script><script>window.pwned=1</script><b>bold</b> & <!-- "q" \u2028'
     first = steps_rows(50, mauve=0.9, progression=_progression(last="plain text"))

@@ -373,10 +373,9 @@ def plane_figures(page: str) -> list[dict]:
         chunk = chunk[:chunk.index("</figure>")]
         attrs = dict(re.findall(r'(data-[a-z-]+)="([^"]*)"', chunk[:chunk.index(">")]))
         svg = chunk[chunk.index("<svg"):chunk.index("</svg>")]
-        # data points carry "<label>: entropy x, Gen-PPL y" titles; the legend's markers only the kind's name
-        points = re.findall(r'<(circle|path|rect) class="point" data-kind="(\w+)"[^>]*><title>([^<]*: entropy [^<]*)'
-                            r"</title>", svg)
-        figures.append({**attrs, "svg": svg, "points": points})
+        points = re.findall(r'<(circle|path|rect) class="point" data-kind="(\w+)"[^>]*><title>([^<]*)</title>', svg)
+        legend = re.findall(r'<(?:circle|path|rect) class="legend-marker" data-kind="(\w+)"', svg)
+        figures.append({**attrs, "svg": svg, "points": points, "legend": legend})
     return figures
 
 
@@ -396,6 +395,9 @@ def test_html_has_a_gen_ppl_entropy_plane_per_protocol_with_reference_rows_disti
                      ("model", "textldm · at-0.9x"), ("model", "textldm · repetitive")]
     # one shape per kind: models circles, the human ceiling a diamond path, floors hollow squares
     assert {kind: shape for shape, kind, _ in v3["points"]} == {"model": "circle", "human": "path", "floor": "rect"}
+    # every point is a row's (its title names the row and both values); the legend has one marker per kind
+    assert all(": entropy " in title and ", Gen-PPL " in title for _, _, title in v3["points"])
+    assert v3["legend"] == ["model", "human", "floor"]
     assert 'class="point-label"' in v3["svg"] and ">human-ceiling</text>" in v3["svg"]
     assert 'class="threshold"' in v3["svg"]  # the flag threshold, 0.8 x the human entropy
     assert sorted(kind for _, kind, _ in figures[V2]["points"]) == ["human", "model"]  # v2 rows: their own plane
@@ -531,6 +533,27 @@ def test_compare_verdict_follows_the_metric_direction(capsys, tmp_path):
     assert cli.main(["compare", "low", "high", "--leaderboard", str(board), "--replicates", "300"]) == 0
     ppl = comparison_lines(capsys.readouterr().out)["Gen-PPL"]
     assert float(ppl["A − B"]) < 0 and ppl["verdict"] == "A better"
+
+
+def test_compare_flags_a_low_entropy_gen_ppl_against_the_human_ceiling(capsys, tmp_path):
+    # "loop" repeats itself: entropy 3.5 < 0.8 x the human row's 5.0, so its low Gen-PPL carries the flag
+    rows = (v3_rows("textldm", "loop", {WIKI: evidence(31, entropy=3.5, nll=2.0)})
+            + v3_rows("textldm", "fine", {WIKI: evidence(32, entropy=4.9)}))
+    board = tmp_path / "flag.parquet"
+    lb.Leaderboard(board).add(rows)
+    assert cli.main(["compare", "loop", "fine", "--leaderboard", str(board), "--replicates", "200"]) == 0
+    out = capsys.readouterr().out
+    assert "no human-ceiling row on this protocol and dataset" in out  # nothing to flag against yet
+    assert lb.FLAG_MARK not in comparison_lines(out)["Gen-PPL"]["A"]
+    lb.Leaderboard(board).add(v3_rows("human", "human-ceiling", {WIKI: evidence(33, entropy=5.0, paired=False)}))
+    assert cli.main(["compare", "loop", "fine", "--leaderboard", str(board), "--replicates", "200"]) == 0
+    out = capsys.readouterr().out
+    ppl = comparison_lines(out)["Gen-PPL"]
+    assert ppl["A"].startswith(f"{lb.FLAG_MARK} ") and lb.FLAG_MARK not in ppl["B"]
+    assert "low Gen-PPL here signals degenerate repetition" in out and "(4)" in out  # 0.8 x 5.0
+    assert cli.main(["compare", "fine", "loop", "--leaderboard", str(board), "--replicates", "200"]) == 0
+    ppl = comparison_lines(capsys.readouterr().out)["Gen-PPL"]
+    assert ppl["B"].startswith(lb.FLAG_MARK) and not ppl["A"].startswith(lb.FLAG_MARK)
 
 
 def test_compare_of_identical_or_tied_rows_finds_no_difference(capsys, board_file):

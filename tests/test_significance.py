@@ -250,6 +250,14 @@ def test_not_significantly_worse():
     assert sig.not_significantly_worse({}, "mauve", True) == set()
 
 
+def test_a_difference_without_p_value_is_not_a_tie(monkeypatch):
+    """A row whose difference from the best cannot be estimated (NaN p) is not marked as tied with it."""
+    rows = {"best": per_prompt_evidence(np.full(20, 2.0)), "other": per_prompt_evidence(np.full(20, 1.0))}
+    untestable = sig.Difference("rouge1", 2.0, 1.0, 1.0, math.nan, math.nan, math.nan, 100)
+    monkeypatch.setattr(sig, "paired_difference", lambda *args, **kwargs: untestable)
+    assert sig.not_significantly_worse(rows, "rouge1", higher_is_better=True, replicates=100) == {"best"}
+
+
 def test_higher_is_better():
     assert not sig.higher_is_better("gen_ppl")
     assert all(sig.higher_is_better(m) for m in ("mauve", "rouge1", "rouge2", "rougeL", "bertscore", "entropy"))
