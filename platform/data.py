@@ -41,11 +41,13 @@ from latentlm.models.config import ConfigError
 
 from . import assets
 from .corpus import CorpusSpec, load_documents, split_documents
+from .engine import native_bf16
 from .progress import progress
 
 log = logging.getLogger(__name__)
 TRAIN_ROWS_PER_SHARD = 16384   # token windows: ~8 MB per shard at seq_len 128
 FEATURE_ROWS_PER_SHARD = 512   # teacher windows: fp16 states are ~200 KB per window and layer at 128 x 768
+TEACHER_BATCHES_PER_BLOCK = 4  # teacher batches per Ray Data block: the progress line moves every block
 
 
 def load_tokenizer(spec: str):
@@ -433,16 +435,20 @@ def _teacher_features(cfg, base: Path, train_dir: Path, extra_layers: list[int])
     num_layers = teacher_num_layers(teacher_cfg)
     layer = resolve_layer(requested_layer, num_layers)
     wanted = {layer, *(resolve_layer(x, num_layers, "data.teacher_layers") for x in extra_layers)}
-    directory = feature_dir(base, teacher, n, cfg.data.teacher_dtype)
+    use_gpu = torch.cuda.is_available() or _cluster_gpus() > 0
+    dtype = resolve_teacher_dtype(cfg.data.teacher_dtype, use_gpu)
+    directory = feature_dir(base, teacher, n, dtype)
     meta_path = directory / "manifest.json"
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {"layers": []}
     if not wanted <= set(meta["layers"]):  # a miss: compute every layer asked for so far in one pass
         layers = sorted(wanted | set(meta["layers"]))
         t0 = time.time()
         rd = _ray_data()
-        use_gpu = torch.cuda.is_available() or _cluster_gpus() > 0
-        ds = rd.read_parquet(str(train_dir)).limit(n)
-        ds = ds.map_batches(TeacherFeatures, fn_constructor_args=(spec, layers, cfg.data.teacher_dtype),
+        # Blocks of a few teacher batches: an actor returns its output block only when the block is done, so
+        # one block of all n windows would keep the progress line silent until the very end.
+        rows_per_block = TEACHER_BATCHES_PER_BLOCK * cfg.data.teacher_batch_size
+        ds = rd.read_parquet(str(train_dir)).limit(n).repartition(target_num_rows_per_block=rows_per_block)
+        ds = ds.map_batches(TeacherFeatures, fn_constructor_args=(spec, layers, dtype),
                             batch_format="pyarrow",
                             batch_size=cfg.data.teacher_batch_size, concurrency=max(1, _cluster_gpus()),
                             num_gpus=1 if use_gpu else 0, num_cpus=0.5)
@@ -459,7 +465,15 @@ def _teacher_features(cfg, base: Path, train_dir: Path, extra_layers: list[int])
     return str(directory / "shards"), meta["teacher_dim"], layer
 
 
-def feature_dir(base: Path, teacher: str, windows: int, dtype: str = "bfloat16") -> Path:
+def resolve_teacher_dtype(setting: str, use_gpu: bool) -> str:
+    """``data.teacher_dtype`` as computed: "auto" is bfloat16 on GPU actors or a CPU with bf16 units, float32
+    on other CPUs (the driver's CPU stands for the cluster's CPU nodes). The resolved value keys the cache."""
+    if setting != "auto":
+        return setting
+    return "bfloat16" if use_gpu or native_bf16("cpu") else "float32"
+
+
+def feature_dir(base: Path, teacher: str, windows: int, dtype: str) -> Path:
     return Path(base) / "features" / artifact_key(teacher=teacher, windows=windows, dtype=dtype)
 
 

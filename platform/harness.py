@@ -35,6 +35,7 @@ import torch
 from latentlm.models.checkpoint import atomic_write_text
 
 from . import assets, metrics, significance
+from .engine import native_bf16
 from .progress import progress
 from .protocol import ContinuationEvalConfig, ScoringConfig
 
@@ -73,6 +74,9 @@ class Scorers:
 
     def __init__(self, e: ScoringConfig, device: str = "cpu"):
         self.e, self.device = e, device
+        if e.scorer_dtype == "bfloat16" and not native_bf16(device):
+            log.warning("eval.scorer_dtype bfloat16 on %s, which has no bf16 units: the scorers run emulated bf16, "
+                        "several times slower than float32", device)
 
     @cached_property
     def featurizer(self) -> metrics.LMFeaturizer:

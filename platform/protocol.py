@@ -70,9 +70,9 @@ class ScoringConfig:
     mauve_max_length: int = 128
     genppl_model: str = "embedded:gemma3"    # Gen-PPL scorer (LDLM: GPT-2 Large)
     genppl_max_length: int = 256
-    scorer_dtype: str = "bfloat16"           # compute dtype of the frozen MAUVE featurizer and Gen-PPL scorer
-                                             # (bf16: 0.05% off fp32 Gen-PPL on the embedded text, 1.3-2.5x faster on
-                                             # AMX CPUs and GPUs); "float32" for CPUs without bf16 units
+    scorer_dtype: str = "float32"            # compute dtype of the frozen MAUVE featurizer and Gen-PPL scorer; in the
+                                             # scoring hash, so one value for every machine: bfloat16 is 0.05% off on
+                                             # Gen-PPL and 1.3-2.5x faster on GPUs and AMX CPUs, ~8x slower on AVX2
     diversity_ns: list[int] = field(default_factory=lambda: [2, 3, 4])
     steps: int = 50
     grid: str = "schedule"

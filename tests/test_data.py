@@ -200,6 +200,21 @@ def test_artifact_key():
     assert key not in changed and len(set(changed)) == len(changed)
 
 
+def test_teacher_dtype_auto_is_bf16_only_where_the_hardware_has_it(monkeypatch):
+    from latentlm.platform import engine
+    for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
+        monkeypatch.setattr(torch.cpu, name, lambda: False, raising=False)
+    assert not engine.native_bf16("cpu")
+    assert data_mod.resolve_teacher_dtype("auto", use_gpu=False) == "float32"  # emulated bf16 is ~8x slower
+    assert data_mod.resolve_teacher_dtype("auto", use_gpu=True) == "bfloat16"
+    assert data_mod.resolve_teacher_dtype("bfloat16", use_gpu=False) == "bfloat16"  # asked for: kept
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert engine.native_bf16("cpu") and data_mod.resolve_teacher_dtype("auto", use_gpu=False) == "bfloat16"
+    assert data_mod.resolve_teacher_dtype("float32", use_gpu=True) == "float32"
+    # the resolved dtype keys the feature cache: features computed in another dtype are never reused
+    assert data_mod.feature_dir(Path("r"), "t", 8, "float32") != data_mod.feature_dir(Path("r"), "t", 8, "bfloat16")
+
+
 # -- prepare_data ----------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
