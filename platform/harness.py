@@ -148,7 +148,10 @@ def score(e: ScoringConfig, scorers: Scorers, tokenizer, generations: dict[int, 
     nll_rows, token_rows, ref_labels, gen_labels, grid = [], [], [], [], []
     for seed, ids in generations.items():
         texts = render(tokenizer, ids)
-        nll, counts = scorers.genppl.nll(texts)
+        # the longest phase (a 262k-vocabulary LM over every text): its own line every interval
+        ppl_bar = progress(len(texts), f"Gen-PPL {label} seed {seed}", log, unit="text")
+        nll, counts = scorers.genppl.nll(texts, on_batch=ppl_bar.update)
+        ppl_bar.close()
         bar.update()
         entropies = np.nan_to_num(metrics.sample_entropies(ids), nan=0.0)
         values = {"entropy": entropies, "gen_tokens": np.asarray([len(x) for x in ids], dtype=np.float64)}

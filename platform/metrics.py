@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -463,8 +463,10 @@ class GenPPLScorer:
                 for text, x in zip(texts, ids)]
 
     @torch.inference_mode()
-    def nll(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Per text: summed NLL (nats, float64) and number of predicted tokens (0 = skipped text)."""
+    def nll(self, texts: Sequence[str], on_batch: Callable[[int], Any] | None = None
+            ) -> tuple[np.ndarray, np.ndarray]:
+        """Per text: summed NLL (nats, float64) and number of predicted tokens (0 = skipped text).
+        ``on_batch(k)`` is called after each forward pass with the number of texts it scored (progress)."""
         if isinstance(texts, str):
             raise TypeError("texts must be a list of strings, got a single str")
         ids = self.encode(texts)
@@ -494,6 +496,8 @@ class GenPPLScorer:
                 logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none", ignore_index=-100
             ).view(targets.shape)
             totals[idx] = token_nll.double().sum(dim=1).cpu().numpy()
+            if on_batch is not None:
+                on_batch(len(idx))
         return totals, counts
 
     def __call__(self, texts: Sequence[str]) -> dict[str, float]:

@@ -124,8 +124,11 @@ def test_gen_ppl_is_batch_invariant(tiny_lm_dir, scorer):
     rng = random.Random(0)
     for batch_size, max_logits in [(1, 1 << 28), (2, 1 << 28), (16, 1 << 28), (16, 1)]:
         other = GenPPLScorer(str(tiny_lm_dir), max_length=64, batch_size=batch_size, max_logits=max_logits)
-        totals, counts = other.nll(TEXTS)
+        batches: list[int] = []
+        totals, counts = other.nll(TEXTS, on_batch=batches.append)
         np.testing.assert_array_equal(counts, reference_counts)
+        # progress: one call per forward pass, covering every scored text once
+        assert sum(batches) == int((counts > 0).sum()) and max(batches) <= batch_size
         np.testing.assert_allclose(totals, reference_totals, rtol=1e-5)
         # the same text among different company, in a different order
         order = list(range(len(TEXTS)))
