@@ -59,8 +59,7 @@ def native_bf16(device: torch.device | str) -> bool:
 def compute_dtype(precision: str, device: torch.device) -> torch.dtype:
     """``auto``: bf16 on a bf16-capable GPU, fp32 otherwise (CPU bf16 works but is slow; fp16 is unsupported)."""
     if precision == "auto":
-        bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-        return torch.bfloat16 if bf16 else torch.float32
+        return torch.bfloat16 if device.type == "cuda" and native_bf16(device) else torch.float32
     return torch.bfloat16 if precision == "bf16" else torch.float32
 
 

@@ -14,9 +14,10 @@ row into
 * :func:`detectable_difference` / :func:`samples_needed`: the power of the protocol.
 
 MAUVE is a distribution-level score, not a mean over prompts; it can still be bootstrapped cheaply because
-the harness caches each point's k-means label (:func:`quantize`), so a replicate only rebuilds two histograms
-from resampled labels and recomputes the divergence curve (:func:`mauve_from_labels`, vectorised). The
-quantisation itself is not redone per replicate; its variability is covered by resampling k-means seeds.
+the harness caches each point's k-means label (:func:`quantize`), so a replicate only rebuilds two
+histograms of the resampled labels and recomputes the divergence curve (:func:`mauve_from_labels`,
+vectorised). The quantisation itself is not redone per replicate; its variability is covered by resampling
+k-means seeds.
 
 Evidence format (a plain JSON-serialisable dict; every array is a nested list)::
 
