@@ -7,9 +7,9 @@ reconstruction accuracy when the model has one, the reference rows (a human ceil
 second set of held-out documents; the must-lose floors of ``floors.py``) and the denoising progression of
 one sample. Continuations shorter than the protocol's floor (``eval.min_target_tokens``) are skipped.
 
-Scorer models are protocol fields; the defaults are local (MiniLM for BERTScore, the embedded SmolLM2 for
-MAUVE features, Gemma-3-270m for Gen-PPL), so numbers are not comparable with papers that use
-roberta-large / gpt2-large.
+Scorer models are protocol fields; the defaults are local (MiniLM for BERTScore, Gemma-3-270m for Gen-PPL and
+MAUVE features, from one forward pass; not the SmolLM2 teacher that REPA aligns to), so numbers are not
+comparable with papers that use roberta-large / gpt2-large.
 """
 from __future__ import annotations
 

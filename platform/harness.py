@@ -78,17 +78,33 @@ class Scorers:
             log.warning("eval.scorer_dtype bfloat16 on %s, which has no bf16 units: the scorers run emulated bf16, "
                         "several times slower than float32", device)
 
+    @property
+    def shared_lm(self) -> bool:
+        """MAUVE's featurizer is the Gen-PPL scorer (the default): one model, one forward pass per text."""
+        return self.e.mauve_model == self.e.genppl_model
+
     @cached_property
     def featurizer(self) -> metrics.LMFeaturizer:
-        return metrics.LMFeaturizer(assets.resolve_model(self.e.mauve_model), max_length=self.e.mauve_max_length,
-                                    pooling=self.e.mauve_pooling, device=self.device,
-                                    dtype=getattr(torch, self.e.scorer_dtype))
+        e = self.e
+        if self.shared_lm:
+            return metrics.LMFeaturizer.over(self.genppl, e.mauve_max_length, e.mauve_pooling)
+        return metrics.LMFeaturizer(assets.resolve_model(e.mauve_model), max_length=e.mauve_max_length,
+                                    pooling=e.mauve_pooling, device=self.device, dtype=getattr(torch, e.scorer_dtype))
 
     @cached_property
     def genppl(self) -> metrics.GenPPLScorer:
         return metrics.GenPPLScorer(assets.resolve_model(self.e.genppl_model), max_length=self.e.genppl_max_length,
                                     batch_size=self.e.batch_size, device=self.device,
                                     dtype=getattr(torch, self.e.scorer_dtype))
+
+    def lm_scores(self, texts: list[str], on_batch=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per text: Gen-PPL's summed NLL and predicted-token count, and MAUVE's features; from one forward
+        pass of the shared model when ``shared_lm``."""
+        e = self.e
+        if self.shared_lm:
+            return self.genppl.score(texts, on_batch, features=(e.mauve_max_length, e.mauve_pooling))
+        nll, counts = self.genppl.nll(texts, on_batch)
+        return nll, counts, self.featurizer(texts)
 
     def reference_features(self, texts: list[str], cache_dir: Path | None = None) -> np.ndarray:
         """MAUVE features of the references; with ``cache_dir`` stored under a key of the featurizer settings
@@ -137,8 +153,8 @@ def score(e: ScoringConfig, scorers: Scorers, tokenizer, generations: dict[int, 
     ``references``; ``cache_dir`` shares the references' features between calls (see
     ``Scorers.reference_features``); ``label`` names the row in the progress lines."""
     _check_lengths(generations, references)
-    # four phases per seed (Gen-PPL, paired metrics, features, MAUVE): a line at least every phase or so
-    bar = progress(4 * len(generations), f"score {label} ({len(references)} texts x {len(generations)} seeds)",
+    # three phases per seed (Gen-PPL with the features, paired metrics, MAUVE): a line every phase or so
+    bar = progress(3 * len(generations), f"score {label} ({len(references)} texts x {len(generations)} seeds)",
                    log, unit="phase")
     ref_texts = render(tokenizer, references)
     ref_features = scorers.reference_features(ref_texts, cache_dir)  # the same for every seed and row
@@ -149,8 +165,8 @@ def score(e: ScoringConfig, scorers: Scorers, tokenizer, generations: dict[int, 
     for seed, ids in generations.items():
         texts = render(tokenizer, ids)
         # the longest phase (a 262k-vocabulary LM over every text): its own line every interval
-        ppl_bar = progress(len(texts), f"Gen-PPL {label} seed {seed}", log, unit="text")
-        nll, counts = scorers.genppl.nll(texts, on_batch=ppl_bar.update)
+        ppl_bar = progress(len(texts), f"Gen-PPL and features {label} seed {seed}", log, unit="text")
+        nll, counts, gen_features = scorers.lm_scores(texts, on_batch=ppl_bar.update)
         ppl_bar.close()
         bar.update()
         entropies = np.nan_to_num(metrics.sample_entropies(ids), nan=0.0)
@@ -166,8 +182,6 @@ def score(e: ScoringConfig, scorers: Scorers, tokenizer, generations: dict[int, 
             per_prompt.setdefault(name, []).append(v.tolist())
         nll_rows.append(nll.tolist())
         token_rows.append(counts.tolist())
-        gen_features = scorers.featurizer(texts)
-        bar.update()
         labels = [significance.quantize(ref_features, gen_features, buckets, k) for k in e.mauve_kmeans_seeds]
         scores = [significance.mauve_from_labels(r, g, buckets) for r, g in labels]
         ref_labels.append([r.tolist() for r, _ in labels])

@@ -186,29 +186,37 @@ class LMFeaturizer:
         self.batch_size = batch_size
         self.device = torch.device(device)
         kwargs: dict[str, Any] = {"local_files_only": True} if Path(model).is_dir() else {}
-        self.tokenizer = AutoTokenizer.from_pretrained(self.model_name, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(self.model_name, **kwargs)
         try:
             net = AutoModel.from_pretrained(self.model_name, dtype=dtype, **kwargs)
         except ValueError:  # config class not mapped by AutoModel: take the causal LM's base model
             net = AutoModelForCausalLM.from_pretrained(self.model_name, dtype=dtype, **kwargs).base_model
-        self.model = net.to(self.device).eval()
+        self._attach(net.to(self.device).eval(), tokenizer, max_length)
 
-        cfg = self.model.config
-        limit = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
-        self.max_length = min(max_length, limit) if limit else max_length
-        tok = self.tokenizer
-        self.pad_id = next((i for i in (tok.pad_token_id, tok.eos_token_id, 0) if i is not None))
-        self.fill_id = next(
-            (i for i in (tok.eos_token_id, tok.bos_token_id, tok.pad_token_id, tok.unk_token_id, 0) if i is not None)
-        )
+    @classmethod
+    def over(cls, scorer: "GenPPLScorer", max_length: int = 256, pooling: str = "last",
+             batch_size: int = 16) -> "LMFeaturizer":
+        """The featurizer of ``scorer``'s causal LM (its base model and tokenizer, already loaded): the features
+        :meth:`GenPPLScorer.score` computes alongside the NLL, for texts scored without one."""
+        if pooling not in ("last", "mean"):
+            raise ValueError(f"pooling must be 'last' or 'mean', got {pooling!r}")
+        self = cls.__new__(cls)
+        self.model_name, self.pooling, self.batch_size, self.device = scorer.model_name, pooling, batch_size, scorer.device
+        self._attach(scorer.model.base_model, scorer.tokenizer, max_length)
+        return self
+
+    def _attach(self, net, tokenizer, max_length: int) -> None:
+        self.model, self.tokenizer = net, tokenizer
+        self.max_length = position_limit(net.config, max_length)
+        self.pad_id = next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if i is not None))
+        self.fill_id = feature_fill_id(tokenizer)
 
     @property
     def dim(self) -> int:
         return int(self.model.config.hidden_size)
 
     def _encode(self, texts: Sequence[str]) -> list[list[int]]:
-        ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
-        return [list(x) if len(x) > 0 else [self.fill_id] for x in ids]
+        return feature_ids(self.tokenizer, texts, self.max_length, self.fill_id)
 
     @torch.inference_mode()
     def __call__(self, texts: list[str]) -> np.ndarray:
@@ -228,15 +236,38 @@ class LMFeaturizer:
                 input_ids[row, : len(ids[i])] = torch.tensor(ids[i], dtype=torch.long)
                 mask[row, : len(ids[i])] = 1
             input_ids, mask = input_ids.to(self.device), mask.to(self.device)
-            hidden = self.model(input_ids=input_ids, attention_mask=mask).last_hidden_state.float()
-            if self.pooling == "last":
-                last = mask.sum(dim=1) - 1  # right padding: index of the last real token
-                pooled = hidden[torch.arange(len(idx), device=hidden.device), last]
-            else:
-                m = mask.unsqueeze(-1).to(hidden.dtype)
-                pooled = (hidden * m).sum(dim=1) / m.sum(dim=1)
-            out[idx] = pooled.cpu().numpy()
+            hidden = self.model(input_ids=input_ids, attention_mask=mask).last_hidden_state
+            out[idx] = pool_hidden(hidden, mask.sum(dim=1), self.pooling).cpu().numpy()
         return out
+
+
+def position_limit(config, max_length: int) -> int:
+    """``max_length`` capped at the model's position limit (when its config names one)."""
+    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    return min(max_length, limit) if limit else max_length
+
+
+def feature_fill_id(tokenizer) -> int:
+    """The id a featurizer feeds for a text that tokenizes to nothing: eos, else bos, pad, unk, 0."""
+    return next(i for i in (tokenizer.eos_token_id, tokenizer.bos_token_id, tokenizer.pad_token_id,
+                            tokenizer.unk_token_id, 0) if i is not None)
+
+
+def feature_ids(tokenizer, texts: Sequence[str], max_length: int, fill_id: int) -> list[list[int]]:
+    """The ids a text is featurized from: the tokenizer's own encoding (its special tokens included, e.g.
+    Gemma's BOS), cut to ``max_length``; ``[fill_id]`` when that is empty."""
+    ids = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"] if len(texts) else []
+    return [list(x) if len(x) > 0 else [fill_id] for x in ids]
+
+
+def pool_hidden(hidden: torch.Tensor, lengths: torch.Tensor, pooling: str) -> torch.Tensor:
+    """(B, T, D) right-padded final hidden states -> (B, D) float32: the state at each row's last real position
+    (``lengths - 1``), or the mean over its first ``lengths`` positions."""
+    hidden = hidden.float()
+    if pooling == "last":
+        return hidden[torch.arange(len(hidden), device=hidden.device), lengths - 1]
+    m = (torch.arange(hidden.shape[1], device=hidden.device)[None] < lengths[:, None]).unsqueeze(-1).to(hidden.dtype)
+    return (hidden * m).sum(dim=1) / m.sum(dim=1)
 
 
 # ----------------------------------------------------------------------------------------------- MAUVE
@@ -462,43 +493,82 @@ class GenPPLScorer:
         return [(prefix + list(x))[: self.max_length] if text.strip() and len(x) else []
                 for text, x in zip(texts, ids)]
 
-    @torch.inference_mode()
     def nll(self, texts: Sequence[str], on_batch: Callable[[int], Any] | None = None
             ) -> tuple[np.ndarray, np.ndarray]:
         """Per text: summed NLL (nats, float64) and number of predicted tokens (0 = skipped text).
         ``on_batch(k)`` is called after each forward pass with the number of texts it scored (progress)."""
+        totals, counts, _ = self.score(texts, on_batch)
+        return totals, counts
+
+    @torch.inference_mode()
+    def score(self, texts: Sequence[str], on_batch: Callable[[int], Any] | None = None,
+              features: tuple[int, str] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """:meth:`nll`, and with ``features=(max_length, pooling)`` also each text's MAUVE features exactly as
+        ``LMFeaturizer.over(self, max_length, pooling)`` computes them, from the same forward pass: a causal
+        LM's final hidden states at a text's first k positions do not depend on what follows, so one pass over
+        the longer of a text's two encodings serves both (two passes only when neither encoding is a prefix
+        of the other). ``on_batch(k)``: after each forward pass, with the number of texts it finished."""
         if isinstance(texts, str):
             raise TypeError("texts must be a list of strings, got a single str")
+        texts = list(texts)
         ids = self.encode(texts)
         totals = np.zeros(len(ids), dtype=np.float64)
         counts = np.array([max(len(x) - 1, 0) for x in ids], dtype=np.int64)
-        order = sorted((i for i in range(len(ids)) if counts[i] > 0), key=lambda i: len(ids[i]))
+        feats = None
+        # (text, ids to run, predicted-token span of ``ids`` (0: none), feature length (0: none))
+        passes = [(i, ids[i], len(ids[i]), 0) for i in range(len(ids)) if counts[i] > 0]
+        if features is not None:
+            max_length, pooling = features
+            featurizer = LMFeaturizer.over(self, max_length, pooling)
+            feats = np.zeros((len(texts), featurizer.dim), dtype=np.float32)
+            fids = featurizer._encode(texts)
+            passes = []
+            for i, (g, f) in enumerate(zip(ids, fids)):
+                g = g if counts[i] > 0 else []
+                if g[:len(f)] == f:
+                    passes.append((i, g, len(g), len(f)))
+                elif f[:len(g)] == g:
+                    passes.append((i, f, len(g), len(f)))
+                else:
+                    passes += [(i, g, len(g), 0), (i, f, 0, len(f))]
+        remaining = Counter(p[0] for p in passes)
+        passes.sort(key=lambda p: len(p[1]))
         start = 0
-        while start < len(order):
-            # Ascending lengths: the window's last text sets the width; shrink the batch until the logits fit.
-            rows = min(self.batch_size, len(order) - start)
-            while rows > 1 and rows * len(ids[order[start + rows - 1]]) * self.vocab_size > self.max_logits:
+        while start < len(passes):
+            # Ascending lengths: the window's last row sets the width; shrink the batch until the logits fit.
+            rows = min(self.batch_size, len(passes) - start)
+            while rows > 1 and rows * len(passes[start + rows - 1][1]) * self.vocab_size > self.max_logits:
                 rows -= 1
-            idx = order[start : start + rows]
+            batch = passes[start : start + rows]
             start += rows
-            width = max(len(ids[i]) for i in idx)
-            input_ids = torch.full((len(idx), width), self.pad_id, dtype=torch.long)
-            mask = torch.zeros((len(idx), width), dtype=torch.long)
-            for row, i in enumerate(idx):
-                input_ids[row, : len(ids[i])] = torch.tensor(ids[i], dtype=torch.long)
-                mask[row, : len(ids[i])] = 1
-            # Position t predicts id t+1; padding and the last position predict nothing (ignore_index).
-            targets = torch.full_like(input_ids, -100)
-            targets[:, :-1] = input_ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
+            width = max(len(p[1]) for p in batch)
+            input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+            targets = torch.full((len(batch), width), -100, dtype=torch.long)
+            lengths = torch.tensor([len(p[1]) for p in batch])
+            for row, (_, run, span, _) in enumerate(batch):
+                input_ids[row, : len(run)] = torch.tensor(run, dtype=torch.long)
+                # Position t predicts id t+1; padding and positions past the span predict nothing (ignore_index).
+                targets[row, : max(span - 1, 0)] = input_ids[row, 1:span]
+            mask = (torch.arange(width)[None] < lengths[:, None]).long()
             input_ids, mask, targets = input_ids.to(self.device), mask.to(self.device), targets.to(self.device)
-            logits = self.model(input_ids=input_ids, attention_mask=mask).logits
+            out = self.model(input_ids=input_ids, attention_mask=mask, output_hidden_states=features is not None)
             token_nll = torch.nn.functional.cross_entropy(  # full-width logits: the reshape is a view
-                logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none", ignore_index=-100
-            ).view(targets.shape)
-            totals[idx] = token_nll.double().sum(dim=1).cpu().numpy()
+                out.logits.float().reshape(-1, out.logits.shape[-1]), targets.reshape(-1), reduction="none",
+                ignore_index=-100).view(targets.shape).double().sum(dim=1).cpu().numpy()
+            feature_rows = [row for row, p in enumerate(batch) if p[3] > 0]
+            if feature_rows:
+                pooled = pool_hidden(out.hidden_states[-1][feature_rows],
+                                     torch.tensor([batch[r][3] for r in feature_rows], device=self.device), pooling)
+                feats[[batch[r][0] for r in feature_rows]] = pooled.cpu().numpy()
+            done = 0
+            for row, (i, _, span, _) in enumerate(batch):
+                if span > 0:
+                    totals[i] = token_nll[row]
+                remaining[i] -= 1
+                done += remaining[i] == 0
             if on_batch is not None:
-                on_batch(len(idx))
-        return totals, counts
+                on_batch(int(done))
+        return totals, counts, feats
 
     def __call__(self, texts: Sequence[str]) -> dict[str, float]:
         """``{"gen_ppl", "gen_ppl_per_text", "nll", "tokens", "texts", "skipped"}`` (see the class docstring).

@@ -37,9 +37,10 @@ RULES = {
               "a compact vocabulary as the tokenizer's unknown token (EOS when it has none)",
     "genppl": "scorer tokenization without special tokens, BOS prepended when the scorer has one, first "
               "genppl_max_length ids; micro-average exp(sum NLL / sum predicted tokens) over all texts of a seed",
-    "mauve": "features of the configured LM (last-token or mean pooling) of the generations and of the whole "
-             "references, buckets max(2, n // 10); reported as the mean and std over every (sampling seed, k-means "
-             "seed) pair",
+    "mauve": "features of the configured LM (last-token or mean pooling of its final hidden states, the "
+             "tokenizer's own special tokens included, first mauve_max_length ids) of the generations and of the "
+             "whole references, buckets max(2, n // 10); reported as the mean and std over every (sampling seed, "
+             "k-means seed) pair",
     "paired": "ROUGE (F1, stemmed) and BERTScore (F1) compare each generation with its reference continuation",
     "aggregate": "per-seed metrics are averaged over the sampling seeds; *_std is the sample std over seeds",
     "intervals": "<metric>_ci_low/_ci_high: percentile bootstrap (bootstrap_replicates, bootstrap_seed) over "
@@ -65,7 +66,7 @@ class ScoringConfig:
     sample_seed: int = 1234                  # which held-out documents (and prompt splits) are drawn
     sampling_seeds: list[int] = field(default_factory=lambda: [1234, 1235])
     mauve_kmeans_seeds: list[int] = field(default_factory=lambda: [25, 26, 27])
-    mauve_model: str = "embedded:smollm2"    # paper-comparable: gpt2-large
+    mauve_model: str = "embedded:gemma3"     # paper-comparable: gpt2-large; not the REPA/LDLM teacher (SmolLM2)
     mauve_pooling: str = "last"
     mauve_max_length: int = 128
     genppl_model: str = "embedded:gemma3"    # Gen-PPL scorer (LDLM: GPT-2 Large)

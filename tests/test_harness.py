@@ -114,8 +114,8 @@ class _FixedGenerator(torch.nn.Module):
 
 @pytest.fixture(scope="module")
 def embedded_board(single_thread):
-    """One scoring pass on held-out embedded wiki text with the protocol's scorers (Gen-PPL under the embedded
-    SmolLM2 instead of Gemma-3, for speed): the human ceiling, the four floors and two degenerate generators
+    """One scoring pass on held-out embedded wiki text with the protocol's scorers (Gen-PPL and MAUVE features
+    from one pass of the embedded SmolLM2 instead of Gemma-3, for speed): the human ceiling, the four floors and two degenerate generators
     run through the continuation task's own generation loop (one that emits EOS at once, one that writes
     three tokens and then EOS). Returns name -> harness.Scored."""
     from latentlm.platform.data import load_tokenizer
@@ -123,7 +123,8 @@ def embedded_board(single_thread):
                                             reference_rows, training_token_counts)
     from latentlm.platform.experiment import build_config
     cfg = build_config("tiny", {"eval": {"num_samples": 64, "sampling_seeds": [0], "mauve_kmeans_seeds": [25, 26],
-                                         "genppl_model": "embedded:smollm2", "batch_size": 16,
+                                         "genppl_model": "embedded:smollm2", "mauve_model": "embedded:smollm2",
+                                         "batch_size": 16,
                                          "bootstrap_replicates": 500, "datasets": ["embedded:wiki"]}})
     e = cfg.eval
     tokenizer = load_tokenizer(cfg.data.tokenizer)

@@ -148,6 +148,40 @@ def test_featurizer_truncation_and_empty(tiny_lm):
         M.LMFeaturizer(tiny_lm, pooling="max")
 
 
+def _with_bos(directory: str, root: Path) -> str:
+    """A copy of ``directory`` whose tokenizer names a BOS that its template does not add: Gen-PPL prepends it,
+    the featurizer does not, so neither encoding of a text is a prefix of the other."""
+    import shutil
+
+    from transformers import AutoTokenizer
+    out = root / "with_bos"
+    shutil.copytree(directory, out)
+    tok = AutoTokenizer.from_pretrained(out, local_files_only=True)
+    tok.bos_token = tok.eos_token
+    tok.save_pretrained(out)
+    return str(out)
+
+
+@pytest.mark.parametrize("pooling", ["last", "mean"])
+def test_one_scorer_pass_gives_gen_ppl_and_the_featurizer_features(tiny_lm, pooling, tmp_path):
+    """MAUVE features and Gen-PPL from one forward pass of one LM equal the two separate passes: through
+    truncation (feature ids a prefix of the scored ids), empty and blank texts (features only) and a BOS that
+    only Gen-PPL prepends (two passes for that text)."""
+    texts = CORPUS + ["", "   ", " ".join(CORPUS), "dog"]
+    for directory in (tiny_lm, _with_bos(tiny_lm, tmp_path)):
+        scorer = M.GenPPLScorer(directory, max_length=64, batch_size=3)
+        expected_nll, expected_counts = scorer.nll(texts)
+        done: list[int] = []
+        nll, counts, feats = scorer.score(texts, on_batch=done.append, features=(6, pooling))
+        np.testing.assert_array_equal(counts, expected_counts)
+        np.testing.assert_allclose(nll, expected_nll, rtol=1e-5)
+        assert sum(done) == len(texts)  # progress: every text finished exactly once
+        expected = M.LMFeaturizer(directory, max_length=6, pooling=pooling)(texts)
+        np.testing.assert_allclose(feats, expected, atol=1e-5)
+        np.testing.assert_allclose(M.LMFeaturizer.over(scorer, 6, pooling)(texts), expected, atol=1e-5)
+        assert scorer.score(texts)[2] is None
+
+
 @pytest.mark.assets
 def test_featurizer_minilm_padding_invariance():
     f = M.LMFeaturizer(_minilm_dir(), pooling="mean", batch_size=8)
