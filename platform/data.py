@@ -327,11 +327,11 @@ class TokenizeDocuments:
 class TeacherFeatures:
     """Ray Data UDF (one frozen teacher per actor): appends fp16 hidden states of each layer as columns."""
 
-    def __init__(self, teacher: str, layers: list[int], dtype: str = "bfloat16"):
+    def __init__(self, teacher: str, layers: list[int], dtype: str = "bfloat16", threads: int = 0):
         from latentlm.models.teacher import FrozenTeacher
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        if self.device == "cpu":
-            torch.set_num_threads(os.cpu_count() or 1)  # the actor's 1-CPU reservation pins OMP to 1 thread
+        if self.device == "cpu":  # the actor's CPU reservation pins OMP to 1 thread; 0: every core of the node
+            torch.set_num_threads(threads or os.cpu_count() or 1)
         dtype = getattr(torch, dtype)
         self.teacher = FrozenTeacher(teacher, layers, dtype=dtype, device=self.device)
 
@@ -448,7 +448,7 @@ def _teacher_features(cfg, base: Path, train_dir: Path, extra_layers: list[int])
         # one block of all n windows would keep the progress line silent until the very end.
         rows_per_block = TEACHER_BATCHES_PER_BLOCK * cfg.data.teacher_batch_size
         ds = rd.read_parquet(str(train_dir)).limit(n).repartition(target_num_rows_per_block=rows_per_block)
-        ds = ds.map_batches(TeacherFeatures, fn_constructor_args=(spec, layers, dtype),
+        ds = ds.map_batches(TeacherFeatures, fn_constructor_args=(spec, layers, dtype, cfg.resources.torch_threads),
                             batch_format="pyarrow",
                             batch_size=cfg.data.teacher_batch_size, concurrency=max(1, _cluster_gpus()),
                             num_gpus=1 if use_gpu else 0, num_cpus=0.5)

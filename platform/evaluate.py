@@ -270,16 +270,13 @@ def reference_rows(e, scorers, tokenizer, samples: list[ContinuationSample], oth
     floors, scored against the same references by the same harness (cached by content across trials)."""
     targets = [s.target_ids for s in samples]
     lengths = [len(t) for t in targets]
-    rows: dict[str, harness.Scored] = {}
+    rows: dict[str, harness.ReferenceRow] = {}
     if e.human_ceiling and len(others) >= metrics.MIN_MAUVE_SAMPLES:
         tails = [o.tail_ids for o in others]
-        ceiling = [floors.borrow(tails, i, n) for i, n in enumerate(lengths)]
-        rows["human-ceiling"] = harness.human_ceiling(e, scorers, tokenizer, targets, ceiling, cache_dir,
-                                                      scoring_hash)
+        rows["human-ceiling"] = harness.human_ceiling(targets, [floors.borrow(tails, i, n)
+                                                                for i, n in enumerate(lengths)])
     if e.floors:
         generated = floors.continuation_floors([s.prompt_ids for s in samples], lengths,
                                                [s.tail_ids for s in samples], counts, list(e.sampling_seeds))
-        for name, generations in generated.items():
-            rows[name] = harness.score_reference(e, scorers, tokenizer, generations, targets, True, cache_dir,
-                                                 scoring_hash, name)
-    return rows
+        rows.update({name: harness.ReferenceRow(generations, targets, True) for name, generations in generated.items()})
+    return harness.score_reference_rows(e, scorers, tokenizer, rows, cache_dir, scoring_hash)

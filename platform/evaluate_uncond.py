@@ -154,16 +154,14 @@ def evaluate_ldlm(cfg, joint_checkpoint: str, post_checkpoint: str | None, out_d
         row.update({"sample_seconds_per_seq": generation_seconds / (len(e.sampling_seeds) * e.num_samples),
                     "eval_seconds": round(time.time() - t0, 1)})
         evaluation.results[dataset], evaluation.evidence[dataset] = row, scored.evidence
-        references: dict[str, harness.Scored] = {}
+        rows: dict[str, harness.ReferenceRow] = {}
         if e.human_ceiling and len(others) == len(refs):
-            references["human-ceiling"] = harness.human_ceiling(e, scorers, tokenizer, refs, others, ceiling_cache,
-                                                                protocol.scoring_hash)
+            rows["human-ceiling"] = harness.human_ceiling(refs, others)
         if e.floors:
-            for name, floor in floors.window_floors(len(refs), cfg.data.seq_len, counts,
-                                                    list(e.sampling_seeds)).items():
-                references[name] = harness.score_reference(e, scorers, tokenizer, floor, refs, False, ceiling_cache,
-                                                           protocol.scoring_hash, name)
-        evaluation.references[dataset] = references
+            rows.update({name: harness.ReferenceRow(floor, refs, False) for name, floor in floors.window_floors(
+                len(refs), cfg.data.seq_len, counts, list(e.sampling_seeds)).items()})
+        evaluation.references[dataset] = harness.score_reference_rows(e, scorers, tokenizer, rows, ceiling_cache,
+                                                                      protocol.scoring_hash)
         if recorder.texts:
             evaluation.progressions[dataset] = {"prompt": "", "reference": "", "total_steps": e.steps,
                                                 "steps": recorder.steps, "texts": recorder.texts}

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from filelock import FileLock, Timeout
 
 from latentlm.models.checkpoint import atomic_write_text
 
@@ -212,33 +213,63 @@ def score(e: ScoringConfig, scorers: Scorers, tokenizer, generations: dict[int, 
 
 def score_reference(e: ScoringConfig, scorers: Scorers, tokenizer, generations: dict[int, list[list[int]]],
                     references: list[list[int]], paired: bool, cache_dir: Path | None = None,
-                    scoring_hash: str = "", label: str = "reference row") -> Scored:
+                    scoring_hash: str = "", label: str = "reference row", wait: bool = True) -> Scored | None:
     """``score`` for a reference row (the human ceiling, a floor), whose texts do not depend on any trained
     model: every trial of a sweep scores the same ones. With ``cache_dir`` the row is stored under a key of
     exactly what it depends on (the protocol's ``scoring_hash``, which names the scorers and seeds, and the
-    texts), so the first trial computes it and the others read it."""
-    path = None
-    if cache_dir is not None:
-        blob = json.dumps([scoring_hash, paired, references, sorted(generations.items())])
-        path = Path(cache_dir) / f"reference-{hashlib.sha256(blob.encode()).hexdigest()[:24]}.json"
+    texts), so the first trial computes it and the others read it; a trial that finds another one scoring the
+    row waits for it, or with ``wait=False`` returns None at once (``score_reference_rows`` does other rows)."""
+    if cache_dir is None:
+        return score(e, scorers, tokenizer, generations, references, paired, None, label)
+    blob = json.dumps([scoring_hash, paired, references, sorted(generations.items())])
+    path = Path(cache_dir) / f"reference-{hashlib.sha256(blob.encode()).hexdigest()[:24]}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(f"{path}.lock")
+    try:
+        lock.acquire(timeout=-1 if wait else 0)
+    except Timeout:
+        return None
+    try:
         if path.is_file():
             cached = json.loads(path.read_text())
             return Scored(cached["row"], cached["evidence"])
-    scored = score(e, scorers, tokenizer, generations, references, paired, cache_dir, label)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, json.dumps(scored.to_json(), sort_keys=True) + "\n")  # concurrent trials agree
-    return scored
+        scored = score(e, scorers, tokenizer, generations, references, paired, cache_dir, label)
+        atomic_write_text(path, json.dumps(scored.to_json(), sort_keys=True) + "\n")
+        return scored
+    finally:
+        lock.release()
 
 
-def human_ceiling(e: ScoringConfig, scorers: Scorers, tokenizer, references: list[list[int]],
-                  others: list[list[int]], cache_dir: Path | None = None, scoring_hash: str = "") -> Scored:
+@dataclass
+class ReferenceRow:
+    """What a reference row scores: generations (sampling seed -> one id list per reference), the references
+    they are scored against, and whether the paired metrics apply."""
+    generations: dict[int, list[list[int]]]
+    references: list[list[int]]
+    paired: bool
+
+
+def score_reference_rows(e: ScoringConfig, scorers: Scorers, tokenizer, rows: dict[str, ReferenceRow],
+                         cache_dir: Path | None = None, scoring_hash: str = "") -> dict[str, Scored]:
+    """Every row of ``rows`` through ``score_reference``. Concurrent trials split the work instead of scoring
+    the same rows twice: a first pass skips the rows another trial is scoring, a second waits for them."""
+    out: dict[str, Scored] = {}
+    for wait in (False, True):
+        for name, row in rows.items():
+            if name not in out:
+                scored = score_reference(e, scorers, tokenizer, row.generations, row.references, row.paired,
+                                         cache_dir, scoring_hash, name, wait=wait)
+                if scored is not None:
+                    out[name] = scored
+    return {name: out[name] for name in rows}
+
+
+def human_ceiling(references: list[list[int]], others: list[list[int]]) -> ReferenceRow:
     """The human-vs-human row: a disjoint set of held-out texts (``others``, one per reference, each of its
     reference's length) scored as generations against ``references`` by the very same rules (one "sampling
     seed"; paired metrics do not apply: the texts are not continuations of these prompts)."""
     n = min(len(references), len(others))
-    return score_reference(e, scorers, tokenizer, {0: others[:n]}, references[:n], False, cache_dir, scoring_hash,
-                           "human-ceiling")
+    return ReferenceRow({0: others[:n]}, references[:n], False)
 
 
 def is_paired(e: ScoringConfig) -> bool:

@@ -248,6 +248,16 @@ def add_rows(path: Path, method: str, sweep: str, trial: str, axes: dict, cfg, o
     leaderboard.Leaderboard(path).add(rows)
 
 
+def threads_per_trial(concurrent_trials: int) -> int:
+    """Torch threads for each trial when concurrent trials share one node's cores (0: leave the default, every
+    core). Each process taking every core oversubscribes them: measured on a 2-core CPU, a VAE step next to a
+    Gen-PPL pass ran 2.4x slower at 2 threads each, while 1 thread each kept both at their 1-thread speed."""
+    import ray
+    if concurrent_trials <= 1 or len([n for n in ray.nodes() if n.get("Alive")]) != 1:
+        return 0
+    return max(1, int(ray.cluster_resources().get("CPU", os.cpu_count() or 1)) // concurrent_trials)
+
+
 def run_trial(config: dict[str, Any], spec: dict[str, Any], root: str) -> None:
     """One Tune trial: run the pipeline (stages shared through the cache) and add leaderboard rows."""
     import torch
@@ -260,6 +270,7 @@ def run_trial(config: dict[str, Any], spec: dict[str, Any], root: str) -> None:
     method = METHODS[method_name]
     cfg = method.build(spec["preset"], trial["overrides"])
     cfg.name = spec["name"]  # W&B groups a sweep's runs by its name
+    cfg.resources.torch_threads = cfg.resources.torch_threads or threads_per_trial(spec["max_concurrent_trials"])
     torch.set_num_threads(cfg.resources.torch_threads or os.cpu_count() or 1)  # Tune pins OMP threads to 1
     root_path = Path(root)
     # tokenized data, teacher features and trained stages (content-keyed) are shared by every sweep under
@@ -326,9 +337,10 @@ def parse_axis(text: str) -> tuple[str, list[Any]]:
 
 
 def sweep_main(name: str, default_axes, description: str, argv: list[str] | None = None,
-               method: str = "textldm") -> int:
+               method: str = "textldm", default_concurrency: Callable[[str], int] = lambda preset: 1) -> int:
     """Shared command line of the ``experiments/ablate_*.py`` scripts. ``default_axes(preset)`` gives the
-    script's grid over ``method``'s config; ``--axis`` replaces or adds an axis."""
+    script's grid over ``method``'s config; ``--axis`` replaces or adds an axis; ``default_concurrency(preset)``
+    is ``--max-concurrent-trials`` when the command line does not set it."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="tiny", help="tiny | small | paper (default: tiny)")
     parser.add_argument("--config", help="YAML/JSON file with config overrides for every trial")
@@ -336,7 +348,9 @@ def sweep_main(name: str, default_axes, description: str, argv: list[str] | None
     parser.add_argument("--axis", action="append", default=[], metavar="KEY=V1,V2", help="set a sweep axis")
     parser.add_argument("--run-dir", default="runs", help="sweeps go to <run-dir>/<name>/")
     parser.add_argument("--name", default=name, help=f"sweep name (default: {name})")
-    parser.add_argument("--max-concurrent-trials", type=int, default=1)
+    parser.add_argument("--max-concurrent-trials", type=int,
+                        help="trials run at once (default: the script's, 1 unless it says otherwise); trials "
+                             "sharing one node split its cores")
     parser.add_argument("--baseline", action="store_true",
                         help="also train and rank the matched AR baseline (TextLDM and Cola DLM sweeps)")
     args = parser.parse_args(argv)
@@ -347,7 +361,8 @@ def sweep_main(name: str, default_axes, description: str, argv: list[str] | None
         axes.update(parse_axis(a) for a in args.axis)
         overrides = merge(load_file(args.config) if args.config else {}, parse_overrides(args.set))
         spec = SweepSpec(name=args.name, method=method, preset=args.preset, axes=axes, overrides=overrides,
-                         max_concurrent_trials=args.max_concurrent_trials, run_dir=args.run_dir,
+                         max_concurrent_trials=args.max_concurrent_trials or default_concurrency(args.preset),
+                         run_dir=args.run_dir,
                          baseline=args.baseline)
         root = run_sweep(spec)
     except ConfigError as err:

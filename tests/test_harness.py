@@ -78,24 +78,68 @@ class _RefusesToScore:
         raise RuntimeError(f"recomputed (scorers.{name} used)")
 
 
-def test_reference_rows_are_cached_by_scoring_protocol_and_texts(tiny_corpus, tiny_lm_dir, word_tokenizer,
-                                                                 single_thread, tmp_path):
+def _score_rows(e, scorers, tokenizer, rows, cache_dir=None, scoring_hash=""):
+    return harness.score_reference_rows(e, scorers, tokenizer, rows, cache_dir, scoring_hash)
+
+
+@pytest.fixture
+def ceiling_inputs(tiny_corpus, tiny_lm_dir, word_tokenizer):
     lm = str(tiny_lm_dir)
     e = UnconditionalEvalConfig(num_samples=12, sampling_seeds=[0], mauve_kmeans_seeds=[25], mauve_model=lm,
                                 genppl_model=lm, batch_size=4, bootstrap_replicates=100)
     docs = [json.loads(line)["text"] for line in tiny_corpus.read_text().splitlines()]
     ids = [x[:12] for x in _texts_as_ids(word_tokenizer, docs[:26])]
+    return e, ids
+
+
+def test_reference_rows_are_cached_by_scoring_protocol_and_texts(ceiling_inputs, word_tokenizer, single_thread,
+                                                                 tmp_path):
+    e, ids = ceiling_inputs
     refs, others = ids[:12], ids[12:24]
-    cached = harness.human_ceiling(e, harness.Scorers(e), word_tokenizer, refs, others, tmp_path, "scoring-a")
-    uncached = harness.human_ceiling(e, harness.Scorers(e), word_tokenizer, refs, others)
+    rows = {"human-ceiling": harness.human_ceiling(refs, others)}
+    cached = _score_rows(e, harness.Scorers(e), word_tokenizer, rows, tmp_path, "scoring-a")["human-ceiling"]
+    uncached = _score_rows(e, harness.Scorers(e), word_tokenizer, rows)["human-ceiling"]
     assert cached.row == uncached.row and cached.evidence == uncached.evidence
     assert len(list(tmp_path.glob("reference-*.json"))) == 1
-    again = harness.human_ceiling(e, _RefusesToScore(), word_tokenizer, refs, others, tmp_path, "scoring-a")
+    again = _score_rows(e, _RefusesToScore(), word_tokenizer, rows, tmp_path, "scoring-a")["human-ceiling"]
     assert again.row == cached.row and again.evidence == cached.evidence  # read back exactly, nothing scored
-    for changed in (dict(scoring_hash="scoring-b"), dict(others=[*others[:-1], ids[24]])):
-        args = {"references": refs, "others": others, "scoring_hash": "scoring-a", **changed}
+    for scoring_hash, other_texts in (("scoring-b", others), ("scoring-a", [*others[:-1], ids[24]])):
+        changed = {"human-ceiling": harness.human_ceiling(refs, other_texts)}
         with pytest.raises(RuntimeError, match="recomputed"):  # another protocol or other texts: a new row
-            harness.human_ceiling(e, _RefusesToScore(), word_tokenizer, cache_dir=tmp_path, **args)
+            _score_rows(e, _RefusesToScore(), word_tokenizer, changed, tmp_path, scoring_hash)
+
+
+def test_concurrent_trials_split_the_reference_rows_instead_of_scoring_them_twice(ceiling_inputs, word_tokenizer,
+                                                                                   single_thread, tmp_path, monkeypatch):
+    """A row another trial holds is skipped, the next one scored, and the held row read back once it is written
+    (scored exactly once overall)."""
+    import threading
+
+    from filelock import FileLock
+    e, ids = ceiling_inputs
+    rows = {"first": harness.human_ceiling(ids[:12], ids[12:24]),
+            "second": harness.ReferenceRow({0: ids[13:25]}, ids[:12], False)}
+    # the row "another trial" scores: its cache file is locked while that trial works on it
+    alone = _score_rows(e, harness.Scorers(e), word_tokenizer, {"first": rows["first"]}, tmp_path / "probe", "h")
+    (written,) = (tmp_path / "probe").glob("reference-*.json")
+    held = FileLock(f"{tmp_path / written.name}.lock")
+    held.acquire()
+    scored_labels, real_score = [], harness.score
+    monkeypatch.setattr(harness, "score", lambda *a, **k: scored_labels.append(a[-1]) or real_score(*a, **k))
+    result = {}
+    worker = threading.Thread(target=lambda: result.update(
+        _score_rows(e, harness.Scorers(e), word_tokenizer, rows, tmp_path, "h")))
+    worker.start()
+    for _ in range(600):  # the worker scores the free row while the other one is held
+        if len(list(tmp_path.glob("reference-*.json"))) == 1:
+            break
+        worker.join(0.1)
+    assert scored_labels == ["second"] and worker.is_alive()  # waiting for "first", not scoring it
+    (tmp_path / written.name).write_text(written.read_text())  # the other trial finishes "first"
+    held.release()
+    worker.join(60)
+    assert not worker.is_alive() and scored_labels == ["second"]
+    assert result["first"].row == alone["first"].row and list(result) == ["first", "second"]
 
 
 # -- the real embedded data: ceiling, floors and degenerate generators in one scoring pass ----------

@@ -82,6 +82,29 @@ def test_eval_only_axes_survive_tunes_variant_resolution():
     assert [t["overrides"] for t in resolved] == [{"eval": {"steps": 2}}, {"eval": {"steps": 8}}]
 
 
+@pytest.mark.parametrize("nodes, cpus, concurrent, expected", [
+    (1, 2, 2, 1), (1, 8, 2, 4), (1, 2, 3, 1), (1, 2, 1, 0), (2, 16, 2, 0)])
+def test_concurrent_trials_on_one_node_split_its_cores(monkeypatch, nodes, cpus, concurrent, expected):
+    """Trials sharing one node get cores // trials torch threads each (2 threads each on 2 cores ran a VAE
+    step 2.4x slower); one trial, or trials spread over a cluster, keep the default (0: every core)."""
+    import ray
+
+    from latentlm.platform import sweep
+    monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True}] * nodes + [{"Alive": False}])
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": float(cpus)})
+    assert sweep.threads_per_trial(concurrent) == expected
+
+
+def test_a_script_sets_its_default_concurrency_and_the_command_line_overrides_it(monkeypatch):
+    from latentlm.platform import sweep
+    seen = []
+    monkeypatch.setattr(sweep, "run_sweep", lambda spec: seen.append(spec.max_concurrent_trials) or 1 / 0)
+    for argv, expected in (([], 2), (["--max-concurrent-trials", "1"], 1), (["--preset", "small"], 1)):
+        with pytest.raises(ZeroDivisionError):
+            sweep_main("t", lambda preset: {}, "doc", argv, default_concurrency=lambda p: 2 if p == "tiny" else 1)
+        assert seen[-1] == expected
+
+
 def test_cfg_sweep_trains_once_and_fills_the_leaderboard(tiny_overrides, tmp_path, ray_local):
     import pandas as pd
     config = _micro_config(tmp_path, tiny_overrides)
