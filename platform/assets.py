@@ -15,6 +15,7 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import json
+import logging
 import os
 import re
 import shutil
@@ -24,6 +25,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "AssetError", "AssetPackage", "PACKAGES", "cache_dir", "package_dir", "verify", "teacher_dir",
@@ -380,6 +383,7 @@ def _converted_dir(spec: _GGUFModel) -> Path:
             return target
         for stale in target.parent.glob(f".{spec.dirname}.*.tmp"):  # left by a killed process
             shutil.rmtree(stale, ignore_errors=True)
+        log.info("converting %s from its GGUF into %s (once per machine: tens of seconds)", spec.dirname, target)
         scratch = Path(tempfile.mkdtemp(prefix=f".{spec.dirname}.", suffix=".gguf.tmp", dir=target.parent))
         tmp = Path(tempfile.mkdtemp(prefix=f".{spec.dirname}.", suffix=".tmp", dir=target.parent))
         try:

@@ -94,6 +94,7 @@ class Scorers:
 
     @cached_property
     def genppl(self) -> metrics.GenPPLScorer:
+        log.info("loading the Gen-PPL scorer %s", self.e.genppl_model)
         return metrics.GenPPLScorer(assets.resolve_model(self.e.genppl_model), max_length=self.e.genppl_max_length,
                                     batch_size=self.e.batch_size, device=self.device,
                                     dtype=getattr(torch, self.e.scorer_dtype))
@@ -117,6 +118,7 @@ class Scorers:
         path = Path(cache_dir) / f"features-{hashlib.sha256(blob.encode()).hexdigest()[:24]}.npy"
         if path.is_file():
             return np.load(path)
+        log.info("MAUVE features of %d reference texts (%s)", len(texts), e.mauve_model)
         features = self.featurizer(texts)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")

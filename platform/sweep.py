@@ -5,12 +5,14 @@ jobs). Trials share upstream artifacts through the pipeline's content-addressed 
 per VAE config, one DiT per (VAE, DiT) config, kept in ``<run-dir>/artifacts`` for every sweep under that
 run dir, so evaluation-only axes (CFG scale, sampler steps) train nothing. Every evaluated trial lands in
 ``<run-dir>/<sweep>/leaderboard.parquet``. Re-running the same
-sweep restores it with ``Tuner.restore``: finished trials are kept, unfinished ones run.
+sweep restores it with ``Tuner.restore``: finished trials are kept, unfinished ones run; a changed grid is a new
+Tune experiment (``experiment_name``).
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import itertools
 import json
 import logging
@@ -291,6 +293,14 @@ def param_space(trials: list[Trial]) -> dict[str, Any]:
     return {"trial": tune.grid_search([json.dumps(dataclasses.asdict(t), sort_keys=True) for t in trials])}
 
 
+def experiment_name(sweep: str, trials: list[Trial]) -> str:
+    """The sweep's Tune experiment, one per grid: re-running a sweep restores it (finished trials kept, the rest
+    run), while a changed grid (an axis value, ``--baseline``) is a new experiment, so no planned trial is
+    silently dropped by restoring the old one."""
+    grid = json.dumps([dataclasses.asdict(t) for t in trials], sort_keys=True)
+    return f"{sweep}-{hashlib.sha256(grid.encode()).hexdigest()[:8]}"
+
+
 def run_sweep(spec: SweepSpec) -> Path:
     """Plan (validate), then run or restore the sweep; returns the sweep directory."""
     from ray import tune
@@ -308,7 +318,8 @@ def run_sweep(spec: SweepSpec) -> Path:
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, spec={**dataclasses.asdict(spec), "teacher_layers": layers}, root=str(root)),
         {"cpu": 0.01})  # the trial driver idles while its TorchTrainer workers hold the CPUs/GPUs
-    experiment = root / "tune" / spec.name
+    run_name = experiment_name(spec.name, trials)
+    experiment = root / "tune" / run_name
     if tune.Tuner.can_restore(str(experiment)):
         log.info("restoring interrupted sweep from %s", experiment)
         tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_errored=True)
@@ -317,7 +328,7 @@ def run_sweep(spec: SweepSpec) -> Path:
             trainable,
             param_space=param_space(trials),
             tune_config=tune.TuneConfig(max_concurrent_trials=spec.max_concurrent_trials),
-            run_config=tune.RunConfig(name=spec.name, storage_path=str(root / "tune"),
+            run_config=tune.RunConfig(name=run_name, storage_path=str(root / "tune"),
                                       failure_config=tune.FailureConfig(max_failures=1)))
     results = tuner.fit()
     errors = [r.error for r in results if r.error is not None]

@@ -71,6 +71,15 @@ def _micro_config(tmp_path: Path, tiny_overrides) -> Path:
 
 
 @pytest.mark.ray
+def test_a_changed_grid_is_a_new_tune_experiment_and_the_same_grid_restores():
+    from latentlm.platform.sweep import experiment_name
+    spec = SweepSpec("s", method="textldm", axes={"vae.latent_dim": [4, 8]})
+    same = experiment_name("s", plan_trials(spec))
+    assert same == experiment_name("s", plan_trials(SweepSpec("s", method="textldm", axes={"vae.latent_dim": [4, 8]})))
+    for changed in (SweepSpec("s", axes={"vae.latent_dim": [4, 16]}), SweepSpec("s", axes=spec.axes, baseline=True)):
+        assert experiment_name("s", plan_trials(changed)) != same
+
+
 def test_eval_only_axes_survive_tunes_variant_resolution():
     """An axis that only touches ``eval`` makes overrides like {"eval": {...}}, which Tune would take for its
     "eval" expression syntax if the trial travelled as a dict."""
