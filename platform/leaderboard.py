@@ -593,7 +593,12 @@ def _fmt_metric(name: str, value: Any) -> str:
     value = float(value)
     if name in PERCENT_METRICS or name in PERCENT_SPREADS:
         return f"{100 * value:.2f}"
-    return f"{value:.1f}" if name == "gen_tokens" else f"{value:.4g}"
+    if name == "gen_tokens":
+        return f"{value:.1f}"
+    # four significant digits; a value they round keeps its trailing zeros: an entropy of 2.9998 reads 3.000
+    # (and its CI keeps those decimals), not 3 [3, 3], while an exact 80 stays 80
+    text = f"{value:.4g}"
+    return text if float(text) == value else f"{value:#.4g}".rstrip(".")
 
 
 def _fmt_metric_std(name: str, value: Any, std: Any) -> str:

@@ -552,3 +552,11 @@ def test_progression_view_escapes_script_and_markup(tmp_path):
         "prompt", "step 1 / 20", "step 10 / 20", "step 20 / 20", "reference"]
     # rows with a progression link to it from their table
     assert page.count('href="#progression=') == 2
+
+
+def test_a_rounded_value_keeps_its_decimals_so_its_interval_is_readable():
+    """2.9998 with CI [2.966, 3.034] printed as "3 [3, 3]" hid the interval; exact values stay short."""
+    from latentlm.platform.leaderboard import _fmt_metric, _fmt_metric_ci
+    assert _fmt_metric_ci("entropy", 2.9998, 2.9664, 3.0335) == "3.000 [2.966, 3.034]"
+    assert _fmt_metric("gen_ppl", 80.0) == "80" and _fmt_metric("gen_ppl", 41.1923) == "41.19"
+    assert _fmt_metric("entropy", 0.0) == "0" and _fmt_metric("gen_ppl", 13184.3) == "1.318e+04"
