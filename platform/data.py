@@ -21,6 +21,7 @@ complete, so a cache hit is detected from the manifest, not recomputed.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -256,7 +257,14 @@ def prepare_data(cfg, root: Path, need_teacher: bool, teacher_layers: list[int] 
     base = Path(root) / "data" / key
     base.mkdir(parents=True, exist_ok=True)
     with FileLock(str(base / ".lock")):  # concurrent sweep trials prepare shared data once
-        return _prepare_locked(cfg, tokenizer, base, need_teacher, teacher_layers or [])
+        artifacts = _prepare_locked(cfg, tokenizer, base)
+    if not need_teacher:
+        return artifacts
+    # a lock of its own: a trial that needs only the tokens trains while another computes the features
+    with FileLock(str(base / ".features.lock")):
+        vae_train, teacher_dim, layer = _teacher_features(cfg, base, Path(artifacts.train), teacher_layers or [])
+    return dataclasses.replace(artifacts, vae_train=vae_train, teacher_column=teacher_column(layer),
+                               teacher_dim=teacher_dim, teacher_layer=layer)
 
 
 def _ray_data():
@@ -345,7 +353,7 @@ class TeacherFeatures:
         return batch
 
 
-def _prepare_locked(cfg, tokenizer, base: Path, need_teacher: bool, extra_layers: list[int]) -> DataArtifacts:
+def _prepare_locked(cfg, tokenizer, base: Path) -> DataArtifacts:
     d = cfg.data
     manifest_path = base / "manifest.json"
     train_dir = base / "train"
@@ -382,13 +390,8 @@ def _prepare_locked(cfg, tokenizer, base: Path, need_teacher: bool, extra_layers
     if d.vocab_limit is not None:
         vocab_path, vocab_size = _compact_vocab(base, counts, d.vocab_limit,
                                                 [tokenizer.eos_token_id, tokenizer.pad_token_id])
-    vae_train, column, teacher_dim, layer = str(train_dir), None, None, None
-    if need_teacher:
-        vae_train, teacher_dim, layer = _teacher_features(cfg, base, train_dir, extra_layers)
-        column = teacher_column(layer)
-    return DataArtifacts(str(base), str(train_dir), vae_train, d.teacher_windows, column, str(manifest_path),
-                         vocab_size, vocab_path, tokenizer.pad_token_id, tokenizer.eos_token_id, teacher_dim, layer,
-                         counts)
+    return DataArtifacts(str(base), str(train_dir), str(train_dir), d.teacher_windows, None, str(manifest_path),
+                         vocab_size, vocab_path, tokenizer.pad_token_id, tokenizer.eos_token_id, None, None, counts)
 
 
 def token_counts(base: Path, train_dir: Path, full_size: int) -> str:
