@@ -474,9 +474,7 @@ class GenPPLScorer:
         kwargs: dict[str, Any] = {"local_files_only": True} if Path(model).is_dir() else {}
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_name, **kwargs)
         self.model = AutoModelForCausalLM.from_pretrained(self.model_name, dtype=dtype, **kwargs).to(self.device).eval()
-        cfg = self.model.config
-        limit = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
-        self.max_length = min(max_length, limit) if limit else max_length
+        self.max_length = position_limit(self.model.config, max_length)
         tok = self.tokenizer
         self.bos_id = tok.bos_token_id
         self.pad_id = next((i for i in (tok.pad_token_id, tok.eos_token_id, 0) if i is not None))
