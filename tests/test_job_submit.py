@@ -11,7 +11,8 @@ behind carries that session id; to that it adds the processes whose command line
 dir (gcs_server, raylet, dashboard, monitor, log monitor: `--temp-dir=<tmp>` / `<tmp>/session_...`) or its
 GCS address (the Ray client server: `--address=<ip>:<gcs port>`), and all their descendants (workers,
 agents, the job driver, whose command lines Ray rewrites to `ray::...`). It sends them SIGTERM, waits, and
-SIGKILLs what is left (gcs_server ignores SIGTERM for a long while). The new session also keeps the
+SIGKILLs what is left (gcs_server ignores SIGTERM for a long while), rescanning each round for processes
+started meanwhile. The new session also keeps the
 daemons out of pytest's process group: without it, a signal Ray sends to its group on shutdown reaches
 pytest as a KeyboardInterrupt.
 """
@@ -144,21 +145,22 @@ class LocalHead:
             grown = bool(children)
         return mine
 
-    def stop(self, grace_s: float = 15) -> None:
-        pids = self.pids()
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        deadline = time.time() + grace_s
-        while time.time() < deadline and any(_alive(pid) for pid in pids):
-            time.sleep(0.5)
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+    def stop(self, grace_s: float = 15, rounds: int = 5) -> None:
+        """SIGTERM, then SIGKILL in rounds until none is left: a daemon may spawn a process (a worker, an agent)
+        between the scan and the signal, and a SIGKILLed process stays visible until the kernel reaps it."""
+        for attempt in range(rounds):
+            pids = self.pids()
+            if not pids:
+                return
+            sig = signal.SIGTERM if attempt == 0 else signal.SIGKILL
+            for pid in pids:
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+            deadline = time.time() + grace_s
+            while time.time() < deadline and any(_alive(pid) for pid in pids):
+                time.sleep(0.5)
 
 
 def _alive(pid: int) -> bool:

@@ -650,3 +650,25 @@ def test_compare_rows_api_checks_options_and_formats():
     for level, replicates in ((0.0, 100), (1.0, 100), (math.nan, 100), (0.95, 1), (0.95, 2.5)):
         with pytest.raises(lb.LeaderboardError):
             lb.check_compare_options(level, replicates)
+
+
+def test_power_analysis_reports_a_difference_already_resolved_instead_of_extrapolating_below_the_count(
+        capsys, board_file):
+    import importlib.util
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location(
+        "power_analysis", Path(__file__).resolve().parents[1] / "experiments" / "power_analysis.py")
+    power = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(power)
+    path, _ = board_file
+
+    def needed(target: float) -> dict[str, str]:
+        assert power.main([str(path), "--metric", "rouge1", "--target", str(target), "--replicates", "300"]) == 0
+        table = capsys.readouterr().out.splitlines()
+        return {cells[0]: cells[-1] for cells in ([c.strip() for c in line[2:-2].split(" | ")]
+                                                  for line in table[2:]) if cells[1] == WIKI}
+
+    coarse, fine = needed(0.5), needed(0.0001)  # far above / far below what N prompts resolve
+    assert coarse["textldm · A"] == f"≤ {N} (resolved now)"
+    assert int(fine["textldm · A"]) > N
+    assert power.main([str(path), "--target", "0"]) == 2
