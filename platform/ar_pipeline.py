@@ -22,7 +22,7 @@ from .data import artifact_key, prepare_data
 from .dlm_pipeline import validate_dlm
 from .evaluate import evaluate_checkpoint
 from .launch import init_ray, run_stage, training_dataset
-from .pipeline import StageCache
+from .pipeline import StageCache, Trained
 from .train_ar import ar_train_loop
 
 log = logging.getLogger(__name__)
@@ -74,9 +74,10 @@ def load_ar(checkpoint: str, use_ema: bool = True, device="cpu") -> ARGenerator:
     return ARGenerator(cfg, checkpoint, use_ema, load_tokenizer(cfg.data.tokenizer).eos_token_id).to(device)
 
 
-def run_ar(cfg, run_dir: Path, data_root: Path | None = None, cache_root: Path | None = None,
-           teacher_layers: list[int] | None = None) -> dict:
-    """Train and evaluate one AR-baseline config (``teacher_layers``: unused, the GPT reads no teacher)."""
+def train_ar(cfg, run_dir: Path, data_root: Path | None = None, cache_root: Path | None = None,
+             teacher_layers: list[int] | None = None) -> Trained:
+    """Validate, prepare the data and train the GPT of one AR-baseline config (``teacher_layers``: unused, the
+    GPT reads no teacher); no evaluation."""
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     facts = validate_dlm(cfg)  # tokenizer loads, every corpus has documents
@@ -96,10 +97,19 @@ def run_ar(cfg, run_dir: Path, data_root: Path | None = None, cache_root: Path |
     checkpoint, seconds = cache.get_or_run("ar", key, lambda: run_stage(
         ar_train_loop, common, training_dataset(artifacts.train, ["tokens", "length"], cfg.data.materialize_max_mb),
         f"ar-{key}", storage, cfg.resources))
+    return Trained({"ar": checkpoint}, {"ar": seconds}, facts, artifacts, cache)
+
+
+def run_ar(cfg, run_dir: Path, data_root: Path | None = None, cache_root: Path | None = None,
+           teacher_layers: list[int] | None = None) -> dict:
+    """Train and evaluate one AR-baseline config."""
+    trained = train_ar(cfg, run_dir, data_root, cache_root, teacher_layers)
+    checkpoint = trained.checkpoints["ar"]
     t0 = time.time()
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = ARGenerator(cfg, checkpoint, cfg.eval.use_ema, artifacts.eos_id).to(device)
-    evaluation = evaluate_checkpoint(cfg, checkpoint, run_dir / "eval", model=model,
-                                     ceiling_cache=cache.ceiling_dir, token_counts=artifacts.token_counts)
-    return {"results": evaluation.results, "evaluation": evaluation, "checkpoint": checkpoint, "facts": facts,
-            "stage_seconds": {"ar": seconds, "eval": round(time.time() - t0, 1)}}
+    model = ARGenerator(cfg, checkpoint, cfg.eval.use_ema, trained.artifacts.eos_id).to(device)
+    evaluation = evaluate_checkpoint(cfg, checkpoint, Path(run_dir).resolve() / "eval", model=model,
+                                     ceiling_cache=trained.cache.ceiling_dir,
+                                     token_counts=trained.artifacts.token_counts)
+    return {"results": evaluation.results, "evaluation": evaluation, "checkpoint": checkpoint, "facts": trained.facts,
+            "stage_seconds": {**trained.stage_seconds, "eval": round(time.time() - t0, 1)}}

@@ -21,7 +21,7 @@ from .corpus import CorpusSpec, load_documents
 from .data import artifact_key, load_tokenizer, prepare_data
 from .evaluate import evaluate_checkpoint
 from .launch import init_ray, run_stage, training_dataset
-from .pipeline import StageCache
+from .pipeline import StageCache, Trained
 from .train_dlm import dlm_stage1_loop, dlm_stage2_loop
 
 
@@ -99,9 +99,10 @@ def load_dlm(checkpoint: str, use_ema: bool = True, device="cpu") -> ColaDLMGene
     return ColaDLMGenerator(cfg, checkpoint, use_ema, eos).to(device)
 
 
-def run_dlm(cfg, run_dir: Path, data_root: Path | None = None, cache_root: Path | None = None,
-            teacher_layers: list[int] | None = None) -> dict:
-    """Train (stage 1, stage 2) and evaluate one Cola DLM config."""
+def train_dlm(cfg, run_dir: Path, data_root: Path | None = None, cache_root: Path | None = None,
+              teacher_layers: list[int] | None = None) -> Trained:
+    """Validate, prepare the data and train (stage 1 unless scratch, stage 2) one Cola DLM config; no
+    evaluation."""
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     facts = validate_dlm(cfg)
@@ -125,11 +126,22 @@ def run_dlm(cfg, run_dir: Path, data_root: Path | None = None, cache_root: Path 
     stage2_ckpt, stage2_seconds = cache.get_or_run("dlm_stage2", keys["stage2"], lambda: run_stage(
         dlm_stage2_loop, {**common, "stage1_checkpoint": stage1_ckpt}, dataset(), f"dlm_stage2-{keys['stage2']}",
         storage, cfg.resources))
+    return Trained({"stage1": stage1_ckpt, "stage2": stage2_ckpt}, {"stage1": stage1_seconds,
+                                                                    "stage2": stage2_seconds},
+                   facts, artifacts, cache)
+
+
+def run_dlm(cfg, run_dir: Path, data_root: Path | None = None, cache_root: Path | None = None,
+            teacher_layers: list[int] | None = None) -> dict:
+    """Train (stage 1, stage 2) and evaluate one Cola DLM config."""
+    trained = train_dlm(cfg, run_dir, data_root, cache_root, teacher_layers)
+    stage2_ckpt = trained.checkpoints["stage2"]
     t0 = time.time()
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = ColaDLMGenerator(cfg, stage2_ckpt, cfg.eval.use_ema, artifacts.eos_id).to(device)
-    evaluation = evaluate_checkpoint(cfg, stage2_ckpt, run_dir / "eval", model=model,
-                                     ceiling_cache=cache.ceiling_dir, token_counts=artifacts.token_counts)
-    return {"results": evaluation.results, "evaluation": evaluation, "stage1_checkpoint": stage1_ckpt, "stage2_checkpoint": stage2_ckpt,
-            "checkpoint": stage2_ckpt, "facts": facts,
-            "stage_seconds": {"stage1": stage1_seconds, "stage2": stage2_seconds, "eval": round(time.time() - t0, 1)}}
+    model = ColaDLMGenerator(cfg, stage2_ckpt, cfg.eval.use_ema, trained.artifacts.eos_id).to(device)
+    evaluation = evaluate_checkpoint(cfg, stage2_ckpt, Path(run_dir).resolve() / "eval", model=model,
+                                     ceiling_cache=trained.cache.ceiling_dir,
+                                     token_counts=trained.artifacts.token_counts)
+    return {"results": evaluation.results, "evaluation": evaluation, "stage1_checkpoint": trained.checkpoints["stage1"],
+            "stage2_checkpoint": stage2_ckpt, "checkpoint": stage2_ckpt, "facts": trained.facts,
+            "stage_seconds": {**trained.stage_seconds, "eval": round(time.time() - t0, 1)}}

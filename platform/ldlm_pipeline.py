@@ -19,7 +19,7 @@ from .config import to_dict
 from .corpus import CorpusSpec, load_documents
 from .data import artifact_key, feature_stats, load_tokenizer, prepare_data
 from .launch import init_ray, run_stage, training_dataset
-from .pipeline import StageCache
+from .pipeline import StageCache, Trained
 from .train_ldlm import post_decoder_loop, train_ldlm_loop
 
 
@@ -48,10 +48,10 @@ def ldlm_stage_keys(cfg) -> dict[str, str]:
     return {"joint": joint, "post_decoder": post}
 
 
-def run_ldlm(cfg, run_dir: Path, data_root: Path | None = None, cache_root: Path | None = None,
-             teacher_layers: list[int] | None = None) -> dict:
-    """Train and evaluate one LDLM config. Returns metrics per eval dataset, checkpoints and stage times."""
-    from .evaluate_uncond import evaluate_ldlm
+def train_ldlm(cfg, run_dir: Path, data_root: Path | None = None, cache_root: Path | None = None,
+               teacher_layers: list[int] | None = None) -> Trained:
+    """Validate, prepare the data and train (joint stage, optional post-decoder) one LDLM config; no
+    evaluation."""
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     facts = validate_ldlm(cfg)
@@ -79,10 +79,20 @@ def run_ldlm(cfg, run_dir: Path, data_root: Path | None = None, cache_root: Path
         post_ckpt, post_seconds = cache.get_or_run("post_decoder", keys["post_decoder"], lambda: run_stage(
             post_decoder_loop, {**common, "joint_checkpoint": joint_ckpt}, dataset(),
             f"post_decoder-{keys['post_decoder']}", storage, cfg.resources))
+    return Trained({"joint": joint_ckpt, "post_decoder": post_ckpt}, {"joint": joint_seconds,
+                                                                      "post_decoder": post_seconds},
+                   facts, artifacts, cache)
+
+
+def run_ldlm(cfg, run_dir: Path, data_root: Path | None = None, cache_root: Path | None = None,
+             teacher_layers: list[int] | None = None) -> dict:
+    """Train and evaluate one LDLM config. Returns metrics per eval dataset, checkpoints and stage times."""
+    from .evaluate_uncond import evaluate_ldlm
+    trained = train_ldlm(cfg, run_dir, data_root, cache_root, teacher_layers)
+    joint_ckpt, post_ckpt = trained.checkpoints["joint"], trained.checkpoints["post_decoder"]
     t0 = time.time()
-    evaluation = evaluate_ldlm(cfg, joint_ckpt, post_ckpt, run_dir / "eval", ceiling_cache=cache.ceiling_dir,
-                               token_counts=artifacts.token_counts)
-    return {"results": evaluation.results, "evaluation": evaluation, "joint_checkpoint": joint_ckpt, "post_decoder_checkpoint": post_ckpt,
-            "checkpoint": post_ckpt or joint_ckpt, "facts": facts,
-            "stage_seconds": {"joint": joint_seconds, "post_decoder": post_seconds,
-                              "eval": round(time.time() - t0, 1)}}
+    evaluation = evaluate_ldlm(cfg, joint_ckpt, post_ckpt, Path(run_dir).resolve() / "eval",
+                               ceiling_cache=trained.cache.ceiling_dir, token_counts=trained.artifacts.token_counts)
+    return {"results": evaluation.results, "evaluation": evaluation, "joint_checkpoint": joint_ckpt,
+            "post_decoder_checkpoint": post_ckpt, "checkpoint": post_ckpt or joint_ckpt, "facts": trained.facts,
+            "stage_seconds": {**trained.stage_seconds, "eval": round(time.time() - t0, 1)}}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from filelock import FileLock
@@ -21,7 +22,7 @@ from latentlm.models.teacher import load_teacher_config, resolve_layer, teacher_
 from . import assets
 from .config import to_dict
 from .corpus import CorpusSpec, load_documents
-from .data import artifact_key, load_tokenizer, prepare_data
+from .data import DataArtifacts, artifact_key, load_tokenizer, prepare_data
 from .evaluate import evaluate_checkpoint
 from .launch import init_ray, run_stage, training_dataset
 from .train_dit import train_dit_loop
@@ -78,9 +79,19 @@ class StageCache:
             return checkpoint, seconds
 
 
-def run_textldm(cfg, run_dir: Path, data_root: Path | None = None, cache_root: Path | None = None,
-                teacher_layers: list[int] | None = None) -> dict:
-    """Train (VAE, DiT) and evaluate one TextLDM config. Returns metrics per eval dataset and paths.
+@dataclass
+class Trained:
+    """A family's training stages, done: what its evaluation (and the identical-loss check) needs."""
+    checkpoints: dict[str, str | None]  # stage -> checkpoint directory, in training order
+    stage_seconds: dict[str, float]
+    facts: dict
+    artifacts: DataArtifacts
+    cache: StageCache
+
+
+def train_textldm(cfg, run_dir: Path, data_root: Path | None = None, cache_root: Path | None = None,
+                  teacher_layers: list[int] | None = None) -> Trained:
+    """Validate, prepare the data and train (VAE, DiT) for one TextLDM config; no evaluation.
 
     ``data_root``/``cache_root`` (default: the run dir's parent / the run dir) let several runs share
     tokenized data, teacher features and trained stages."""
@@ -107,9 +118,19 @@ def run_textldm(cfg, run_dir: Path, data_root: Path | None = None, cache_root: P
     dit_ckpt, dit_seconds = cache.get_or_run("dit", keys["dit"], lambda: run_stage(
         train_dit_loop, {**common, "vae_checkpoint": vae_ckpt}, training_dataset(artifacts.train, token_columns, limit),
         f"dit-{keys['dit']}", storage, cfg.resources))
+    return Trained({"vae": vae_ckpt, "dit": dit_ckpt}, {"vae": vae_seconds, "dit": dit_seconds}, facts, artifacts,
+                   cache)
+
+
+def run_textldm(cfg, run_dir: Path, data_root: Path | None = None, cache_root: Path | None = None,
+                teacher_layers: list[int] | None = None) -> dict:
+    """Train (VAE, DiT) and evaluate one TextLDM config. Returns metrics per eval dataset and paths."""
+    trained = train_textldm(cfg, run_dir, data_root, cache_root, teacher_layers)
+    dit_ckpt = trained.checkpoints["dit"]
     t0 = time.time()
-    evaluation = evaluate_checkpoint(cfg, dit_ckpt, run_dir / "eval", ceiling_cache=cache.ceiling_dir,
-                                     token_counts=artifacts.token_counts)
-    return {"results": evaluation.results, "evaluation": evaluation, "vae_checkpoint": vae_ckpt, "dit_checkpoint": dit_ckpt, "checkpoint": dit_ckpt,
-            "facts": facts,
-            "stage_seconds": {"vae": vae_seconds, "dit": dit_seconds, "eval": round(time.time() - t0, 1)}}
+    evaluation = evaluate_checkpoint(cfg, dit_ckpt, Path(run_dir).resolve() / "eval",
+                                     ceiling_cache=trained.cache.ceiling_dir,
+                                     token_counts=trained.artifacts.token_counts)
+    return {"results": evaluation.results, "evaluation": evaluation, "vae_checkpoint": trained.checkpoints["vae"],
+            "dit_checkpoint": dit_ckpt, "checkpoint": dit_ckpt, "facts": trained.facts,
+            "stage_seconds": {**trained.stage_seconds, "eval": round(time.time() - t0, 1)}}
