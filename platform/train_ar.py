@@ -1,5 +1,5 @@
 """The autoregressive baseline's training stage as a Ray Train function: next-token cross-entropy on the
-same token windows as the diffusion methods, through the shared window loop (``token_loop``: DeepSpeed /
+same token windows as the diffusion methods, through the shared stage loop (``loop``: DeepSpeed /
 torch engine, EMA, safetensors checkpoints, exact resume)."""
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import torch
 from latentlm.models.gpt import GPT, next_token_loss
 
 from .config import from_dict
-from .token_loop import train_windows
-from .training import seed_everything
+from .loop import Stage, train_stage
+from .training import load_vocab, seed_everything, window_tokens, worker_context
 
 METRICS = ("loss", "accuracy")
 
@@ -39,7 +39,12 @@ def ar_train_loop(config: dict) -> None:
     and the test-only ``inject_fault`` (see ``training.inject_fault``)."""
     from .ar_config import ARExperimentConfig
     cfg = from_dict(ARExperimentConfig, config["experiment"])
+    wc = worker_context(cfg.resources)
     seed_everything(cfg.seed + 31)
-    train_windows(config, cfg, label="ar", engine_name="gpt", model=NextTokenStep(GPT(cfg.gpt)),
-                  optim=cfg.train.optim, step_loss=lambda engine, tokens, mask, rng: engine(tokens, mask),
-                  metrics_names=METRICS, seed_offset=2)
+    model = NextTokenStep(GPT(cfg.gpt))
+    vocab = load_vocab(config.get("vocab"), wc.device)
+
+    def step(engine, micro, _step):
+        return engine(*window_tokens(micro, vocab, wc.device))
+
+    train_stage(config, cfg, wc, Stage("ar", "gpt", model, cfg.train.optim, METRICS, step, vocab=vocab))

@@ -1,6 +1,7 @@
 """Stage 2: TextDiT flow matching on the frozen VAE's latents, as a Ray Train function."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -10,13 +11,9 @@ from latentlm.models.dit import TextDiT
 from latentlm.models.text_vae import TextVAE
 from latentlm.models.textldm import LatentNormalizer, flow_matching_loss
 
-from .config import from_dict, to_dict
-from .engine import build_engine
-from .tracking import start_tracking
-from .train_vae import vocab_modules
-from .training import (EMA, Throughput, inject_fault, load_vocab, log_and_checkpoint, mean_over_workers,
-                       micro_batches, resume, seed_everything, should_log, stream_batches, window_tokens,
-                       worker_context, worker_rows, write_checkpoint)
+from .config import from_dict
+from .loop import Stage, train_stage
+from .training import load_vocab, seed_everything, stream_batches, window_tokens, worker_context, worker_rows
 
 
 def load_frozen_vae(cfg, vae_dir: str, device) -> TextVAE:
@@ -75,10 +72,15 @@ def encode_window(vae: TextVAE, normalizer: LatentNormalizer, tokens: torch.Tens
     return normalizer.normalize(mu), is_target
 
 
+@dataclass
+class DiTStep:
+    loss: torch.Tensor
+    context_len: torch.Tensor  # mean context tokens of the micro-batch's splits
+
+
 def train_dit_loop(config: dict) -> None:
     """Ray Train function. ``config``: experiment (TextLDMConfig dict), run_dir, run_name, vocab,
     vae_checkpoint, and the test-only ``inject_fault`` (see ``training.inject_fault``)."""
-    import ray.train
     from .experiment import TextLDMConfig
     cfg = from_dict(TextLDMConfig, config["experiment"])
     optim = cfg.train_dit.optim
@@ -86,71 +88,34 @@ def train_dit_loop(config: dict) -> None:
     seed_everything(cfg.seed + 17 + wc.rank)
     vae = load_frozen_vae(cfg, config["vae_checkpoint"], wc.device)
     vocab = load_vocab(config.get("vocab"), wc.device)
-    dit = TextDiT(cfg.dit).to(wc.device)
-    ema = EMA(dit, optim.ema_decay) if optim.ema_decay > 0 else None
-    engine = build_engine(dit, optim, cfg.deepspeed, wc, optim.batch_size, name="dit")
+    dit = TextDiT(cfg.dit)
     split_rng = torch.Generator().manual_seed(cfg.seed * 7919)  # every rank draws the global batch's splits
-    generators = {"split": split_rng}
     normalizer = LatentNormalizer(cfg.dit.latent_dim).to(wc.device)
 
-    def restore_extra(d: Path) -> None:
-        normalizer.load_state_dict(load_tensors(d / "normalizer.safetensors", wc.device))
-        if ema is not None:
-            ema.shadow = load_tensors(d / "ema.safetensors", wc.device)
+    def fit(shard, start_step: int) -> None:
+        if start_step == 0:  # a resumed run reads the fitted normalizer from its checkpoint
+            windows = worker_rows(stream_batches(shard, optim.batch_size, cfg.seed + 99), wc)
+            normalizer.load_state_dict(fit_normalizer(vae, windows, cfg.train_dit.normalizer_windows,
+                                                      cfg.dit.latent_dim, wc.device, wc.world_size,
+                                                      vocab).state_dict())
 
-    start_step, epoch, skip = resume(engine, generators, wc, restore_extra)
-    shard = ray.train.get_dataset_shard("train")
-    if start_step == 0:
-        windows = worker_rows(stream_batches(shard, optim.batch_size, cfg.seed + 99), wc)
-        normalizer = fit_normalizer(vae, windows, cfg.train_dit.normalizer_windows, cfg.dit.latent_dim, wc.device,
-                                    wc.world_size, vocab)
-    stream = stream_batches(shard, optim.batch_size, cfg.seed, epoch, skip)
-    meter = Throughput(engine.num_params, wc.device, wc.world_size)
-    vae_state = read_json(Path(config["vae_checkpoint"]) / "state.json")
-    tracker = start_tracking(cfg.wandb, wc.is_main, project="latentlm", group=config["run_name"],
-                             name=f"{config.get('trial', 'run')}-dit",
-                             directory=config["run_dir"], config=to_dict(cfg))
-    engine.module.train()
-    for step in range(start_step + 1, optim.steps + 1):
-        epoch, index, batch = next(stream)
-        loss_sum = torch.zeros(1, device=wc.device)
-        context_sum = torch.zeros((), device=wc.device)
-        # splits are drawn for the whole global batch, so they do not depend on the number of workers
+    def draw_splits(batch: dict) -> None:
+        # drawn for the whole global batch, so they do not depend on the number of workers
         batch["split"] = split_points(torch.from_numpy(batch["length"].astype("int64")), cfg, split_rng).numpy()
-        for micro in micro_batches(batch, engine.micro_batch_size, engine.accumulation, wc):
-            tokens, valid = window_tokens(micro, vocab, wc.device)
-            lengths = torch.from_numpy(micro["length"].astype("int64"))
-            split = torch.from_numpy(micro["split"])
-            latents, is_target = encode_window(vae, normalizer, tokens, split, valid)
-            out = flow_matching_loss(engine, latents, is_target, cfg.train_dit.schedule, cfg.dit.cfg_dropout,
-                                     valid=valid)
-            engine.backward(out.loss)
-            engine.step()
-            loss_sum += out.loss.detach().float()
-            context_sum += split.float().mean()
-            meter.add(int(lengths.sum()) * wc.world_size)
-        if ema is not None:
-            with engine.gathered():
-                ema.update(engine.module)
-        inject_fault(config, step, wc)
-        if should_log(step, optim):
-            loss, = mean_over_workers(loss_sum / engine.accumulation, wc.world_size)
-            metrics = {"loss": loss, "grad_norm": engine.grad_norm, "lr": engine.lr,
-                       "context_len": float(context_sum) / engine.accumulation,
-                       **meter.metrics(), "step": step, "epoch": epoch}
 
-            def modules():
-                # the VAE (and vocab) travel with the DiT: one self-contained export
-                exported = {"vae": vae.state_dict(), **vocab_modules(vocab), "normalizer": normalizer.state_dict()}
-                if ema is not None:
-                    exported["ema"] = ema.state_dict()
-                return exported
+    def step(engine, micro, _step):
+        tokens, valid = window_tokens(micro, vocab, wc.device)
+        split = torch.from_numpy(micro["split"])
+        latents, is_target = encode_window(vae, normalizer, tokens, split, valid)
+        out = flow_matching_loss(engine, latents, is_target, cfg.train_dit.schedule, cfg.dit.cfg_dropout,
+                                 valid=valid)
+        return DiTStep(out.loss, split.float().mean())
 
-            def writer(d, step=step, epoch=epoch, index=index):
-                write_checkpoint(d, engine, wc, generators, config=to_dict(cfg), modules=modules,
-                                 state={"stage": "dit", "step": step, "epoch": epoch, "batch_index": index,
-                                        "teacher_dim": vae_state.get("teacher_dim"),
-                                        "vae_checkpoint": config["vae_checkpoint"]})
-            log_and_checkpoint("dit", step, optim, metrics, wc, tracker, writer,
-                               Path(config["run_dir"]) / "dit_metrics.jsonl")
-    tracker.finish()
+    vae_state = read_json(Path(config["vae_checkpoint"]) / "state.json")
+    train_stage(config, cfg, wc, Stage(
+        "dit", "dit", dit, optim, ("loss", "context_len"), step, vocab=vocab, generators={"split": split_rng},
+        prepare_batch=draw_splits, on_start=fit,
+        # the VAE travels with the DiT: one self-contained export
+        modules=lambda: {"vae": vae.state_dict(), "normalizer": normalizer.state_dict()},
+        restore=lambda d: normalizer.load_state_dict(load_tensors(d / "normalizer.safetensors", wc.device)),
+        state={"teacher_dim": vae_state.get("teacher_dim"), "vae_checkpoint": config["vae_checkpoint"]}))

@@ -17,8 +17,8 @@ from latentlm.models.dlm import ColaDLM
 from latentlm.models.dlm_vae import DLMTextVAE
 
 from .config import from_dict
-from .token_loop import train_windows
-from .training import seed_everything
+from .loop import Stage, train_stage
+from .training import load_vocab, seed_everything, window_tokens, worker_context
 
 STAGE1_METRICS = ("loss", "recon", "kl", "mask", "accuracy", "logsnr")
 STAGE2_METRICS = ("loss", "fm", "vae", "recon", "kl", "mask", "ref", "accuracy", "logsnr")
@@ -35,21 +35,27 @@ def load_stage1_vae(cfg, checkpoint: str, device) -> DLMTextVAE:
     return vae.to(device)
 
 
-def _train(config: dict, stage: str, model: torch.nn.Module, optim, step_loss, metrics_names,
+def _train(config: dict, cfg, wc, stage: str, model: torch.nn.Module, optim, metrics, seed_offset: int,
            lr_multiplier=None) -> None:
-    """Both stages run the shared window loop (``token_loop.train_windows``)."""
-    train_windows(config, _experiment(config), label=f"dlm_{stage}", engine_name=stage, model=model, optim=optim,
-                  step_loss=step_loss, metrics_names=metrics_names, seed_offset=0 if stage == "vae" else 1,
-                  lr_multiplier=lr_multiplier, state={"stage1_checkpoint": config.get("stage1_checkpoint")})
+    """Both stages: ``model(tokens, mask, noise generator)`` on each micro-batch of token windows."""
+    vocab = load_vocab(config.get("vocab"), wc.device)
+    noise_rng = torch.Generator(wc.device).manual_seed(cfg.seed * 1000 + seed_offset + 10 * wc.rank)
+
+    def step(engine, micro, _step):
+        tokens, mask = window_tokens(micro, vocab, wc.device)
+        return engine(tokens, mask, noise_rng)
+
+    train_stage(config, cfg, wc, Stage(f"dlm_{stage}", stage, model, optim, metrics, step, vocab=vocab,
+                                       generators={"noise": noise_rng}, lr_multiplier=lr_multiplier,
+                                       state={"stage1_checkpoint": config.get("stage1_checkpoint")}))
 
 
 def dlm_stage1_loop(config: dict) -> None:
     """Ray Train function: Text VAE pretraining."""
     cfg = _experiment(config)
+    wc = worker_context(cfg.resources)
     seed_everything(cfg.seed)
-    vae = DLMTextVAE(cfg.dlm.vae)
-    _train(config, "vae", vae, cfg.stage1.optim, lambda engine, tokens, mask, rng: engine(tokens, mask, rng),
-           STAGE1_METRICS)
+    _train(config, cfg, wc, "vae", DLMTextVAE(cfg.dlm.vae), cfg.stage1.optim, STAGE1_METRICS, seed_offset=0)
 
 
 class _JointStep(torch.nn.Module):
@@ -67,19 +73,17 @@ class _JointStep(torch.nn.Module):
 def dlm_stage2_loop(config: dict) -> None:
     """Ray Train function: joint VAE + block-causal DiT (``config["stage1_checkpoint"]`` unless scratch)."""
     cfg = _experiment(config)
+    wc = worker_context(cfg.resources)
     seed_everything(cfg.seed + 17)
     model = ColaDLM(cfg.dlm)
     strategy, reference = cfg.dlm.vae_strategy, None
-    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     if strategy != "scratch":
         model.vae = load_stage1_vae(cfg, config["stage1_checkpoint"], "cpu")
         if strategy == "frozen" or cfg.dlm.vae_lr_ratio == 0:
             model.vae.requires_grad_(False)
         elif cfg.dlm.ref_weight > 0:
-            reference = load_stage1_vae(cfg, config["stage1_checkpoint"], device).eval().requires_grad_(False)
+            reference = load_stage1_vae(cfg, config["stage1_checkpoint"], wc.device).eval().requires_grad_(False)
     vae_ids = {id(p) for p in model.vae.parameters()}
     ratio = cfg.dlm.vae_lr_ratio if strategy == "joint" else 1.0
-    step_module = _JointStep(model, reference)
-    _train(config, "joint", step_module, cfg.stage2.optim,
-           lambda engine, tokens, mask, rng: engine(tokens, mask, rng), STAGE2_METRICS,
+    _train(config, cfg, wc, "joint", _JointStep(model, reference), cfg.stage2.optim, STAGE2_METRICS, seed_offset=1,
            lr_multiplier=lambda p: ratio if id(p) in vae_ids else 1.0)

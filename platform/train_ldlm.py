@@ -9,6 +9,7 @@ workers at every refresh, so all ranks draw from the same density, and its state
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,13 +20,9 @@ from latentlm.models.layers import masked_mean
 from latentlm.models.ldlm import LDLM, PostTrainedDecoder
 from latentlm.models.token_encoder import HiddenStats
 
-from .config import from_dict, to_dict
-from .engine import build_engine
-from .tracking import start_tracking
-from .train_vae import vocab_modules
-from .training import (EMA, Throughput, WorkerContext, inject_fault, load_vocab, log_and_checkpoint,
-                       mean_over_workers, micro_batches, resume, seed_everything, should_log,
-                       stack_column, stream_batches, window_tokens, worker_context, write_checkpoint)
+from .config import from_dict
+from .loop import Stage, train_stage
+from .training import load_vocab, seed_everything, stack_column, window_tokens, worker_context
 
 JOINT_METRICS = ("loss", "mse", "ce", "diffusion", "accuracy", "latent_norm")
 
@@ -65,74 +62,41 @@ def load_stats(path: str, dim: int, device) -> HiddenStats:
 def train_ldlm_loop(config: dict) -> None:
     """Ray Train function. ``config``: experiment (LDLMExperimentConfig dict), run_dir, run_name, vocab,
     hidden_stats (safetensors path), and the test-only ``inject_fault``."""
-    import ray.train
     cfg = _experiment(config)
-    optim, dim = cfg.train.optim, cfg.ldlm.hidden_size
+    dim = cfg.ldlm.hidden_size
     wc = worker_context(cfg.resources)
     seed_everything(cfg.seed + wc.rank)
     vocab = load_vocab(config.get("vocab"), wc.device)
     stats = load_stats(config["hidden_stats"], dim, wc.device)
-    model = LDLM(cfg.ldlm).to(wc.device)
-    ema = EMA(model, optim.ema_decay) if optim.ema_decay > 0 else None
-    engine = build_engine(model, optim, cfg.deepspeed, wc, optim.batch_size, name="ldlm")
+    model = LDLM(cfg.ldlm)
     sampler = cfg.ldlm.make_timestep_sampler()
     noise_rng = torch.Generator(wc.device).manual_seed(cfg.seed * 1000 + wc.rank)  # per-rank noise, like per-sample
     time_rng = torch.Generator().manual_seed(cfg.seed * 7919 + wc.rank)
-    generators = {"noise": noise_rng, "time": time_rng}
+    reduce = all_reduce_sum(wc.world_size)
 
-    def restore_extra(d: Path) -> None:
+    def step(engine, micro, global_step: int):
+        hidden, ids, mask = micro_inputs(micro, dim, stats, vocab, wc.device)
+        n = ids.shape[0]
+        t = sampler.sample(n, time_rng) if sampler is not None else torch.rand(n, generator=time_rng)
+        out = engine(hidden, ids, global_step, t.to(wc.device), mask, noise_rng)
+        if sampler is not None:
+            sampler.observe(out.t, out.per_sample_diffusion)
+        return out
+
+    def modules() -> dict:
+        exported = {"hidden_stats": stats.state_dict()}
+        if sampler is not None:
+            exported["timestep_sampler"] = sampler.state_dict()
+        return exported
+
+    def restore(d: Path) -> None:
         if sampler is not None:
             sampler.load_state_dict(load_tensors(d / "timestep_sampler.safetensors"))
-        if ema is not None:
-            ema.shadow = load_tensors(d / "ema.safetensors", wc.device)
 
-    start_step, epoch, skip = resume(engine, generators, wc, restore_extra)
-    stream = stream_batches(ray.train.get_dataset_shard("train"), optim.batch_size, cfg.seed, epoch, skip)
-    meter = Throughput(engine.num_params, wc.device, wc.world_size)
-    tracker = start_tracking(cfg.wandb, wc.is_main, project="latentlm", group=config["run_name"],
-                             name=f"{config.get('trial', 'run')}-ldlm", directory=config["run_dir"],
-                             config=to_dict(cfg))
-    reduce = all_reduce_sum(wc.world_size)
-    engine.module.train()
-    for step in range(start_step + 1, optim.steps + 1):
-        epoch, index, batch = next(stream)
-        sums = torch.zeros(len(JOINT_METRICS), device=wc.device)
-        for micro in micro_batches(batch, engine.micro_batch_size, engine.accumulation, wc):
-            hidden, ids, mask = micro_inputs(micro, dim, stats, vocab, wc.device)
-            n = ids.shape[0]
-            t = sampler.sample(n, time_rng) if sampler is not None else torch.rand(n, generator=time_rng)
-            out = engine(hidden, ids, step, t.to(wc.device), mask, noise_rng)
-            engine.backward(out.loss)
-            engine.step()
-            if sampler is not None:
-                sampler.observe(out.t, out.per_sample_diffusion)
-            sums += torch.stack([getattr(out, name).detach().float() for name in JOINT_METRICS])
-            meter.add(ids.numel() * wc.world_size)
-        if sampler is not None:
-            sampler.step(reduce)
-        if ema is not None:
-            with engine.gathered():
-                ema.update(engine.module)
-        inject_fault(config, step, wc)
-        if should_log(step, optim):
-            means = mean_over_workers(sums / engine.accumulation, wc.world_size)
-            metrics = {**dict(zip(JOINT_METRICS, means)), "grad_norm": engine.grad_norm, "lr": engine.lr,
-                       **meter.metrics(), "step": step, "epoch": epoch}
-
-            def modules():
-                exported = {**vocab_modules(vocab), "hidden_stats": stats.state_dict()}
-                if sampler is not None:
-                    exported["timestep_sampler"] = sampler.state_dict()
-                if ema is not None:
-                    exported["ema"] = ema.state_dict()
-                return exported
-
-            def writer(d, step=step, epoch=epoch, index=index):
-                write_checkpoint(d, engine, wc, generators, config=to_dict(cfg), modules=modules,
-                                 state={"stage": "ldlm", "step": step, "epoch": epoch, "batch_index": index})
-            log_and_checkpoint("ldlm", step, optim, metrics, wc, tracker, writer,
-                               Path(config["run_dir"]) / "ldlm_metrics.jsonl")
-    tracker.finish()
+    train_stage(config, cfg, wc, Stage(
+        "ldlm", "ldlm", model, cfg.train.optim, JOINT_METRICS, step, vocab=vocab,
+        generators={"noise": noise_rng, "time": time_rng},
+        after_step=None if sampler is None else (lambda: sampler.step(reduce)), modules=modules, restore=restore))
 
 
 def load_joint_model(checkpoint: str, cfg, device, use_ema: bool = True) -> LDLM:
@@ -145,57 +109,39 @@ def load_joint_model(checkpoint: str, cfg, device, use_ema: bool = True) -> LDLM
     return model.to(device).eval().requires_grad_(False)
 
 
+@dataclass
+class PostDecoderStep:
+    loss: torch.Tensor
+    ce: torch.Tensor
+    accuracy: torch.Tensor
+
+
 def post_decoder_loop(config: dict) -> None:
     """Ray Train function: a fresh ``PostTrainedDecoder`` learns tokens from noisy latents of the frozen joint
     model (LDLM App. B.2). ``config``: as the joint stage plus ``joint_checkpoint``."""
-    import ray.train
     cfg = _experiment(config)
     post, dim = cfg.post_decoder, cfg.ldlm.hidden_size
-    optim = post.optim
     sigma = cfg.ldlm.decoder_noise if post.decoder_noise is None else post.decoder_noise
-    wc: WorkerContext = worker_context(cfg.resources)
+    wc = worker_context(cfg.resources)
     seed_everything(cfg.seed + 101 + wc.rank)
     vocab = load_vocab(config.get("vocab"), wc.device)
     stats = load_stats(config["hidden_stats"], dim, wc.device)
     joint = load_joint_model(config["joint_checkpoint"], cfg, wc.device, use_ema=cfg.eval.use_ema)
-    decoder = PostTrainedDecoder(cfg.ldlm, post.layers, post.source).to(wc.device)
-    engine = build_engine(decoder, optim, cfg.deepspeed, wc, optim.batch_size, name="post_decoder")
+    decoder = PostTrainedDecoder(cfg.ldlm, post.layers, post.source)
     noise_rng = torch.Generator(wc.device).manual_seed(cfg.seed * 1000 + 7 + wc.rank)
-    generators = {"noise": noise_rng}
-    start_step, epoch, skip = resume(engine, generators, wc)
-    stream = stream_batches(ray.train.get_dataset_shard("train"), optim.batch_size, cfg.seed + 5, epoch, skip)
-    meter = Throughput(engine.num_params, wc.device, wc.world_size)
-    tracker = start_tracking(cfg.wandb, wc.is_main, project="latentlm", group=config["run_name"],
-                             name=f"{config.get('trial', 'run')}-post_decoder", directory=config["run_dir"],
-                             config=to_dict(cfg))
-    engine.module.train()
-    for step in range(start_step + 1, optim.steps + 1):
-        epoch, index, batch = next(stream)
-        sums = torch.zeros(2, device=wc.device)
-        for micro in micro_batches(batch, engine.micro_batch_size, engine.accumulation, wc):
-            hidden, ids, mask = micro_inputs(micro, dim, stats, vocab, wc.device)
-            with torch.no_grad():
-                z = joint.encode(hidden, mask)
-                z = z + sigma * torch.randn(z.shape, generator=noise_rng, device=z.device, dtype=z.dtype)
-            logits = engine(z, joint.decoder)
-            token_ce = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), ids, reduction="none")
-            ce = masked_mean(token_ce, mask)
-            engine.backward(ce)
-            engine.step()
-            accuracy = masked_mean((logits.argmax(-1) == ids).float(), mask)
-            sums += torch.stack([ce.detach().float(), accuracy])
-            meter.add((ids.numel() if mask is None else int(mask.sum())) * wc.world_size)
-        inject_fault(config, step, wc)
-        if should_log(step, optim):
-            ce_mean, acc_mean = mean_over_workers(sums / engine.accumulation, wc.world_size)
-            metrics = {"ce": ce_mean, "accuracy": acc_mean, "grad_norm": engine.grad_norm, "lr": engine.lr,
-                       **meter.metrics(), "step": step, "epoch": epoch}
 
-            def writer(d, step=step, epoch=epoch, index=index):
-                write_checkpoint(d, engine, wc, generators, config=to_dict(cfg), modules=lambda: {},
-                                 state={"stage": "post_decoder", "step": step, "epoch": epoch, "batch_index": index,
-                                        "joint_checkpoint": config["joint_checkpoint"]})
-            log_and_checkpoint("post_decoder", step, optim, metrics, wc, tracker, writer,
-                               Path(config["run_dir"]) / "post_decoder_metrics.jsonl")
-    tracker.finish()
+    def step(engine, micro, _step):
+        hidden, ids, mask = micro_inputs(micro, dim, stats, vocab, wc.device)
+        with torch.no_grad():
+            z = joint.encode(hidden, mask)
+            z = z + sigma * torch.randn(z.shape, generator=noise_rng, device=z.device, dtype=z.dtype)
+        logits = engine(z, joint.decoder)
+        token_ce = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), ids, reduction="none")
+        ce = masked_mean(token_ce, mask)
+        return PostDecoderStep(ce, ce, masked_mean((logits.argmax(-1) == ids).float(), mask))
 
+    # the decoder is exported as trained (the LDLM generator reads post_decoder.safetensors): no EMA
+    train_stage(config, cfg, wc, Stage(
+        "post_decoder", "post_decoder", decoder, post.optim, ("ce", "accuracy"), step, vocab=vocab,
+        generators={"noise": noise_rng}, ema=False, stream_seed=cfg.seed + 5,
+        state={"joint_checkpoint": config["joint_checkpoint"]}))
