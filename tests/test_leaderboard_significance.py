@@ -1,4 +1,4 @@
-"""Leaderboard features built on per-prompt evidence (``platform/leaderboard.py``): CI cells, significance marks
+"""Leaderboard features built on per-prompt evidence (``platform/leaderboard/``): CI cells, significance marks
 (paired bootstrap against the best *model*), the Gen-PPL entropy flag, the Gen-PPL–entropy plane, protocol
 separation, and ``latentlm compare``. Rows carry synthetic evidence (numpy, fixed seeds) whose statistics are the
 stored values, so every mark and p-value is deterministic. Fast and Ray-free."""
