@@ -95,9 +95,10 @@ class Bench:
         self.models: dict[str, dict] = {}
         self.tmp = tempfile.TemporaryDirectory(prefix="bench_generation_")
 
-    def samples(self):
+    def samples(self, length: int):
+        """The prompts, each asking for ``length`` new tokens (the protocol generates its reference's length)."""
         from latentlm.platform.evaluate import ContinuationSample
-        return [ContinuationSample(i, row, []) for i, row in enumerate(self.prompts.tolist())]
+        return [ContinuationSample(i, row, [0] * length, []) for i, row in enumerate(self.prompts.tolist())]
 
     # TextLDM ---------------------------------------------------------------------------------------------
     def build_textldm(self):
@@ -117,13 +118,12 @@ class Bench:
         self.models["textldm"] = {"denoiser": count(dit), "path": count(vae, dit),
                                   "denoiser_what": "TextDiT", "path_what": "TextVAE encoder+decoder + TextDiT",
                                   "config": {"vae": dataclasses.asdict(cfg.vae), "dit": dataclasses.asdict(cfg.dit)}}
-        samples = self.samples()
 
         def call(length: int, steps: int) -> None:
             from latentlm.platform.evaluate import generate_continuations
             c = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, seq_len=a.prompt_len + length),
                                     eval=dataclasses.replace(cfg.eval, steps=steps))
-            out = generate_continuations(model, samples, c, EOS_SENTINEL, a.seed)
+            out = generate_continuations(model, self.samples(length), c, a.seed)
             assert all(len(row) == length for row in out), "TextLDM: wrong continuation length"
         return [(f"{s} Euler steps, CFG {a.cfg_scale:g}", dict(steps=s), call) for s in a.steps]
 
@@ -191,14 +191,13 @@ class Bench:
         self.models["dlm"] = {"denoiser": count(m.dit), "path": count(m), "denoiser_what": "BlockCausalDiT",
                               "path_what": "Text VAE encoder+decoder + BlockCausalDiT",
                               "config": dataclasses.asdict(cfg.dlm)}
-        samples = self.samples()
 
         def call(length: int, use_cache: bool) -> None:
             from latentlm.platform.evaluate import generate_continuations
             c = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, seq_len=a.prompt_len + length),
                                     sampler=dataclasses.replace(cfg.sampler, use_cache=use_cache))
             gen.cfg = c  # the generator reads its sampler switches from its config
-            out = generate_continuations(gen, samples, c, EOS_SENTINEL, a.seed)
+            out = generate_continuations(gen, self.samples(length), c, a.seed)
             assert all(len(row) == length for row in out), "Cola DLM: wrong continuation length"
         block = cfg.dlm.dit.block_size
         head = f"{a.dlm_steps} steps/block of {block}, CFG {a.cfg_scale:g}"
@@ -213,7 +212,6 @@ class Bench:
         from latentlm.platform.ar_pipeline import ARGenerator
         from latentlm.platform.evaluate import generate_continuations
         a = self.args
-        samples = self.samples()
         self.models["ar"] = {"denoiser_what": "GPT, the matched count (Transformer stack or whole model)",
                              "path_what": "GPT (whole model, tied embedding counted once)", "per_setting": {}}
         variants = []
@@ -240,7 +238,7 @@ class Bench:
             def call(length: int, use_cache: bool, gen=gen, cfg=cfg) -> None:
                 c = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, seq_len=a.prompt_len + length))
                 model = gen if use_cache else NoCacheAR(gen.model)
-                out = generate_continuations(model, samples, c, EOS_SENTINEL, a.seed)
+                out = generate_continuations(model, self.samples(length), c, a.seed)
                 assert all(len(row) == length for row in out), "AR: wrong continuation length"
             settings = [(f"{shape}, KV cache, {sampling}", dict(use_cache=True))]
             if index == 0:  # the baseline also without its cache
