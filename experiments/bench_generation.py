@@ -51,7 +51,8 @@ from pathlib import Path
 
 import torch
 
-METHODS = ("textldm", "ldlm", "dlm", "ar")
+from latentlm.platform import registry
+
 EOS_SENTINEL = -2  # strip_at_eos never finds it: every generation keeps its full length
 
 # Denoiser width/depth/heads per size family (TextLDM DiT, LDLM denoiser, Cola DLM DiT alike), with the
@@ -81,7 +82,7 @@ class IdsOnly:
         return ids
 
 
-# -- the four methods: build once, return call(length, setting) -> None ------------------------------------
+# -- each method's setup: build_<method>() builds once and returns its settings ----------------------------
 
 class Bench:
     def __init__(self, args, device: torch.device, dtype: str):
@@ -355,7 +356,9 @@ def plot(rows: list[dict], path: Path, meta: dict) -> bool:
         if not r.get("error"):
             series.setdefault((r["method"], f"{r['method_label']}: {r['setting']}"), []).append(
                 (r["length"], r["tokens_per_s"]))
-    colors = {"ar": "black", "textldm": "tab:blue", "ldlm": "tab:green", "dlm": "tab:red"}
+    palette = iter(["tab:blue", "tab:green", "tab:red", "tab:purple", "tab:orange", "tab:brown", "tab:pink"])
+    colors = {method: "black" if method == meta["baseline_method"] else next(palette, None)
+              for method in dict.fromkeys(r["method"] for r in rows)}
     styles = ["-", "--", ":", "-."]
     markers = ["o", "s", "^", "D"]
     seen: dict[str, int] = {}
@@ -394,7 +397,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--dtype", choices=("auto", "fp32", "bf16"), default="auto",
                         help="auto: bf16 autocast on CUDA, fp32 on CPU")
-    parser.add_argument("--methods", default=",".join(METHODS), help=f"comma list of {METHODS}")
+    parser.add_argument("--methods", default=",".join(registry.names()),
+                        help=f"comma list of registered methods ({', '.join(registry.names())})")
     parser.add_argument("--lengths", default="128,256,512,1024", help="new tokens per sample")
     parser.add_argument("--steps", default="10,25,50", help="TextLDM Euler / LDLM Euler-Maruyama step counts")
     parser.add_argument("--dlm-steps", type=int, default=16, help="Cola DLM Euler steps per block")
@@ -420,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     args.lengths, args.steps = parse_ints(args.lengths), parse_ints(args.steps)
     args.ar_match = [m.strip() for m in args.ar_match.split(",") if m.strip()]
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = sorted(set(methods) - set(METHODS))
+    unknown = sorted(set(methods) - set(registry.names()))
     if unknown or not methods or not args.lengths or not args.steps or args.repeats < 0 or not args.ar_match:
         parser.error(f"bad --methods/--lengths/--steps/--repeats (unknown methods: {unknown})")
 
@@ -446,13 +450,18 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{meta['machine']['line']}; size {args.size}, batch {args.batch_size}, prompt {args.prompt_len}, "
           f"{dtype}, lengths {args.lengths}, median of {args.repeats}", flush=True)
     bench = Bench(args, device, dtype)
-    labels = {"textldm": "TextLDM", "ldlm": "LDLM", "dlm": "Cola DLM", "ar": "AR (GPT)"}
-    order = [m for m in ("ar", "textldm", "ldlm", "dlm") if m in methods]  # the baseline first
+    labels = {name: spec.label for name, spec in registry.methods().items()}
+    # the ratio baseline (the family registered as a matched baseline: the GPT) first
+    meta["baseline_method"] = next((s.name for s in registry.methods().values() if s.baseline_of), None)
+    order = sorted(dict.fromkeys(methods), key=lambda m: m != meta["baseline_method"])
     rows: list[dict] = []
     warmed: set[tuple[str, str]] = set()
     for method in order:
         try:
-            variants = getattr(bench, f"build_{method}")()
+            build = getattr(bench, f"build_{method}", None)
+            if build is None:
+                raise NotImplementedError(f"no benchmark setup for {method!r} (a Bench.build_{method} method)")
+            variants = build()
         except Exception as exc:  # e.g. models/gpt.py missing: report and go on with the others
             traceback.print_exc()
             rows.append({"method": method, "method_label": labels[method], "setting": "build failed", "length": 0,
@@ -490,10 +499,11 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         first_seen.setdefault((r["method"], r["setting"]), len(first_seen))
     rows.sort(key=lambda r: (first_seen[(r["method"], r["setting"])], r["length"]))
-    baseline = next((r["setting"] for r in rows if r["method"] == "ar" and "KV cache" in r["setting"]), None)
+    baseline = next((r["setting"] for r in rows if r["method"] == meta["baseline_method"]
+                     and "KV cache" in r["setting"]), None)
     meta["ar_baseline"] = baseline
     ar = {r["length"]: r["tokens_per_s"] for r in rows
-          if r["method"] == "ar" and r["setting"] == baseline and "error" not in r}
+          if r["method"] == meta["baseline_method"] and r["setting"] == baseline and "error" not in r}
     for r in rows:
         if "error" not in r and r["length"] in ar:
             r["vs_ar"] = r["tokens_per_s"] / ar[r["length"]]

@@ -1,7 +1,8 @@
 """A planted effect, detected: train the same config at 1x and at Kx the training steps (default 4x) and check
 that the evaluation protocol ranks the longer run above the shorter one, with a paired bootstrap over the
 shared prompts (p < 0.05 on MAUVE and Gen-PPL is the bar). A benchmark of the protocol, not a test: it trains
-four models on the embedded default (the matched AR baseline and TextLDM; every training stage scaled).
+four models on the embedded default (the matched AR baseline and TextLDM by default, any registered family by
+``--families``; every training stage the family declares is scaled).
 
     python experiments/bench_planted_effect.py                  # tiny preset, AR + TextLDM, 1x vs 4x
     python experiments/bench_planted_effect.py --families ar --scale 2
@@ -21,22 +22,19 @@ from pathlib import Path
 
 from latentlm.models.checkpoint import atomic_write_text
 from latentlm.models.config import ConfigError
-from latentlm.platform import leaderboard, significance
+from latentlm.platform import leaderboard, registry, significance
 from latentlm.platform.config import merge, parse_overrides
-from latentlm.platform.sweep import METHODS, add_rows
+from latentlm.platform.sweep import add_rows
 
 METRICS = ("mauve", "gen_ppl", "entropy", "rouge1", "bertscore")
 
 
 def scaled_overrides(family: str, preset: str, scale: int) -> dict:
     """Every training stage of ``family`` at ``scale`` x its preset's steps (warm-up kept, schedule stretched)."""
-    cfg = METHODS[family].build(preset, {})
-    if family == "textldm":
-        return {"train_vae": {"optim": {"steps": cfg.train_vae.optim.steps * scale}},
-                "train_dit": {"optim": {"steps": cfg.train_dit.optim.steps * scale}}}
-    if family == "ar":
-        return {"train": {"optim": {"steps": cfg.train.optim.steps * scale}}}
-    raise ConfigError(f"--families: expected textldm or ar, got {family!r}")
+    method = registry.get(family)
+    cfg = method.build(preset, {})
+    return {section: {"optim": {"steps": getattr(cfg, section).optim.steps * scale}}
+            for section in method.stages.values()}
 
 
 def compare(long_run, short_run, replicates: int) -> list[dict]:
@@ -75,7 +73,7 @@ def markdown(results: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="tiny")
-    parser.add_argument("--families", default="ar,textldm", help="comma-separated: ar, textldm")
+    parser.add_argument("--families", default="ar,textldm", help="comma-separated registered methods")
     parser.add_argument("--scale", type=int, default=4, help="training-step multiplier of the long run")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
     parser.add_argument("--replicates", type=int, default=1000)
@@ -87,9 +85,11 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--scale: expected an integer >= 2, got {args.scale}")
         families = [f.strip() for f in args.families.split(",") if f.strip()]
         user = parse_overrides(args.set)
-        plans = {f: {1: METHODS[f].build(args.preset, user),
-                     args.scale: METHODS[f].build(args.preset, merge(user, scaled_overrides(f, args.preset, args.scale)))}
-                 for f in families}  # every config validated before anything trains
+        plans = {}
+        for f in families:  # every config validated before anything trains
+            method = registry.get(f)
+            scaled = merge(user, scaled_overrides(f, args.preset, args.scale))
+            plans[f] = {1: method.build(args.preset, user), args.scale: method.build(args.preset, scaled)}
     except ConfigError as err:
         print(f"config error: {err}")
         return 2
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         t0, runs = time.time(), {}
         for scale, cfg in configs.items():
             trial = f"{family}-{scale}x"
-            runs[scale] = METHODS[family].run(cfg, out_dir / "trials" / trial, data_root=root, cache_root=root)
+            runs[scale] = registry.get(family).run(cfg, out_dir / "trials" / trial, data_root=root, cache_root=root)
             add_rows(out_dir / leaderboard.FILENAME, family, "bench_planted_effect", trial, {"steps": f"{scale}x"},
                      cfg, runs[scale], compute_seconds=sum(runs[scale]["stage_seconds"].values()))
         comparisons = compare(runs[args.scale]["evaluation"], runs[1]["evaluation"], args.replicates)

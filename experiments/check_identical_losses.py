@@ -26,10 +26,10 @@ import torch
 
 from latentlm.models.checkpoint import atomic_write_text, load_tensors
 from latentlm.models.config import ConfigError
+from latentlm.platform import registry
 from latentlm.platform.config import merge, to_dict
-from latentlm.platform.sweep import METHODS
 
-FAMILIES = ("textldm", "ldlm", "dlm", "ar")
+FAMILIES = tuple(registry.names())
 WALL_CLOCK = frozenset({"tokens_per_s", "mfu"})  # differ run to run by nature
 EXTRA = {"ldlm": {"post_decoder": {"enabled": True}, "ldlm": {"adaptive_update_every": 2}}}
 
@@ -46,17 +46,9 @@ def stage_overrides(cfg, steps: int) -> dict:
 
 
 def build(family: str, steps: int, user: dict):
-    method = METHODS[family]
+    method = registry.get(family)
     base = merge(EXTRA.get(family, {}), merge({"wandb": False}, user))
     return method.build("tiny", merge(base, stage_overrides(method.build("tiny", base), steps)))
-
-
-def train_function(family: str):
-    from latentlm.platform.ar_pipeline import train_ar
-    from latentlm.platform.dlm_pipeline import train_dlm
-    from latentlm.platform.ldlm_pipeline import train_ldlm
-    from latentlm.platform.pipeline import train_textldm
-    return {"textldm": train_textldm, "ldlm": train_ldlm, "dlm": train_dlm, "ar": train_ar}[family]
 
 
 def weights_digest(checkpoint: Path) -> dict[str, str]:
@@ -88,7 +80,7 @@ def record(configs: dict, steps: int, work: Path, data_root: Path) -> dict:
     result = {"steps": steps, "families": {}}
     for family, cfg in configs.items():
         run_dir = work / family
-        trained = train_function(family)(cfg, run_dir, data_root=data_root, cache_root=run_dir)
+        trained = registry.get(family).train(cfg, run_dir, data_root=data_root, cache_root=run_dir)
         result["families"][family] = {
             "losses": trajectories(run_dir),
             "weights": {stage: weights_digest(Path(ckpt)) for stage, ckpt in trained.checkpoints.items() if ckpt}}

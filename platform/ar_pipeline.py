@@ -14,15 +14,17 @@ from pathlib import Path
 import torch
 
 from latentlm.models.checkpoint import load_tensors, read_json, write_json
+from latentlm.models.config import ConfigError
 from latentlm.models.gpt import GPT, gpt_param_count
 from latentlm.models.vocab import CompactVocab
 
 from .config import to_dict
-from .data import artifact_key, prepare_data
+from .data import artifact_key, load_tokenizer, prepare_data
 from .dlm_pipeline import validate_dlm
 from .evaluate import evaluate_checkpoint
 from .launch import init_ray, run_stage, training_dataset
 from .pipeline import StageCache, Trained
+from .registry import SampleRequest, continue_prompt
 from .train_ar import ar_train_loop
 
 log = logging.getLogger(__name__)
@@ -70,7 +72,6 @@ def load_ar(checkpoint: str, use_ema: bool = True, device="cpu") -> ARGenerator:
     from .ar_config import ARExperimentConfig
     from .config import from_dict
     cfg = from_dict(ARExperimentConfig, read_json(Path(checkpoint) / "config.json"))
-    from .data import load_tokenizer
     return ARGenerator(cfg, checkpoint, use_ema, load_tokenizer(cfg.data.tokenizer).eos_token_id).to(device)
 
 
@@ -113,3 +114,17 @@ def run_ar(cfg, run_dir: Path, data_root: Path | None = None, cache_root: Path |
                                      token_counts=trained.artifacts.token_counts)
     return {"results": evaluation.results, "evaluation": evaluation, "checkpoint": checkpoint, "facts": trained.facts,
             "stage_seconds": {**trained.stage_seconds, "eval": round(time.time() - t0, 1)}}
+
+
+def evaluate_saved_ar(cfg, checkpoint: str | Path, out_dir: Path):
+    """Score a saved GPT checkpoint under ``cfg`` (``latentlm evaluate``)."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = ARGenerator(cfg, str(checkpoint), cfg.eval.use_ema, load_tokenizer(cfg.data.tokenizer).eos_token_id)
+    return evaluate_checkpoint(cfg, str(checkpoint), out_dir, model=model.to(device))
+
+
+def sample_ar(model: ARGenerator, request: SampleRequest) -> torch.Tensor:
+    """``latentlm sample``: the GPT continues a prompt; it has no start token to generate from nothing."""
+    if not request.prompt_ids:
+        raise ConfigError("--prompt: the AR baseline continues a prompt (it has no start token); give one")
+    return continue_prompt(model, request)

@@ -9,18 +9,18 @@ from pathlib import Path
 
 from latentlm.models.config import ConfigError
 
+from . import registry
+
 
 def _config(args):
     from .config import load_file, merge, parse_overrides
-    from .sweep import METHODS
     overrides = merge(load_file(args.config) if args.config else {}, parse_overrides(args.set))
-    return METHODS[args.method].build(args.preset, overrides)
+    return registry.get(args.method).build(args.preset, overrides)
 
 
 def cmd_train(args) -> int:
-    from .sweep import METHODS
     cfg = _config(args)
-    out = METHODS[args.method].run(cfg, Path(args.run_dir or f"runs/{args.method}"))
+    out = registry.get(args.method).run(cfg, Path(args.run_dir or f"runs/{args.method}"))
     print(json.dumps(out, indent=2, default=str))
     return 0
 
@@ -34,52 +34,21 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def _sample_ldlm(args, saved: dict, state: dict, tokenizer, generator):
-    """LDLM checkpoints (joint or post-decoder stage): unconditional samples of one full window each."""
-    from .config import from_dict
-    from .evaluate_uncond import LDLMGenerator
-    from .ldlm_config import LDLMExperimentConfig
-    if args.prompt:
-        raise ConfigError("--prompt: LDLM generates unconditionally (its protocol); drop the prompt")
-    cfg = from_dict(LDLMExperimentConfig, saved)
-    cfg.eval.use_ema = not args.no_ema
-    post = args.checkpoint if state["stage"] == "post_decoder" else None
-    joint = state["joint_checkpoint"] if post else args.checkpoint
-    return LDLMGenerator(cfg, joint, post).sample(args.num, args.steps, generator)
-
-
 def cmd_sample(args) -> int:
     import torch
     from latentlm.models.checkpoint import read_json
-    from latentlm.models.textldm import load_textldm
     from .data import load_tokenizer
     from .evaluate import strip_at_eos
-    saved = read_json(Path(args.checkpoint) / "config.json")
-    state = read_json(Path(args.checkpoint) / "state.json")
-    tokenizer = load_tokenizer(saved["data"]["tokenizer"])
-    generator = torch.Generator().manual_seed(args.seed)
-    if state.get("stage") in ("ldlm", "post_decoder"):
-        ids = _sample_ldlm(args, saved, state, tokenizer, generator)
-    elif state.get("stage") == "ar":  # the GPT baseline: token-by-token continuation of the prompt
-        from .ar_pipeline import load_ar
-        if not args.prompt:
-            raise ConfigError("--prompt: the AR baseline continues a prompt (it has no start token); give one")
-        prompt = torch.tensor([tokenizer(args.prompt, add_special_tokens=False)["input_ids"]] * args.num,
-                              dtype=torch.long)
-        ids = load_ar(args.checkpoint, use_ema=not args.no_ema).generate(prompt, args.length, generator=generator)
-    elif state.get("stage") == "dlm_joint":  # Cola DLM: block-wise continuation of the prompt
-        from .dlm_pipeline import load_dlm
-        prompt = torch.tensor([tokenizer(args.prompt, add_special_tokens=False)["input_ids"]] * args.num,
-                              dtype=torch.long)
-        ids = load_dlm(args.checkpoint, use_ema=not args.no_ema).generate(
-            prompt, args.length, steps=args.steps, cfg_scale=args.cfg_scale, generator=generator)
-    elif args.prompt:
-        model = load_textldm(args.checkpoint, use_ema=not args.no_ema)
-        prompt = torch.tensor([tokenizer(args.prompt, add_special_tokens=False)["input_ids"]] * args.num)
-        ids = model.generate(prompt, args.length, steps=args.steps, cfg_scale=args.cfg_scale, generator=generator)
-    else:
-        model = load_textldm(args.checkpoint, use_ema=not args.no_ema)
-        ids = model.generate(None, args.length, steps=args.steps, generator=generator, batch_size=args.num)
+    from .reevaluate import checkpoint_method
+    checkpoint = Path(args.checkpoint)
+    method = registry.get(checkpoint_method(checkpoint))
+    if args.prompt and method.task == "unconditional":
+        raise ConfigError(f"--prompt: {method.label} generates unconditionally (its protocol); drop the prompt")
+    tokenizer = load_tokenizer(read_json(checkpoint / "config.json")["data"]["tokenizer"])
+    prompt = tokenizer(args.prompt, add_special_tokens=False)["input_ids"] if args.prompt else []
+    request = registry.SampleRequest(prompt, args.num, args.length, args.steps, args.cfg_scale,
+                                     torch.Generator().manual_seed(args.seed))
+    ids = method.sampler(method.load_generator(checkpoint, not args.no_ema, "cpu"), request)
     for row in ids.tolist():
         text = tokenizer.decode(strip_at_eos(row, tokenizer.eos_token_id), skip_special_tokens=True)
         print(f"{args.prompt or ''}\x1b[1m{text}\x1b[0m" if sys.stdout.isatty() else f"{args.prompt or ''}{text}")
@@ -91,9 +60,12 @@ def cmd_info(args) -> int:
     import torch
     from . import assets
     from .presets import PRESETS
+    methods = {m.name: {"label": m.label, "task": m.task, "presets": m.preset_names, "stages": list(m.stages),
+                        "final_stages": list(m.final_stages)} for m in registry.methods().values()}
     info = {"torch": torch.__version__, "cuda": torch.cuda.is_available(),
             "bf16": torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
-            "presets": sorted(PRESETS), "assets": assets.describe(), "cache": str(assets.cache_dir())}
+            "presets": sorted(PRESETS), "methods": methods, "assets": assets.describe(),
+            "cache": str(assets.cache_dir())}
     print(json.dumps(info, indent=2, default=str))
     return 0
 
@@ -175,23 +147,21 @@ def main(argv: list[str] | None = None) -> int:
 
     train = sub.add_parser("train", help="train one config of a method family end to end and evaluate it")
     with_config(train)
-    train.add_argument("--method", default="textldm", choices=["textldm", "ldlm", "dlm", "ar"],
-                       help="textldm: VAE then DiT (continuation); ldlm: joint encoder/diffusion/decoder; "
-                            "dlm: Cola DLM (Text VAE, then joint VAE + block-causal DiT); ar: the GPT baseline "
-                            "matched to a diffusion config's DiT (size, data, token budget, protocol)")
+    train.add_argument("--method", default="textldm", choices=registry.names(),
+                       help="; ".join(f"{m.name}: {m.summary}" for m in registry.methods().values()))
     train.add_argument("--run-dir", help="default: runs/<method>")
     train.set_defaults(fn=cmd_train)
 
-    evaluate = sub.add_parser("evaluate", help="score a final checkpoint of any method (TextLDM DiT, Cola DLM "
-                              "stage 2, LDLM, AR) under the current protocol")
+    evaluate = sub.add_parser("evaluate", help="score a final checkpoint of any method (its state.json names "
+                              "the stage) under the current protocol")
     evaluate.add_argument("checkpoint")
     evaluate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     evaluate.add_argument("--out")
     evaluate.set_defaults(fn=cmd_evaluate)
 
-    sample = sub.add_parser("sample", help="continue a prompt (or sample unconditionally) from a TextLDM DiT "
-                                           "checkpoint, continue a prompt with a Cola DLM or AR-baseline "
-                                           "checkpoint, or sample from an LDLM checkpoint")
+    sample = sub.add_parser("sample", help="generate from a final checkpoint of any method: continue --prompt "
+                                           "(continuation methods; TextLDM and Cola DLM also without one) or "
+                                           "sample unconditionally (LDLM)")
     sample.add_argument("checkpoint")
     sample.add_argument("--prompt", default="")
     sample.add_argument("--length", type=int, default=32, help="target tokens (TextLDM; LDLM: its window)")

@@ -119,3 +119,11 @@ def build_dlm_config(preset: str = "tiny", overrides: dict[str, Any] | None = No
     if "block_size" in user_dit and "block_size" not in user_vae:
         vae["block_size"] = dit["block_size"]  # one block size for the prior and a block-causal VAE
     return from_dict(DLMExperimentConfig, data)
+
+
+def dlm_effective(config: dict[str, Any]) -> dict[str, Any]:
+    """A frozen or scratch VAE has no learning-rate ratio and no reference to apply: reset to the defaults."""
+    model, defaults = config.get("dlm", {}), ColaDLMConfig()
+    if model.get("vae_strategy") in ("frozen", "scratch"):
+        model["vae_lr_ratio"], model["ref_weight"] = defaults.vae_lr_ratio, defaults.ref_weight
+    return config

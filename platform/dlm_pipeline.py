@@ -145,3 +145,11 @@ def run_dlm(cfg, run_dir: Path, data_root: Path | None = None, cache_root: Path 
     return {"results": evaluation.results, "evaluation": evaluation, "stage1_checkpoint": trained.checkpoints["stage1"],
             "stage2_checkpoint": stage2_ckpt, "checkpoint": stage2_ckpt, "facts": trained.facts,
             "stage_seconds": {**trained.stage_seconds, "eval": round(time.time() - t0, 1)}}
+
+
+def evaluate_saved_dlm(cfg, checkpoint: str | Path, out_dir: Path):
+    """Score a saved stage-2 checkpoint under ``cfg``, its sampler section included (``latentlm evaluate``)."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    eos = load_tokenizer(cfg.data.tokenizer).eos_token_id
+    model = ColaDLMGenerator(cfg, str(checkpoint), cfg.eval.use_ema, eos).to(device)
+    return evaluate_checkpoint(cfg, str(checkpoint), out_dir, model=model)

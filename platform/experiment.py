@@ -5,12 +5,14 @@ overrides, validated strictly (unknown key, bad value) before anything runs.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
 from latentlm.models.config import require, require_fraction, require_positive
 from latentlm.models.dit import TextDiTConfig
 from latentlm.models.flow import TimestepSchedule
+from latentlm.models.repa import REPAConfig
 from latentlm.models.text_vae import TextVAEConfig
 
 from .config import from_dict, merge
@@ -187,3 +189,16 @@ def build_config(preset: str = "tiny", overrides: dict[str, Any] | None = None) 
         vae.setdefault("max_seq_len", d["seq_len"])
         dit.setdefault("max_seq_len", d["seq_len"])
     return from_dict(TextLDMConfig, data)
+
+
+def textldm_teacher_layers(configs: list[TextLDMConfig]) -> list[int]:
+    """Every teacher layer REPA reads across ``configs``: one teacher pass stores them all."""
+    return sorted({c.vae.repa.layer for c in configs if c.vae.repa.enabled})
+
+
+def textldm_effective(config: dict[str, Any]) -> dict[str, Any]:
+    """REPA off: its other fields cannot act, so they are reset to the defaults."""
+    repa = config.get("vae", {}).get("repa")
+    if repa is not None and not repa.get("enabled", True):
+        config["vae"]["repa"] = {**dataclasses.asdict(REPAConfig()), "enabled": False}
+    return config

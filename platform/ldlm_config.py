@@ -137,3 +137,20 @@ def build_ldlm_config(preset: str = "tiny", overrides: dict[str, Any] | None = N
     stats.setdefault("stats_windows", min(TokenEncoderConfig.stats_windows,
                                           data.get("data", {}).get("teacher_windows", DataConfig.teacher_windows)))
     return from_dict(LDLMExperimentConfig, data)
+
+
+def ldlm_teacher_layers(configs: list[LDLMExperimentConfig]) -> list[int]:
+    """Every token-encoder layer across ``configs``: one encoder pass stores them all."""
+    return sorted({c.token_encoder.layer for c in configs})
+
+
+def ldlm_effective(config: dict[str, Any]) -> dict[str, Any]:
+    """Without warm-up its curve's shape cannot act; with uniform timesteps the adaptive sampler's fields
+    cannot: both are reset to the defaults."""
+    model, defaults = config.get("ldlm", {}), LDLMConfig()
+    if model.get("warmup_steps", 1) == 0:
+        model["warmup_midpoint"], model["warmup_steepness"] = defaults.warmup_midpoint, defaults.warmup_steepness
+    if model.get("timestep_sampler") == "uniform":
+        for name in ("adaptive_bins", "adaptive_ema", "adaptive_update_every", "adaptive_uniform_mix"):
+            model[name] = getattr(defaults, name)
+    return config

@@ -10,15 +10,16 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from latentlm.models.checkpoint import write_json
+from latentlm.models.checkpoint import read_json, write_json
 from latentlm.models.config import ConfigError
 from latentlm.models.teacher import load_teacher_config, resolve_layer, teacher_hidden_size, teacher_num_layers
 
 from . import assets
-from .config import to_dict
+from .config import from_dict, to_dict
 from .corpus import CorpusSpec, load_documents
 from .data import artifact_key, feature_stats, load_tokenizer, prepare_data
 from .launch import init_ray, run_stage, training_dataset
+from .ldlm_config import LDLMExperimentConfig
 from .pipeline import StageCache, Trained
 from .train_ldlm import post_decoder_loop, train_ldlm_loop
 
@@ -96,3 +97,25 @@ def run_ldlm(cfg, run_dir: Path, data_root: Path | None = None, cache_root: Path
     return {"results": evaluation.results, "evaluation": evaluation, "joint_checkpoint": joint_ckpt,
             "post_decoder_checkpoint": post_ckpt, "checkpoint": post_ckpt or joint_ckpt, "facts": trained.facts,
             "stage_seconds": {**trained.stage_seconds, "eval": round(time.time() - t0, 1)}}
+
+
+def saved_checkpoints(checkpoint: str | Path) -> tuple[str, str | None]:
+    """(joint, post-decoder or None) of a final LDLM checkpoint: a post-decoder one names its joint stage."""
+    state = read_json(Path(checkpoint) / "state.json")
+    if state["stage"] == "post_decoder":
+        return state["joint_checkpoint"], str(checkpoint)
+    return str(checkpoint), None
+
+
+def load_ldlm(checkpoint: str | Path, use_ema: bool = True, device="cpu"):
+    """A joint or post-decoder checkpoint directory -> ``LDLMGenerator`` under its saved config, without Ray."""
+    from .evaluate_uncond import LDLMGenerator
+    cfg = from_dict(LDLMExperimentConfig, read_json(Path(checkpoint) / "config.json"))
+    cfg.eval.use_ema = use_ema
+    return LDLMGenerator(cfg, *saved_checkpoints(checkpoint), device)
+
+
+def evaluate_saved_ldlm(cfg, checkpoint: str | Path, out_dir: Path):
+    """Score a saved joint or post-decoder checkpoint under ``cfg`` (``latentlm evaluate``)."""
+    from .evaluate_uncond import evaluate_ldlm
+    return evaluate_ldlm(cfg, *saved_checkpoints(checkpoint), out_dir)

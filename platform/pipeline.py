@@ -25,6 +25,7 @@ from .corpus import CorpusSpec, load_documents
 from .data import DataArtifacts, artifact_key, load_tokenizer, prepare_data
 from .evaluate import evaluate_checkpoint
 from .launch import init_ray, run_stage, training_dataset
+from .registry import SampleRequest, continue_prompt
 from .train_dit import train_dit_loop
 from .train_vae import train_vae_loop
 
@@ -134,3 +135,11 @@ def run_textldm(cfg, run_dir: Path, data_root: Path | None = None, cache_root: P
     return {"results": evaluation.results, "evaluation": evaluation, "vae_checkpoint": trained.checkpoints["vae"],
             "dit_checkpoint": dit_ckpt, "checkpoint": dit_ckpt, "facts": trained.facts,
             "stage_seconds": {**trained.stage_seconds, "eval": round(time.time() - t0, 1)}}
+
+
+def sample_textldm(model, request: SampleRequest):
+    """``latentlm sample``: the prompt's continuation, or without a prompt ``num`` unconditional sequences."""
+    if request.prompt_ids:
+        return continue_prompt(model, request)
+    return model.generate(None, request.length, steps=request.steps, generator=request.generator,
+                          batch_size=request.num)

@@ -1,8 +1,9 @@
 """``latentlm evaluate``: score any saved checkpoint under the current evaluation protocol.
 
-A checkpoint directory holds ``state.json`` (whose ``stage`` names the method) and ``config.json`` (the config
-it was trained with). ``--set`` overrides go on top, so the same checkpoint can be scored with other sampler
-steps, CFG scales, seeds or datasets; the result carries the protocol it was scored under.
+A checkpoint directory holds ``state.json`` (whose ``stage`` names the method: its ``final_stages`` in the
+registry) and ``config.json`` (the config it was trained with). ``--set`` overrides go on top, so the same
+checkpoint can be scored with other sampler steps, CFG scales, seeds or datasets; the result carries the
+protocol it was scored under.
 
 Configs written before protocol v2 use the v1 names of a few eval fields. They are renamed here (and the
 renames logged), so an old checkpoint is scored, and labelled, under the current protocol; nothing in the
@@ -14,11 +15,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from latentlm.models.checkpoint import read_json
 from latentlm.models.config import ConfigError
 
+from . import registry
 from .config import from_dict, merge
 
 log = logging.getLogger(__name__)
@@ -26,9 +26,6 @@ log = logging.getLogger(__name__)
 # v1 eval field -> v2 field (``mauve_seed`` was one k-means seed; v2 takes a list)
 V1_EVAL_FIELDS = {"seed": "sample_seed", "seeds": "sampling_seeds", "scorer_model": "genppl_model",
                   "scorer_max_length": "genppl_max_length", "mauve_seed": "mauve_kmeans_seeds"}
-
-# state.json ``stage`` -> method family; only final stages can be evaluated
-EVALUABLE_STAGES = {"dit": "textldm", "dlm_joint": "dlm", "ar": "ar", "ldlm": "ldlm", "post_decoder": "ldlm"}
 
 
 def migrate_eval_section(config: dict[str, Any]) -> dict[str, Any]:
@@ -53,18 +50,17 @@ def checkpoint_method(checkpoint: Path) -> str:
     state_path = checkpoint / "state.json"
     if not state_path.is_file():
         raise ConfigError(f"checkpoint {checkpoint}: no state.json (expected a training checkpoint directory)")
-    stage = read_json(state_path).get("stage")
-    if stage not in EVALUABLE_STAGES:
+    stage, evaluable = read_json(state_path).get("stage"), registry.final_stages()
+    if stage not in evaluable:
         raise ConfigError(f"checkpoint {checkpoint}: stage {stage!r} cannot be evaluated on its own; expected "
-                          f"the final stage of a method ({', '.join(sorted(EVALUABLE_STAGES))})")
-    return EVALUABLE_STAGES[stage]
+                          f"the final stage of a method ({', '.join(sorted(evaluable))})")
+    return evaluable[stage]
 
 
 def load_config(checkpoint: Path, overrides: dict[str, Any] | None = None):
     """The checkpoint's saved config (v1 eval names migrated) with ``overrides`` applied, as its method's
     experiment dataclass."""
-    from .sweep import METHODS
-    method = METHODS[checkpoint_method(checkpoint)]
+    method = registry.get(checkpoint_method(checkpoint))
     saved = migrate_eval_section(read_json(checkpoint / "config.json"))
     return from_dict(method.config_cls, merge(saved, overrides or {}))
 
@@ -72,26 +68,5 @@ def load_config(checkpoint: Path, overrides: dict[str, Any] | None = None):
 def evaluate_saved(checkpoint: str | Path, overrides: dict[str, Any] | None = None, out_dir: Path | None = None):
     """Score one checkpoint; writes ``metrics.json`` and samples to ``out_dir`` (default ``<checkpoint>/eval``)."""
     checkpoint = Path(checkpoint)
-    method = checkpoint_method(checkpoint)
-    cfg = load_config(checkpoint, overrides)
-    out_dir = Path(out_dir or checkpoint / "eval")
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    if method == "ldlm":
-        from .evaluate_uncond import evaluate_ldlm
-        state = read_json(checkpoint / "state.json")
-        if state["stage"] == "post_decoder":
-            return evaluate_ldlm(cfg, state["joint_checkpoint"], str(checkpoint), out_dir)
-        return evaluate_ldlm(cfg, str(checkpoint), None, out_dir)
-    from .evaluate import evaluate_checkpoint
-    model = None  # TextLDM: evaluate_checkpoint loads it
-    if method == "dlm":
-        from .data import load_tokenizer
-        from .dlm_pipeline import ColaDLMGenerator
-        eos = load_tokenizer(cfg.data.tokenizer).eos_token_id
-        model = ColaDLMGenerator(cfg, str(checkpoint), cfg.eval.use_ema, eos).to(device)
-    elif method == "ar":
-        from .ar_pipeline import ARGenerator
-        from .data import load_tokenizer
-        model = ARGenerator(cfg, str(checkpoint), cfg.eval.use_ema, load_tokenizer(cfg.data.tokenizer).eos_token_id
-                            ).to(device)
-    return evaluate_checkpoint(cfg, str(checkpoint), out_dir, model=model)
+    method = registry.get(checkpoint_method(checkpoint))
+    return method.evaluate(load_config(checkpoint, overrides), checkpoint, Path(out_dir or checkpoint / "eval"))

@@ -25,91 +25,16 @@ from typing import Any, Callable
 from latentlm.models.checkpoint import write_json
 from latentlm.models.config import ConfigError, require
 
+from . import registry
 from .config import load_file, merge, parse_overrides, to_dict
-from .ar_config import ARExperimentConfig, build_ar_config
-from .experiment import TextLDMConfig, build_config
-from .dlm_config import DLMExperimentConfig, build_dlm_config
-from .ldlm_config import LDLMExperimentConfig, build_ldlm_config
 
 log = logging.getLogger(__name__)
 # Tune's TensorBoard logger renames every "dataset:metric" key with a warning line (dozens per trial)
 logging.getLogger("tensorboardX.summary").setLevel(logging.ERROR)
 
 
-@dataclass(frozen=True)
-class Method:
-    """What the sweep machinery needs from a method family. ``run(cfg, run_dir, data_root, cache_root,
-    teacher_layers)`` trains and evaluates one config and returns ``{"results", "stage_seconds",
-    "checkpoint", "evaluation"}`` (its evaluation protocol follows from the config's ``eval`` section: see
-    ``protocol.py``); ``teacher_layers(configs)``
-    lists every frozen-LM layer the sweep's trials read (stored by one teacher pass); ``effective(config)``
-    resets knobs that cannot act so equivalent trials collapse into one."""
-    build: Callable[[str, dict], Any]
-    config_cls: type
-    run: Callable[..., dict]
-    teacher_layers: Callable[[list], list[int]]
-    effective: Callable[[dict], dict]
-
-
-def _textldm_effective(config: dict) -> dict:
-    repa = config.get("vae", {}).get("repa")
-    if repa is not None and not repa.get("enabled", True):
-        from latentlm.models.repa import REPAConfig
-        config["vae"]["repa"] = {**dataclasses.asdict(REPAConfig()), "enabled": False}
-    return config
-
-
-def _ldlm_effective(config: dict) -> dict:
-    from latentlm.models.ldlm import LDLMConfig
-    model, defaults = config.get("ldlm", {}), LDLMConfig()
-    if model.get("warmup_steps", 1) == 0:  # no warmup: its curve's shape cannot act
-        model["warmup_midpoint"], model["warmup_steepness"] = defaults.warmup_midpoint, defaults.warmup_steepness
-    if model.get("timestep_sampler") == "uniform":
-        for name in ("adaptive_bins", "adaptive_ema", "adaptive_update_every", "adaptive_uniform_mix"):
-            model[name] = getattr(defaults, name)
-    return config
-
-
-def _dlm_effective(config: dict) -> dict:
-    from latentlm.models.dlm import ColaDLMConfig
-    model, defaults = config.get("dlm", {}), ColaDLMConfig()
-    if model.get("vae_strategy") in ("frozen", "scratch"):  # no VAE learning-rate ratio / reference to apply
-        model["vae_lr_ratio"], model["ref_weight"] = defaults.vae_lr_ratio, defaults.ref_weight
-    return config
-
-
-def _run_textldm(cfg, *args, **kwargs) -> dict:
-    from .pipeline import run_textldm
-    return run_textldm(cfg, *args, **kwargs)
-
-
-def _run_ldlm(cfg, *args, **kwargs) -> dict:
-    from .ldlm_pipeline import run_ldlm
-    return run_ldlm(cfg, *args, **kwargs)
-
-
-def _run_dlm(cfg, *args, **kwargs) -> dict:
-    from .dlm_pipeline import run_dlm
-    return run_dlm(cfg, *args, **kwargs)
-
-
-def _run_ar(cfg, *args, **kwargs) -> dict:
-    from .ar_pipeline import run_ar
-    return run_ar(cfg, *args, **kwargs)
-
-
-# Method family -> how to build, run and evaluate it. Cola DLM is scored by TextLDM's continuation protocol.
-METHODS: dict[str, Method] = {
-    "textldm": Method(build_config, TextLDMConfig, _run_textldm,
-                      lambda configs: sorted({c.vae.repa.layer for c in configs if c.vae.repa.enabled}),
-                      _textldm_effective),
-    "ldlm": Method(build_ldlm_config, LDLMExperimentConfig, _run_ldlm,
-                   lambda configs: sorted({c.token_encoder.layer for c in configs}), _ldlm_effective),
-    "dlm": Method(build_dlm_config, DLMExperimentConfig, _run_dlm, lambda configs: [],
-                  _dlm_effective),
-    # the GPT baseline: no teacher, no knob that cannot act (its eval section is its matched config's)
-    "ar": Method(build_ar_config, ARExperimentConfig, _run_ar, lambda configs: [], lambda config: config),
-}
+# Every registered family by name (a live, read-only view of the registry).
+METHODS = registry.methods()
 
 
 @dataclass
@@ -121,7 +46,7 @@ class SweepSpec:
     overrides: dict[str, Any] = field(default_factory=dict)     # applied to every trial
     max_concurrent_trials: int = 1
     run_dir: str = "runs"
-    baseline: bool = False   # add the matched AR baseline (method "ar", match <method>:<preset>) as a trial
+    baseline: bool = False   # add the method's registered matched baseline (match <method>:<preset>) as a trial
 
 
 @dataclass
@@ -132,24 +57,23 @@ class Trial:
     method: str | None = None   # None: the sweep's method (the AR baseline trial names its own)
 
 
-BASELINE_TRIAL = "baseline:ar"
-MATCHABLE_METHODS = ("textldm", "dlm")  # families the AR baseline can be matched to (continuation protocol)
-
-
 def baseline_trial(spec: SweepSpec) -> Trial:
-    """The matched AR baseline of a sweep: the GPT sized and budgeted against the sweep method's preset, on the
-    same data and eval sections (the sweep's own ``data`` / ``eval`` overrides included), so its rows share the
-    protocol hash of the trials with default eval settings and rank in their tables."""
-    require(spec.method in MATCHABLE_METHODS, "sweep.baseline",
-            f"a sweep over {' or '.join(MATCHABLE_METHODS)} (the AR baseline answers the continuation protocol)",
-            spec.method)
+    """The sweep method's matched baseline (the family registered with it in ``baseline_of``: the AR GPT), sized
+    and budgeted against the sweep method's preset, on the same data and eval sections (the sweep's own ``data``
+    / ``eval`` overrides included), so its rows share the protocol hash of the trials with default eval settings
+    and rank in their tables."""
+    baseline = registry.baseline_for(spec.method)
+    matchable = [name for name in registry.names() if registry.baseline_for(name)]
+    require(baseline is not None, "sweep.baseline",
+            f"a sweep over {' or '.join(matchable)} (the methods a registered baseline is matched to)", spec.method)
     overrides = {"match": f"{spec.method}:{spec.preset}",
                  **{k: spec.overrides[k] for k in ("data", "eval", "seed") if k in spec.overrides}}
+    trial = f"baseline:{baseline.name}"
     try:
-        METHODS["ar"].build(spec.preset, overrides)
+        baseline.build(spec.preset, overrides)
     except ConfigError as err:
-        raise ConfigError(f"sweep trial {BASELINE_TRIAL}: {err}") from None
-    return Trial(BASELINE_TRIAL, {}, overrides, "ar")
+        raise ConfigError(f"sweep trial {trial}: {err}") from None
+    return Trial(trial, {}, overrides, baseline.name)
 
 
 def field_type(cls: type, path: str, spec_field: str) -> Any:
@@ -185,15 +109,16 @@ def trial_id(axes: dict[str, Any]) -> str:
 def effective(config: dict[str, Any], method: str = "textldm") -> dict[str, Any]:
     """Knobs that cannot act are reset to their defaults, so e.g. REPA-off trials that differ only in
     the (unused) REPA layer collapse into one trial."""
-    return METHODS[method].effective(json.loads(json.dumps(config)))
+    return registry.get(method).effective(json.loads(json.dumps(config)))
 
 
 def plan_trials(spec: SweepSpec) -> list[Trial]:
     """Validate the spec and expand the grid into distinct trials. Raises ConfigError naming the field."""
-    require(spec.method in METHODS, "sweep.method", f"one of {sorted(METHODS)}", spec.method)
+    require(spec.method in registry.methods(), "sweep.method", f"one of {sorted(registry.names())}", spec.method)
     require(bool(spec.name) and "/" not in spec.name, "sweep.name", "a non-empty name without '/'", spec.name)
     require(spec.max_concurrent_trials >= 1, "sweep.max_concurrent_trials", ">= 1", spec.max_concurrent_trials)
-    builder, config_cls = METHODS[spec.method].build, METHODS[spec.method].config_cls
+    method = registry.get(spec.method)
+    builder, config_cls = method.build, method.config_cls
     for axis, values in spec.axes.items():
         field_type(config_cls, axis, f"sweep.axes.{axis}")
         require(isinstance(values, list) and len(values) > 0, f"sweep.axes.{axis}", "a non-empty list of values",
@@ -260,8 +185,10 @@ def threads_per_trial(concurrent_trials: int) -> int:
     return max(1, int(ray.cluster_resources().get("CPU", os.cpu_count() or 1)) // concurrent_trials)
 
 
-def run_trial(config: dict[str, Any], spec: dict[str, Any], root: str) -> None:
-    """One Tune trial: run the pipeline (stages shared through the cache) and add leaderboard rows."""
+def run_trial(config: dict[str, Any], spec: dict[str, Any], root: str,
+              methods: dict[str, registry.MethodSpec]) -> None:
+    """One Tune trial: run the pipeline (stages shared through the cache) and add leaderboard rows. ``methods``
+    travel with the trial, so a family registered in the driver (not only a built-in) runs in the worker."""
     import torch
     from ray import tune
 
@@ -269,7 +196,7 @@ def run_trial(config: dict[str, Any], spec: dict[str, Any], root: str) -> None:
     configure_logging()  # the trial's own progress (data, evaluation) reaches the driver's console
     trial = json.loads(config["trial"])
     method_name = trial.get("method") or spec["method"]
-    method = METHODS[method_name]
+    method = methods[method_name]
     cfg = method.build(spec["preset"], trial["overrides"])
     cfg.name = spec["name"]  # W&B groups a sweep's runs by its name
     cfg.resources.torch_threads = cfg.resources.torch_threads or threads_per_trial(spec["max_concurrent_trials"])
@@ -310,13 +237,15 @@ def run_sweep(spec: SweepSpec) -> Path:
     root = Path(spec.run_dir).resolve() / spec.name
     root.mkdir(parents=True, exist_ok=True)
     write_json(root / "sweep.json", {**dataclasses.asdict(spec), "trials": [t.trial_id for t in trials]})
-    method = METHODS[spec.method]
+    method = registry.get(spec.method)
+    methods = {name: registry.get(name) for name in {spec.method, *(t.method for t in trials if t.method)}}
     configs = [method.build(spec.preset, t.overrides) for t in trials if t.method is None]
     layers = method.teacher_layers(configs)  # every frozen-LM layer the sweep needs: one teacher pass
     log.info("sweep %s: %d trials: %s", spec.name, len(trials), [t.trial_id for t in trials])
     init_ray()
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, spec={**dataclasses.asdict(spec), "teacher_layers": layers}, root=str(root)),
+        tune.with_parameters(run_trial, spec={**dataclasses.asdict(spec), "teacher_layers": layers}, root=str(root),
+                             methods=methods),
         {"cpu": 0.01})  # the trial driver idles while its TorchTrainer workers hold the CPUs/GPUs
     run_name = experiment_name(spec.name, trials)
     experiment = root / "tune" / run_name
