@@ -82,6 +82,10 @@ def evaluate_saved(checkpoint: str | Path, overrides: dict[str, Any] | None = No
         if state["stage"] == "post_decoder":
             return evaluate_ldlm(cfg, state["joint_checkpoint"], str(checkpoint), out_dir)
         return evaluate_ldlm(cfg, str(checkpoint), None, out_dir)
+    if method == "ar":  # under its match's protocol (continuation, or LDLM's unconditional one)
+        from .ar_pipeline import evaluate_ar
+        from .data import load_tokenizer
+        return evaluate_ar(cfg, str(checkpoint), out_dir, load_tokenizer(cfg.data.tokenizer).eos_token_id)
     from .evaluate import evaluate_checkpoint
     model = None  # TextLDM: evaluate_checkpoint loads it
     if method == "dlm":
@@ -89,9 +93,4 @@ def evaluate_saved(checkpoint: str | Path, overrides: dict[str, Any] | None = No
         from .dlm_pipeline import ColaDLMGenerator
         eos = load_tokenizer(cfg.data.tokenizer).eos_token_id
         model = ColaDLMGenerator(cfg, str(checkpoint), cfg.eval.use_ema, eos).to(device)
-    elif method == "ar":
-        from .ar_pipeline import ARGenerator
-        from .data import load_tokenizer
-        model = ARGenerator(cfg, str(checkpoint), cfg.eval.use_ema, load_tokenizer(cfg.data.tokenizer).eos_token_id
-                            ).to(device)
     return evaluate_checkpoint(cfg, str(checkpoint), out_dir, model=model)

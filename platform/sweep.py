@@ -133,7 +133,7 @@ class Trial:
 
 
 BASELINE_TRIAL = "baseline:ar"
-MATCHABLE_METHODS = ("textldm", "dlm")  # families the AR baseline can be matched to (continuation protocol)
+MATCHABLE_METHODS = ("textldm", "dlm", "ldlm")  # families the AR baseline can be matched to (ar_config.MATCHABLE)
 
 
 def baseline_trial(spec: SweepSpec) -> Trial:
@@ -141,7 +141,7 @@ def baseline_trial(spec: SweepSpec) -> Trial:
     same data and eval sections (the sweep's own ``data`` / ``eval`` overrides included), so its rows share the
     protocol hash of the trials with default eval settings and rank in their tables."""
     require(spec.method in MATCHABLE_METHODS, "sweep.baseline",
-            f"a sweep over {' or '.join(MATCHABLE_METHODS)} (the AR baseline answers the continuation protocol)",
+            f"a sweep over {' or '.join(MATCHABLE_METHODS)} (the families the AR baseline can be matched to)",
             spec.method)
     overrides = {"match": f"{spec.method}:{spec.preset}",
                  **{k: spec.overrides[k] for k in ("data", "eval", "seed") if k in spec.overrides}}
@@ -363,7 +363,7 @@ def sweep_main(name: str, default_axes, description: str, argv: list[str] | None
                         help="trials run at once (default: the script's, 1 unless it says otherwise); trials "
                              "sharing one node split its cores")
     parser.add_argument("--baseline", action="store_true",
-                        help="also train and rank the matched AR baseline (TextLDM and Cola DLM sweeps)")
+                        help="also train and rank the matched AR baseline (TextLDM, Cola DLM and LDLM sweeps)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     from . import leaderboard
