@@ -1,23 +1,31 @@
 """The autoregressive baseline's experiment config: a GPT matched to a diffusion config's DiT.
 
-``match`` names the diffusion config the baseline answers (``"textldm:tiny"``, ``"dlm:small"``, ...;
-``"none"``: the ``gpt`` and ``train`` fields as given). ``build_ar_config(preset, overrides)`` then:
+``match`` names the diffusion config the baseline answers (``"textldm:tiny"``, ``"dlm:small"``,
+``"ldlm:tiny"``, ...; ``"none"``: the ``gpt`` and ``train`` fields as given). ``build_ar_config(preset,
+overrides)`` then:
 
 * builds that config (with the user's ``data`` / ``eval`` overrides) and copies its ``data`` and ``eval``
   sections, so both read the same tokenizer, token stream, vocabulary limit and held-out split and are
-  scored by the same continuation protocol (same protocol hash: rows rank in one table);
-* sizes the GPT with ``matched_gpt_config`` to the DiT's parameter count (within 5%), at the DiT's depth
-  and head count unless ``gpt.depth`` / ``gpt.hidden_dim`` / ``gpt.n_heads`` are set. ``match_count``
-  says what is matched: ``non_embedding`` (default) = the GPT's Transformer stack against the DiT, which
-  has no token table (its vocabulary lives in the VAE); ``total`` = every GPT parameter, token embedding
-  included (at the tiny preset the 16k x 64 embedding is then 84% of the GPT and its stack a sixth of the
-  DiT's);
-* with ``budget: tokens`` (default), gives it the same training budget as the DiT stage (TextLDM's
-  ``train_dit``, Cola DLM's joint ``stage2``), counted in window positions: steps x global batch x
-  seq_len. Same data and same seq_len, so this is the DiT stage's batch size and step count (a user batch
-  size gets steps = budget / (batch x seq_len)). It is *not* equal FLOPs: the diffusion method also
-  trains a VAE and encodes every window with it, and a GPT step costs ~6 x params FLOPs per token
-  while the DiT also runs the VAE encoder. ``budget: none`` keeps ``train.optim`` as given.
+  scored by the same protocol (same protocol hash: rows rank in one table): TextLDM's and Cola DLM's
+  continuation protocol, LDLM's unconditional one (``eval_class``). Sampler fields the GPT has no use for
+  (``steps``, ``grid``, ``cfg_scale``) stay in the section, and so in the hash, and are ignored;
+* sizes the GPT with ``matched_gpt_config`` to the diffusion network's parameter count (within 5%): the
+  DiT (TextLDM, Cola DLM) or LDLM's latent denoiser, at its depth and head count unless ``gpt.depth`` /
+  ``gpt.hidden_dim`` / ``gpt.n_heads`` are set. ``match_count`` says what is matched: ``non_embedding``
+  (default) = the GPT's Transformer stack against the DiT, which has no token table (its vocabulary lives
+  in the VAE or token decoder); ``total`` = every GPT parameter, token embedding included (at the tiny
+  preset the 16k x 64 embedding is then 84% of the GPT and its stack a sixth of the DiT's);
+* with ``budget: tokens`` (default), gives it the same training budget as the stage that trains that
+  network (TextLDM's ``train_dit``, Cola DLM's joint ``stage2``, LDLM's joint ``train``), counted in window
+  positions: steps x global batch x seq_len. Same data and same seq_len, so this is that stage's batch
+  size and step count (a user batch size gets steps = budget / (batch x seq_len)). It is *not* equal
+  FLOPs: the diffusion method also trains a VAE (LDLM: latent encoder and decoders, in the same joint
+  stage, plus an optional post-decoder stage) and encodes every window with it, and a GPT step costs ~6 x
+  params FLOPs per token while the DiT also runs the encoder. ``budget: none`` keeps ``train.optim`` as
+  given;
+* reads the training windows that stage reads (``train_windows``): every window for the DiTs, the first
+  ``data.teacher_windows`` for LDLM (the windows with token-encoder features), so both see the same
+  distinct text as often.
 
 User overrides still win over everything derived. ``gpt.vocab_size`` for sizing is ``data.vocab_limit + 1``
 (the compact vocabulary) when set, else the tokenizer's size (``vocab_estimate``); the pipeline sets the
@@ -28,7 +36,7 @@ from __future__ import annotations
 import copy
 import functools
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -37,22 +45,43 @@ from latentlm.models.gpt import COUNTS, GPTConfig, count_params, matched_gpt_con
 
 from .config import from_dict, merge, to_dict
 from .dlm_config import DLM_PRESETS, StageConfig, build_dlm_config
-from .experiment import DataConfig, DeepSpeedConfig, EvalConfig, ResourcesConfig, build_config
+from .experiment import DataConfig, DeepSpeedConfig, EvalConfig, OptimConfig, ResourcesConfig, build_config
+from .ldlm_config import LDLM_PRESETS, build_ldlm_config
 from .presets import PRESETS
+from .protocol import UnconditionalEvalConfig
 
 
-def _textldm_dit(cfg):
+@dataclass(frozen=True)
+class MatchedNet:
+    """The diffusion network a GPT is matched to, read off the matched experiment config."""
+    make: Callable[[], torch.nn.Module]  # builds it (on the meta device, to count its parameters)
+    shape: Any                           # its config: depth / n_heads set the GPT's where the user leaves them
+    optim: OptimConfig                   # the optimiser of the stage that trains it: the token budget
+    windows: int | None = None           # the training windows that stage reads (None: every window)
+
+
+def _textldm_dit(cfg) -> MatchedNet:
     from latentlm.models.dit import TextDiT
-    return TextDiT, cfg.dit, cfg.train_dit.optim
+    return MatchedNet(lambda: TextDiT(cfg.dit), cfg.dit, cfg.train_dit.optim)
 
 
-def _dlm_dit(cfg):
+def _dlm_dit(cfg) -> MatchedNet:
     from latentlm.models.block_dit import BlockCausalDiT
-    return BlockCausalDiT, cfg.dlm.dit, cfg.stage2.optim
+    return MatchedNet(lambda: BlockCausalDiT(cfg.dlm.dit), cfg.dlm.dit, cfg.stage2.optim)
 
 
-# method -> (config builder, its presets, (config -> DiT class, DiT config, DiT stage optim))
-MATCHABLE = {"textldm": (build_config, PRESETS, _textldm_dit), "dlm": (build_dlm_config, DLM_PRESETS, _dlm_dit)}
+def _ldlm_denoiser(cfg) -> MatchedNet:
+    """LDLM's diffusion network is its latent denoiser; the joint stage trains it on the windows that have
+    token-encoder features, the first ``data.teacher_windows``."""
+    from latentlm.models.ldlm import LatentDenoiser
+    return MatchedNet(lambda: LatentDenoiser(cfg.ldlm.latent_dim, cfg.ldlm.denoiser), cfg.ldlm.denoiser,
+                      cfg.train.optim, cfg.data.teacher_windows)
+
+
+# method -> (config builder, its presets, config -> its diffusion network)
+MATCHABLE = {"textldm": (build_config, PRESETS, _textldm_dit), "dlm": (build_dlm_config, DLM_PRESETS, _dlm_dit),
+             "ldlm": (build_ldlm_config, LDLM_PRESETS, _ldlm_denoiser)}
+UNCONDITIONAL = ("ldlm",)  # matched methods scored by the unconditional protocol
 BUDGETS = ("tokens", "none")
 
 
@@ -66,6 +95,12 @@ def parse_match(match: str) -> tuple[str, str] | None:
     return method, preset
 
 
+def eval_class(match: str) -> type:
+    """The eval section a match is scored under: the matched method's protocol (continuation for "none")."""
+    target = parse_match(match)
+    return UnconditionalEvalConfig if target and target[0] in UNCONDITIONAL else EvalConfig
+
+
 @dataclass
 class ARExperimentConfig:
     name: str = "ar"
@@ -76,25 +111,36 @@ class ARExperimentConfig:
     budget: str = "tokens"          # "tokens": the DiT stage's training tokens | "none": train.optim as given
     match_count: str = "non_embedding"  # GPT count matched to the DiT's: "non_embedding" | "total"
     matched_params: int = 0         # set by build_ar_config: the matched DiT's parameter count (0: unmatched)
+    train_windows: int | None = None  # read only the first N training windows (None: all); set by the match
     data: DataConfig = field(default_factory=DataConfig)
     gpt: GPTConfig = field(default_factory=GPTConfig)
     train: StageConfig = field(default_factory=StageConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)  # the match's protocol section (see eval_class)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     wandb: bool = True
 
     def __post_init__(self):
         require(self.preset in AR_PRESETS, "preset", f"one of {sorted(AR_PRESETS)}", self.preset)
-        self.eval.check_window(self.data.seq_len)
-        parse_match(self.match)
+        kind = eval_class(self.match)
+        require(isinstance(self.eval, kind), "eval", f"{kind.__name__} (the protocol of match {self.match})",
+                type(self.eval).__name__)
+        if isinstance(self.eval, EvalConfig):
+            self.eval.check_window(self.data.seq_len)
         require(self.budget in BUDGETS, "budget", f"one of {BUDGETS}", self.budget)
+        require(self.train_windows is None or self.train_windows > 0, "train_windows", "a positive count or null",
+                self.train_windows)
         require(self.match_count in COUNTS, "match_count", f"one of {COUNTS}", self.match_count)
         require(self.gpt.max_seq_len >= self.data.seq_len, "gpt.max_seq_len", f">= data.seq_len ({self.data.seq_len})",
                 self.gpt.max_seq_len)
 
     def teacher_request(self) -> None:
         return None  # the GPT aligns to no external model
+
+    @staticmethod
+    def section_classes(data: dict[str, Any]) -> dict[str, type]:
+        """For ``config.from_dict``: the eval section's class follows the match."""
+        return {"eval": eval_class(data.get("match", ARExperimentConfig.match))}
 
 
 _OPTIM = {"lr": 1e-3, "warmup_steps": 20, "weight_decay": 0.1, "log_every": 100, "ema_decay": 0.0}
@@ -117,7 +163,7 @@ _SHAPE = ("hidden_dim", "depth", "n_heads")  # preset shapes serve match "none";
 
 
 # len(tokenizer) of the paper presets' hub tokenizers, so those presets size their GPT offline
-KNOWN_TOKENIZER_SIZES = {"Qwen/Qwen3-1.7B": 151669, "allenai/OLMo-2-1124-7B": 100278}
+KNOWN_TOKENIZER_SIZES = {"Qwen/Qwen3-1.7B": 151669, "allenai/OLMo-2-1124-7B": 100278, "gpt2": 50257}
 
 
 @functools.lru_cache(maxsize=8)
@@ -138,10 +184,10 @@ def vocab_estimate(data: DataConfig) -> int:
 
 
 def dit_params(method: str, matched) -> int:
-    """Parameter count of ``matched``'s DiT, built on the meta device (no memory even at paper scale)."""
-    cls, dit_cfg, _ = MATCHABLE[method][2](matched)
+    """Parameter count of ``matched``'s diffusion network, built on the meta device (no memory even at paper
+    scale)."""
     with torch.device("meta"):
-        return count_params(cls(dit_cfg))
+        return count_params(MATCHABLE[method][2](matched).make())
 
 
 def build_ar_config(preset: str = "tiny", overrides: dict[str, Any] | None = None) -> ARExperimentConfig:
@@ -165,15 +211,16 @@ def build_ar_config(preset: str = "tiny", overrides: dict[str, Any] | None = Non
     except ConfigError as err:
         raise ConfigError(f"match {data['match']}: {err}") from None
     data["data"], data["eval"] = to_dict(matched.data), to_dict(matched.eval)
-    _, dit_cfg, dit_optim = MATCHABLE[method][2](matched)
+    net = MATCHABLE[method][2](matched)
+    data.setdefault("train_windows", net.windows)
     data["matched_params"] = target_params = dit_params(method, matched)
     seq_len = user_gpt.get("max_seq_len", matched.data.seq_len)
     vocab = user_gpt.get("vocab_size") or vocab_estimate(matched.data)
     fixed = {k: v for k, v in gpt.items()
              if k not in ("vocab_size", "max_seq_len") and (k not in _SHAPE or k in user_gpt)}
     if "depth" not in fixed and "hidden_dim" not in fixed:
-        fixed["depth"] = dit_cfg.depth     # the DiT's shape where the user leaves it open
-    fixed.setdefault("n_heads", dit_cfg.n_heads)
+        fixed["depth"] = net.shape.depth     # the DiT's shape where the user leaves it open
+    fixed.setdefault("n_heads", net.shape.n_heads)
     try:
         data["gpt"] = to_dict(matched_gpt_config(target_params, vocab, seq_len,
                                                  count=data.get("match_count", "non_embedding"), **fixed))
@@ -181,7 +228,7 @@ def build_ar_config(preset: str = "tiny", overrides: dict[str, Any] | None = Non
         raise ConfigError(f"match {data['match']}: {err}") from None
     if data.get("budget", "tokens") == "tokens":
         optim = data.setdefault("train", {}).setdefault("optim", {})
-        tokens = dit_optim.steps * dit_optim.batch_size * matched.data.seq_len
-        optim["batch_size"] = user_optim.get("batch_size", dit_optim.batch_size)
+        tokens = net.optim.steps * net.optim.batch_size * matched.data.seq_len
+        optim["batch_size"] = user_optim.get("batch_size", net.optim.batch_size)
         optim["steps"] = user_optim.get("steps", max(1, round(tokens / (optim["batch_size"] * matched.data.seq_len))))
     return from_dict(ARExperimentConfig, data)

@@ -1,6 +1,7 @@
 """One autoregressive-baseline run end to end: validate -> tokenize (the same data artifacts as the
-diffusion methods) -> GPT training (Ray Train) -> TextLDM's continuation protocol (same harness, same
-protocol hash as the matched diffusion config, so the rows rank in one table).
+diffusion methods) -> GPT training (Ray Train) -> the matched config's protocol: TextLDM's continuation
+protocol, or LDLM's unconditional one (same harness, same protocol hash as the matched diffusion config, so
+the rows rank in one table).
 
 The stage is content-addressed like the others: a re-run or a sweep trial with the same GPT, data and
 training config reuses the checkpoint.
@@ -21,9 +22,10 @@ from latentlm.models.vocab import CompactVocab
 from .config import to_dict
 from .data import artifact_key, load_tokenizer, prepare_data
 from .dlm_pipeline import validate_dlm
-from .evaluate import evaluate_checkpoint
+from .evaluate import Evaluation, evaluate_checkpoint
 from .launch import init_ray, run_stage, training_dataset
 from .pipeline import StageCache, Trained
+from .protocol import UnconditionalEvalConfig
 from .registry import SampleRequest, continue_prompt
 from .train_ar import ar_train_loop
 
@@ -31,18 +33,21 @@ log = logging.getLogger(__name__)
 
 
 def ar_stage_key(cfg) -> str:
+    # a window limit enters the key only when set: runs on every window keep their keys
+    limit = {} if cfg.train_windows is None else {"train_windows": cfg.train_windows}
     return artifact_key(data=to_dict(cfg.data), seed=cfg.seed, deepspeed=to_dict(cfg.deepspeed), gpt=to_dict(cfg.gpt),
-                        train=to_dict(cfg.train))
+                        train=to_dict(cfg.train), **limit)
 
 
 class ARGenerator(torch.nn.Module):
-    """A GPT checkpoint behind the interface the continuation protocol uses: ``generate(prompts, max_new,
-    steps, cfg_scale, grid, generator)`` with tokenizer ids in and out (a compact vocabulary is mapped; its
-    unknown class comes back as -1, which the protocol drops). ``steps``, ``cfg_scale`` and ``grid`` are
-    diffusion-sampler knobs that do not act on an AR model: accepted and ignored; sampling follows
-    ``gpt.temperature`` / ``gpt.top_p``, with ``eos_id`` suppressed until ``max_new`` tokens are out (the
-    protocol scores exactly the reference's length). There is deliberately no ``reconstruct``: an AR model has no
-    latent round trip, so the protocol has no reconstruction accuracy to report for it."""
+    """A GPT checkpoint behind the interfaces both protocols use, tokenizer ids in and out (a compact
+    vocabulary is mapped; its unknown class comes back as -1). Continuation: ``generate(prompts, max_new,
+    steps, cfg_scale, grid, generator)``, with ``eos_id`` suppressed until ``max_new`` tokens are out (the
+    protocol scores exactly the reference's length). Unconditional: ``sample(n, steps, generator, grid)``,
+    full windows. ``steps``, ``cfg_scale`` and ``grid`` are diffusion-sampler knobs that do not act on an AR
+    model: accepted and ignored; sampling follows ``gpt.temperature`` / ``gpt.top_p``. There is deliberately
+    no ``reconstruct`` and no latent space: an AR model has no latent round trip, so the protocols have no
+    reconstruction accuracy or latent-interpolation probe to report for it."""
 
     def __init__(self, cfg, checkpoint: str, use_ema: bool = True, eos_id: int | None = None):
         super().__init__()
@@ -55,16 +60,40 @@ class ARGenerator(torch.nn.Module):
         self.model.eval()
         self.vocab = CompactVocab.from_checkpoint(d)
 
+    @property
+    def device(self) -> torch.device:
+        return self.model.tok_emb.weight.device
+
+    @property
+    def generator_device(self) -> torch.device:
+        return self.device  # token draws happen where the logits are
+
+    def _continue(self, prompts: torch.Tensor, max_new: int, generator: torch.Generator | None,
+                  eos_allowed: bool) -> torch.Tensor:
+        ids = prompts if self.vocab is None else self.vocab.encode(prompts)
+        eos = None
+        if not eos_allowed and self.eos_id is not None:
+            eos = self.eos_id if self.vocab is None else int(self.vocab.to_compact[self.eos_id])
+        out = self.model.generate(ids, max_new, generator=generator, min_new_tokens=max_new, eos_id=eos)
+        return out if self.vocab is None else self.vocab.decode(out)
+
     @torch.no_grad()
     def generate(self, prompts: torch.Tensor, max_new: int, steps: int | None = None, cfg_scale: float | None = None,
                  grid: str | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-        ids = prompts if self.vocab is None else self.vocab.encode(prompts)
         # the protocol asks for exactly max_new tokens: EOS may not end the continuation early
-        eos = None
-        if self.eos_id is not None:
-            eos = self.eos_id if self.vocab is None else int(self.vocab.encode(torch.tensor([self.eos_id]))[0])
-        out = self.model.generate(ids, max_new, generator=generator, min_new_tokens=max_new, eos_id=eos)
-        return out if self.vocab is None else self.vocab.decode(out)
+        return self._continue(prompts, max_new, generator, eos_allowed=False)
+
+    @torch.no_grad()
+    def sample(self, n: int, steps: int | None = None, generator: torch.Generator | None = None,
+               grid: str | None = None) -> torch.Tensor:
+        """``n`` unconditional windows of ``data.seq_len`` tokenizer ids, like the packed held-out windows they
+        are scored against: each continues one EOS (the separator that precedes every document in the packed
+        training stream; the GPT has no BOS) and may hold EOS, after which a new document begins, as in packed
+        windows."""
+        if self.eos_id is None:
+            raise ValueError("ARGenerator.sample: needs eos_id, the token every window starts after")
+        start = torch.full((n, 1), self.eos_id, dtype=torch.long, device=self.device)
+        return self._continue(start, self.cfg.data.seq_len, generator, eos_allowed=True)
 
 
 def load_ar(checkpoint: str, use_ema: bool = True, device="cpu") -> ARGenerator:
@@ -73,6 +102,18 @@ def load_ar(checkpoint: str, use_ema: bool = True, device="cpu") -> ARGenerator:
     from .config import from_dict
     cfg = from_dict(ARExperimentConfig, read_json(Path(checkpoint) / "config.json"))
     return ARGenerator(cfg, checkpoint, use_ema, load_tokenizer(cfg.data.tokenizer).eos_token_id).to(device)
+
+
+def evaluate_ar(cfg, checkpoint: str, out_dir: Path, eos_id: int, ceiling_cache: Path | None = None,
+                token_counts: str | None = None) -> Evaluation:
+    """Score a GPT checkpoint under its config's protocol: the matched method's (see ``ar_config.eval_class``)."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = ARGenerator(cfg, checkpoint, cfg.eval.use_ema, eos_id).to(device)
+    if isinstance(cfg.eval, UnconditionalEvalConfig):
+        from .evaluate_uncond import evaluate_windows
+        return evaluate_windows(cfg, model, out_dir, ceiling_cache, token_counts)
+    return evaluate_checkpoint(cfg, checkpoint, out_dir, model=model, ceiling_cache=ceiling_cache,
+                               token_counts=token_counts)
 
 
 def train_ar(cfg, run_dir: Path, data_root: Path | None = None, cache_root: Path | None = None,
@@ -96,7 +137,8 @@ def train_ar(cfg, run_dir: Path, data_root: Path | None = None, cache_root: Path
     common = {"experiment": to_dict(cfg), "run_dir": str(run_dir), "run_name": cfg.name, "trial": run_dir.name,
               "vocab": artifacts.vocab}
     checkpoint, seconds = cache.get_or_run("ar", key, lambda: run_stage(
-        ar_train_loop, common, training_dataset(artifacts.train, ["tokens", "length"], cfg.data.materialize_max_mb),
+        ar_train_loop, common, training_dataset(artifacts.train, ["tokens", "length"], cfg.data.materialize_max_mb,
+                                                cfg.train_windows),
         f"ar-{key}", storage, cfg.resources))
     return Trained({"ar": checkpoint}, {"ar": seconds}, facts, artifacts, cache)
 
@@ -107,20 +149,15 @@ def run_ar(cfg, run_dir: Path, data_root: Path | None = None, cache_root: Path |
     trained = train_ar(cfg, run_dir, data_root, cache_root, teacher_layers)
     checkpoint = trained.checkpoints["ar"]
     t0 = time.time()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = ARGenerator(cfg, checkpoint, cfg.eval.use_ema, trained.artifacts.eos_id).to(device)
-    evaluation = evaluate_checkpoint(cfg, checkpoint, Path(run_dir).resolve() / "eval", model=model,
-                                     ceiling_cache=trained.cache.ceiling_dir,
-                                     token_counts=trained.artifacts.token_counts)
+    evaluation = evaluate_ar(cfg, checkpoint, Path(run_dir).resolve() / "eval", trained.artifacts.eos_id,
+                             trained.cache.ceiling_dir, trained.artifacts.token_counts)
     return {"results": evaluation.results, "evaluation": evaluation, "checkpoint": checkpoint, "facts": trained.facts,
             "stage_seconds": {**trained.stage_seconds, "eval": round(time.time() - t0, 1)}}
 
 
 def evaluate_saved_ar(cfg, checkpoint: str | Path, out_dir: Path):
-    """Score a saved GPT checkpoint under ``cfg`` (``latentlm evaluate``)."""
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = ARGenerator(cfg, str(checkpoint), cfg.eval.use_ema, load_tokenizer(cfg.data.tokenizer).eos_token_id)
-    return evaluate_checkpoint(cfg, str(checkpoint), out_dir, model=model.to(device))
+    """Score a saved GPT checkpoint under ``cfg`` (``latentlm evaluate``): its match's protocol."""
+    return evaluate_ar(cfg, str(checkpoint), out_dir, load_tokenizer(cfg.data.tokenizer).eos_token_id)
 
 
 def sample_ar(model: ARGenerator, request: SampleRequest) -> torch.Tensor:

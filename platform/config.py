@@ -24,6 +24,10 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, path: str = "") -> T:
     """Build dataclass ``cls`` from a (nested) dict; unknown keys raise ConfigError naming them."""
     data = dict(data or {})
     hints = typing.get_type_hints(cls)
+    # a section whose class follows another field's value (the AR baseline's eval follows its match) is built
+    # as that class, on that class's defaults
+    chosen = cls.section_classes(data) if hasattr(cls, "section_classes") else {}
+    hints.update(chosen)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
     if unknown:
@@ -31,7 +35,7 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, path: str = "") -> T:
         raise ConfigError(f"unknown config key {where}{unknown[0]!s} (valid keys{' of ' + path if path else ''}: "
                           f"{', '.join(sorted(fields))})")
     for name, value in data.items():
-        default = _default_mapping(fields[name]) if isinstance(value, dict) else None
+        default = _default_mapping(fields[name]) if isinstance(value, dict) and name not in chosen else None
         if default is not None:  # a partial section keeps the owner's defaults, not the section class's own
             data[name] = _overlay(default, value)
     kwargs = {name: _coerce(hints[name], value, f"{path}.{name}" if path else name) for name, value in data.items()}

@@ -133,7 +133,7 @@ class ProgressionRecorder:
             self.texts.append(harness.render(self.tokenizer, [row.tolist() if torch.is_tensor(row) else list(row)])[0])
 
 
-def _accepts_on_step(fn) -> bool:
+def accepts_on_step(fn) -> bool:
     return "on_step" in inspect.signature(fn).parameters
 
 
@@ -161,7 +161,7 @@ def generate_continuations(model, samples: list[ContinuationSample], cfg, seed: 
     sampler = dict(steps=e.steps, cfg_scale=e.cfg_scale, grid=e.grid, generator=generator)
     with progress(len(samples), f"generate {label} seed {seed}", log, unit="seq") as bar:
         for chunk in batches:
-            if recorder is not None and 0 in chunk and (ragged or _accepts_on_step(model.generate)):
+            if recorder is not None and 0 in chunk and (ragged or accepts_on_step(model.generate)):
                 recorder.row = chunk.index(0)
                 sampler["on_step"] = recorder
             else:

@@ -41,4 +41,4 @@ register(MethodSpec(
     presets=Lazy(".ar_config:AR_PRESETS"), stages={"ar": "train"}, final_stages=("ar",),
     train=Lazy(".ar_pipeline:train_ar"), run=Lazy(".ar_pipeline:run_ar"),
     load_generator=Lazy(".ar_pipeline:load_ar"), evaluate=Lazy(".ar_pipeline:evaluate_saved_ar"),
-    sample=Lazy(".ar_pipeline:sample_ar"), baseline_of=("textldm", "dlm")))
+    sample=Lazy(".ar_pipeline:sample_ar"), baseline_of=("textldm", "dlm", "ldlm")))

@@ -292,7 +292,7 @@ def sweep_main(name: str, default_axes, description: str, argv: list[str] | None
                         help="trials run at once (default: the script's, 1 unless it says otherwise); trials "
                              "sharing one node split its cores")
     parser.add_argument("--baseline", action="store_true",
-                        help="also train and rank the matched AR baseline (TextLDM and Cola DLM sweeps)")
+                        help="also train and rank the matched AR baseline (TextLDM, Cola DLM and LDLM sweeps)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     from . import leaderboard

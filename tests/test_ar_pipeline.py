@@ -11,10 +11,12 @@ import torch
 
 from latentlm.models.config import ConfigError
 from latentlm.models.gpt import gpt_param_count
-from latentlm.platform.ar_config import build_ar_config, dit_params
+from latentlm.platform.ar_config import ARExperimentConfig, build_ar_config, dit_params
+from latentlm.platform.config import from_dict, to_dict
 from latentlm.platform.dlm_config import build_dlm_config
 from latentlm.platform.experiment import build_config
-from latentlm.platform.protocol import EvalProtocol
+from latentlm.platform.ldlm_config import build_ldlm_config
+from latentlm.platform.protocol import EvalProtocol, UnconditionalEvalConfig
 
 
 def dit_depth(matched, method) -> int:
@@ -39,6 +41,32 @@ def test_matched_config_shares_data_protocol_size_and_token_budget(match):
     assert tokens == dit_optim.steps * dit_optim.batch_size * matched.data.seq_len
 
 
+def test_matched_to_ldlm_shares_its_data_windows_unconditional_protocol_size_and_token_budget():
+    ldlm = build_ldlm_config("tiny")
+    cfg = build_ar_config("tiny", {"match": "ldlm:tiny"})
+    assert cfg.matched_params == dit_params("ldlm", ldlm) > 0  # the latent denoiser
+    assert abs(gpt_param_count(cfg.gpt, "non_embedding") / cfg.matched_params - 1) <= 0.05
+    assert (cfg.gpt.depth, cfg.gpt.n_heads) == (ldlm.ldlm.denoiser.depth, ldlm.ldlm.denoiser.n_heads)
+    assert cfg.data == ldlm.data and cfg.gpt.max_seq_len == ldlm.data.seq_len
+    assert cfg.gpt.vocab_size == ldlm.data.vocab_limit + 1
+    assert cfg.train_windows == ldlm.data.teacher_windows  # the windows LDLM's joint stage reads
+    optim = ldlm.train.optim
+    assert (cfg.train.optim.steps, cfg.train.optim.batch_size) == (optim.steps, optim.batch_size)
+    # the eval section is LDLM's own: the same unconditional protocol, sampler fields included
+    assert isinstance(cfg.eval, UnconditionalEvalConfig) and cfg.eval == ldlm.eval
+    assert EvalProtocol.from_config(cfg).to_dict() == EvalProtocol.from_config(ldlm).to_dict()
+    shared = {"eval": {"steps": 8, "num_samples": 16}, "data": {"seq_len": 32}}
+    assert EvalProtocol.from_config(build_ar_config("tiny", {"match": "ldlm:tiny", **shared})).hash == \
+        EvalProtocol.from_config(build_ldlm_config("tiny", shared)).hash != EvalProtocol.from_config(ldlm).hash
+    # a saved config (config.json, the Ray Train worker, `latentlm evaluate`) comes back with the same sections
+    assert from_dict(ARExperimentConfig, json.loads(json.dumps(to_dict(cfg)))) == cfg
+    assert type(from_dict(ARExperimentConfig, {"eval": {"num_samples": 3}}).eval).__name__ == "ContinuationEvalConfig"
+    with pytest.raises(ConfigError, match="match ldlm:tiny: unknown config key eval.cfg_scale"):
+        build_ar_config("tiny", {"match": "ldlm:tiny", "eval": {"cfg_scale": 3.0}})  # not an LDLM field
+    with pytest.raises(ConfigError, match="^eval: expected UnconditionalEvalConfig"):
+        ARExperimentConfig(match="ldlm:tiny")
+
+
 def test_user_overrides_win_and_shared_sections_reach_the_matched_config():
     base = build_ar_config("tiny")
     deeper = build_ar_config("tiny", {"gpt": {"depth": 2}})
@@ -57,10 +85,13 @@ def test_user_overrides_win_and_shared_sections_reach_the_matched_config():
     assert unmatched.matched_params == 0 and unmatched.gpt.hidden_dim == 32
 
 
-@pytest.mark.parametrize("match", ["ldlm:tiny", "textldm:huge", "textldm", "gpt2"])
+@pytest.mark.parametrize("match", ["ldlm:huge", "ldlm", "textldm:huge", "textldm", "gpt2"])
 def test_bad_match_names_the_field(match):
-    with pytest.raises(ConfigError, match=r"^match: expected 'none' or one of"):
+    with pytest.raises(ConfigError, match=r"^match: expected 'none' or one of .*'ldlm:<paper\|small\|tiny>'") as err:
         build_ar_config("tiny", {"match": match})
+    assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match=r"^match: expected"):
+        from_dict(ARExperimentConfig, {"match": match})  # a saved config with a bad match: the same one line
 
 
 def test_impossible_shape_and_bad_values_name_their_field():
@@ -91,8 +122,42 @@ def test_ar_sweep_plans():
     assert len(plan_trials(SweepSpec("s", method="ar", axes=dict([parse_axis("match=textldm:tiny,dlm:tiny")])))) == 2
     with pytest.raises(ConfigError, match="sweep.axes.dit.depth"):
         plan_trials(SweepSpec("s", method="ar", axes={"dit.depth": [2]}))
+    assert len(plan_trials(SweepSpec("s", method="ar", axes={"match": ["ldlm:tiny"]}))) == 1
     with pytest.raises(ConfigError, match="match"):
-        plan_trials(SweepSpec("s", method="ar", axes={"match": ["ldlm:tiny"]}))
+        plan_trials(SweepSpec("s", method="ar", axes={"match": ["ldlm:huge"]}))
+
+
+def _random_gpt_checkpoint(directory: Path, cfg, keep_ids: list[int], full_size: int) -> str:
+    """A randomly initialised GPT on a compact vocabulary, saved as the AR stage saves it."""
+    from latentlm.models.checkpoint import save_tensors
+    from latentlm.models.gpt import GPT
+    from latentlm.models.vocab import CompactVocab
+    vocab = CompactVocab(torch.tensor(keep_ids), full_size)
+    cfg.gpt.vocab_size = vocab.size
+    torch.manual_seed(0)
+    save_tensors(directory / "gpt.safetensors", {f"model.{k}": v for k, v in GPT(cfg.gpt).state_dict().items()})
+    save_tensors(directory / "vocab.safetensors", vocab.tensors())
+    return str(directory)
+
+
+def test_unconditional_ar_windows_are_full_seq_len_windows_after_one_eos(tmp_path, single_thread):
+    """Each window continues one EOS and is exactly data.seq_len tokenizer ids, EOS allowed (the packed
+    held-out windows hold separators too); the continuation protocol's generate still suppresses EOS."""
+    from latentlm.platform.ar_pipeline import ARGenerator
+    from latentlm.platform.evaluate_uncond import generate_ids
+    eos, seq_len = 0, 16
+    cfg = build_ar_config("tiny", {"match": "ldlm:tiny", "data": {"seq_len": seq_len, "vocab_limit": 24},
+                                   "eval": {"num_samples": 5, "batch_size": 2}})
+    keep = [eos, *range(3, 26)]  # full ids 1 and 2 fall outside the compact vocabulary (-1 when sampled)
+    model = ARGenerator(cfg, _random_gpt_checkpoint(tmp_path, cfg, keep, 40), use_ema=False, eos_id=eos)
+    windows = generate_ids(model, None, 7, cfg)
+    assert len(windows) == 5 and all(len(w) == seq_len for w in windows)
+    assert set(sum(windows, [])) <= set(keep) | {-1} and eos in sum(windows, [])
+    assert generate_ids(model, None, 7, cfg) == windows and generate_ids(model, None, 8, cfg) != windows
+    continued = model.generate(torch.tensor([[eos]] * 5), seq_len, generator=torch.Generator().manual_seed(7))
+    assert continued.shape == (5, seq_len) and eos not in continued.tolist()[0]
+    with pytest.raises(ValueError, match="eos_id"):
+        ARGenerator(cfg, str(tmp_path), use_ema=False).sample(1)
 
 
 @pytest.fixture(scope="module")
@@ -151,6 +216,52 @@ def test_ar_pipeline_end_to_end(ar_overrides, tiny_corpus, tmp_path, data_root, 
                      str(tmp_path / "seed5")]) == 0
     scored = json.loads((tmp_path / "seed5" / "metrics.json").read_text())
     assert scored["protocol"]["scoring"]["sampling_seeds"] == [5] and scored["protocol"]["hash"] != again.protocol.hash
+
+
+@pytest.fixture(scope="module")
+def uncond_overrides(tiny_overrides):
+    """The GPT matched to LDLM's tiny preset (its unconditional protocol) on the tiny corpus and tokenizer,
+    trained for a few steps."""
+    base = tiny_overrides()
+    scoring = ("datasets", "batch_size", "mauve_model", "genppl_model", "mauve_kmeans_seeds")
+    return {"match": "ldlm:tiny", "data": {**base["data"], "seq_len": 16},
+            "eval": {**{k: base["eval"][k] for k in scoring}, "num_samples": 8, "steps": 6, "sampling_seeds": [1, 2]},
+            "train": {"optim": {"steps": 30, "batch_size": 16, "lr": 3e-3, "warmup_steps": 5, "log_every": 10}},
+            "wandb": False}
+
+
+@pytest.mark.ray
+def test_ar_baseline_under_ldlms_protocol_ranks_beside_its_reference_rows(uncond_overrides, tiny_corpus, tmp_path,
+                                                                          data_root, ray_local):
+    from latentlm.platform.ar_pipeline import run_ar
+    from latentlm.platform.leaderboard import Leaderboard
+    from latentlm.platform.reevaluate import evaluate_saved
+    from latentlm.platform.sweep import add_rows
+    cfg = build_ar_config("tiny", uncond_overrides)
+    out = run_ar(cfg, tmp_path / "run", data_root=data_root)
+    dataset = str(tiny_corpus)
+    row = out["results"][dataset]
+    assert (row["samples"], row["seeds"]) == (8, 2) and 0 < row["mauve"] <= 1 and row["gen_ppl"] > 0
+    assert not any(key.startswith("interp_") for key in row)  # no latent space: the probe is skipped, not faked
+    eval_dir = tmp_path / "run" / "eval"
+    metrics = json.loads((eval_dir / "metrics.json").read_text())
+    assert metrics["interpolation_curve"] is None and "no latent space" in metrics["interpolation_skipped"]
+    assert len((eval_dir / "samples.jsonl").read_text().splitlines()) == 16 and not out["evaluation"].progressions
+    ldlm = build_ldlm_config("tiny", {k: uncond_overrides[k] for k in ("data", "eval")})
+    protocol = out["evaluation"].protocol
+    assert protocol.name == "unconditional/v3" and protocol.hash == EvalProtocol.from_config(ldlm).hash
+    # a sweep's rows: the baseline, the human ceiling and the floors, all under the LDLM trials' protocol
+    board = tmp_path / "leaderboard.parquet"
+    add_rows(board, "ar", "s", "baseline:ar", {}, cfg, out, compute_seconds=1.0)
+    frame = Leaderboard(board).frame()
+    assert sorted(frame["trial"]) == ["baseline:ar", "floor:top-token", "floor:unigram", "human-ceiling"]
+    assert set(frame["protocol_hash"]) == {protocol.hash} and set(frame["dataset"]) == {dataset}
+    # `latentlm evaluate` on the saved checkpoint scores it under the same protocol, to the same numbers
+    again = evaluate_saved(out["checkpoint"], out_dir=tmp_path / "again")
+    timing = {"eval_seconds", "sample_seconds_per_seq"}
+    assert again.protocol.hash == protocol.hash
+    assert {k: v for k, v in again.results[dataset].items() if k not in timing} == \
+        {k: v for k, v in row.items() if k not in timing}
 
 
 @pytest.mark.ray

@@ -60,7 +60,24 @@ def test_baseline_trial_is_the_matched_ar_on_the_sweeps_data_and_eval():
     assert ar.eval.num_samples == 16 and ar.data.max_documents == 500
     assert plan_trials(SweepSpec("x", axes={"vae.repa.enabled": [False]}))[-1].method is None  # opt-in
     with pytest.raises(ConfigError, match="sweep.baseline"):
-        plan_trials(SweepSpec("x", method="ldlm", baseline=True))
+        plan_trials(SweepSpec("x", method="ar", baseline=True))
+
+
+def test_an_ldlm_sweeps_baseline_is_scored_under_ldlms_unconditional_protocol():
+    import importlib.util
+    from latentlm.platform.ldlm_config import build_ldlm_config
+    from latentlm.platform.protocol import EvalProtocol
+    from latentlm.platform.sweep import METHODS
+    spec = importlib.util.spec_from_file_location("ablate_ldlm_recipe", REPO / "experiments" / "ablate_ldlm_recipe.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    overrides = {"eval": {"num_samples": 16}, "ldlm": {"decoder_noise": 0.5}}
+    trials = plan_trials(SweepSpec("x", method="ldlm", axes=module.axes("tiny"), overrides=overrides, baseline=True))
+    assert len(trials) == 5 and trials[-1].trial_id == "baseline:ar"
+    assert trials[-1].overrides == {"match": "ldlm:tiny", "eval": {"num_samples": 16}}
+    ar = METHODS["ar"].build("tiny", trials[-1].overrides)
+    ldlm = build_ldlm_config("tiny", trials[0].overrides)
+    assert EvalProtocol.from_config(ar).hash == EvalProtocol.from_config(ldlm).hash
 
 
 def _micro_config(tmp_path: Path, tiny_overrides) -> Path:
@@ -114,6 +131,7 @@ def test_a_script_sets_its_default_concurrency_and_the_command_line_overrides_it
         assert seen[-1] == expected
 
 
+@pytest.mark.ray
 def test_cfg_sweep_trains_once_and_fills_the_leaderboard(tiny_overrides, tmp_path, ray_local):
     import pandas as pd
     config = _micro_config(tmp_path, tiny_overrides)
