@@ -219,7 +219,9 @@ class DeepSpeedEngine(Engine):
 
     def save(self, directory: Path) -> None:
         """Every rank writes its ZeRO shard (DeepSpeed's format) under ``deepspeed/``; rank 0 also writes
-        the consolidated fp32 weights ``<name>.safetensors`` that load without DeepSpeed."""
+        the consolidated fp32 weights ``<name>.safetensors`` that load without DeepSpeed. The shards are
+        torch.save files that DeepSpeed unpickles on resume (``weights_only=False``): resume trusted runs only;
+        everything a user loads to evaluate or sample is safetensors."""
         self.engine.save_checkpoint(str(Path(directory) / "deepspeed"), tag=self.TAG)
         weights = self.full_state_dict()
         if self.wc.is_main:
