@@ -51,12 +51,31 @@ def compare(long_run, short_run, replicates: int) -> list[dict]:
             out.append({"dataset": dataset, "metric": metric, "short": d.b, "long": d.a, "difference": d.difference,
                         "low": d.low, "high": d.high, "p_value": d.p_value,
                         "detected": bool(better and d.p_value < 0.05)})
-    return out
+    return discount_entropy_drops(out)
+
+
+def discount_entropy_drops(comparisons: list[dict]) -> list[dict]:
+    """A lower Gen-PPL bought with a significant entropy drop is the degenerate pattern the protocol guards
+    against (repetitive text scores low perplexity), not an improvement: it does not count as detected."""
+    fell = {r["dataset"] for r in comparisons
+            if r["metric"] == "entropy" and r["difference"] < 0 and r["p_value"] < 0.05}
+    for r in comparisons:
+        r["entropy_fell"] = bool(r["detected"] and r["metric"] == "gen_ppl" and r["dataset"] in fell)
+        if r["entropy_fell"]:
+            r["detected"] = False
+    return comparisons
+
+
+def verdict(row: dict) -> str:
+    if row["detected"]:
+        return "yes"
+    return "no (entropy fell)" if row.get("entropy_fell") else "no"
 
 
 def markdown(results: dict) -> str:
     lines = [f"Planted effect: {results['scale']}x training steps vs 1x ({results['preset']} preset), paired bootstrap "
-             f"over prompts ({results['replicates']} replicates); 'detected' = the longer run is better at p < 0.05.",
+             f"over prompts ({results['replicates']} replicates); 'detected' = the longer run is better at p < 0.05 (a "
+             "lower Gen-PPL with a significant entropy drop is not).",
              "", "| family | dataset | metric | 1x | Kx | Kx - 1x [95% CI] | p | detected |",
              "|---|---|---|---:|---:|---:|---:|---|"]
     for family, rows in results["families"].items():
@@ -64,7 +83,7 @@ def markdown(results: dict) -> str:
             scale = 100 if r["metric"] in ("mauve", "rouge1", "bertscore") else 1
             lines.append(f"| {family} | {r['dataset']} | {r['metric']} | {scale * r['short']:.2f} | "
                          f"{scale * r['long']:.2f} | {scale * r['difference']:+.2f} [{scale * r['low']:+.2f}, "
-                         f"{scale * r['high']:+.2f}] | {r['p_value']:.3f} | {'yes' if r['detected'] else 'no'} |")
+                         f"{scale * r['high']:+.2f}] | {r['p_value']:.3f} | {verdict(r)} |")
     lines += ["", "Wall time per family: " + ", ".join(f"{f} {r['seconds'] / 60:.1f} min"
                                                        for f, r in results["families"].items())]
     return "\n".join(lines) + "\n"
