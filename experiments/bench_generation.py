@@ -25,8 +25,8 @@ to their latent-size-dependent input/output layers; the GPT is sized by the plat
 (``matched_gpt_config``, within 5% of the TextLDM DiT's count, at its depth and heads), once per ``--ar-match``
 count: ``non_embedding`` (the platform's default and the ratio baseline: the Transformer stack matches the
 DiT) and ``total`` (token embedding included: a much narrower GPT at small vocab x width). Positional capacity
-(``max_seq_len``) is prompt + the longest length. Every call produces B x L new tokens (no EOS cut: the platform's
-``strip_at_eos`` runs with an EOS id no model produces). The prompt is P random ids. Warm-up calls are not
+(``max_seq_len``) is prompt + the longest length. Every call produces B x L new tokens: protocol v3 asks each
+generator for exactly L tokens (the GPT suppresses EOS until then; the others write fixed-length windows). The prompt is P random ids. Warm-up calls are not
 timed; the reported time is the median of ``--repeats``. Ratios are tokens/s over the AR baseline (KV cache) at
 the same length, measured in this process.
 
@@ -53,7 +53,7 @@ import torch
 
 from latentlm.platform import registry
 
-EOS_SENTINEL = -2  # strip_at_eos never finds it: every generation keeps its full length
+EOS_SENTINEL = -2  # the stand-in tokenizer's EOS id: no model produces it
 
 # Denoiser width/depth/heads per size family (TextLDM DiT, LDLM denoiser, Cola DLM DiT alike), with the
 # vocabulary the tiny/small presets train with (tiny: 16,383 kept ids + 1 unknown; small: SmolLM2's 49,152).
