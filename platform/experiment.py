@@ -88,6 +88,9 @@ class VAETrainConfig:
 
     def __post_init__(self):
         require_fraction("train_vae", random_truncation=self.random_truncation)
+        # the VAE is exported and read as trained (vae.safetensors): an EMA of it would be computed and never used
+        require(self.optim.ema_decay == 0, "train_vae.optim.ema_decay", "0 (the VAE stage keeps no EMA)",
+                self.optim.ema_decay)
         require_positive("train_vae", min_truncation_len=self.min_truncation_len)
 
 

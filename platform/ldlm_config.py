@@ -47,6 +47,9 @@ class PostDecoderConfig:
         require(self.source in ("latents", "hidden"), "post_decoder.source", "'latents' or 'hidden'", self.source)
         require(self.decoder_noise is None or self.decoder_noise >= 0, "post_decoder.decoder_noise", ">= 0 or null",
                 self.decoder_noise)
+        # the generator reads post_decoder.safetensors as trained: an EMA of it would be computed and never used
+        require(self.optim.ema_decay == 0, "post_decoder.optim.ema_decay", "0 (the post-decoder stage keeps no EMA)",
+                self.optim.ema_decay)
 
 
 @dataclass

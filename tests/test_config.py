@@ -258,6 +258,7 @@ def test_unknown_preset():
     ({"data": {"seq_len": 4}}, "data.seq_len"),
     ({"data": {"teacher_dtype": "float16"}}, "data.teacher_dtype"),
     ({"resources": {"use_gpu": "maybe"}}, "resources.use_gpu"),
+    ({"train_vae": {"optim": {"ema_decay": 0.99}}}, "train_vae.optim.ema_decay"),  # would be silently unused
 ])
 def test_cross_field_validation(overrides, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.").replace("+", r"\+")):
@@ -294,3 +295,10 @@ def test_section_validation_errors_carry_the_full_path():
         build_config("tiny", parse_overrides(["train_vae.optim.steps=0"]))
     with pytest.raises(ConfigError, match=r"^train_dit\.optim\.warmup_steps: "):
         build_config("tiny", parse_overrides(["train_dit.optim.warmup_steps=100000"]))
+
+
+def test_the_ldlm_post_decoder_stage_refuses_an_ema_it_would_not_use():
+    from latentlm.platform.ldlm_config import build_ldlm_config
+    with pytest.raises(ConfigError, match=r"post_decoder\.optim\.ema_decay"):
+        build_ldlm_config("tiny", {"post_decoder": {"enabled": True, "optim": {"ema_decay": 0.99}}})
+    assert build_ldlm_config("tiny", {"post_decoder": {"enabled": True}}).post_decoder.optim.ema_decay == 0
