@@ -27,28 +27,24 @@ import torch
 from latentlm.models.checkpoint import atomic_write_text, load_tensors
 from latentlm.models.config import ConfigError
 from latentlm.platform import registry
-from latentlm.platform.config import merge, to_dict
+from latentlm.platform.config import merge
 
 FAMILIES = tuple(registry.names())
 WALL_CLOCK = frozenset({"tokens_per_s", "mfu"})  # differ run to run by nature
 EXTRA = {"ldlm": {"post_decoder": {"enabled": True}, "ldlm": {"adaptive_update_every": 2}}}
 
 
-def stage_overrides(cfg, steps: int) -> dict:
-    """Every ``<stage>.optim`` section of ``cfg`` cut to ``steps`` steps, logged at every step."""
-    out = {}
-    for name, section in to_dict(cfg).items():
-        if isinstance(section, dict) and isinstance(section.get("optim"), dict):
-            optim = section["optim"]
-            out[name] = {"optim": {"steps": steps, "log_every": 1, "checkpoint_every": 0,
-                                   "warmup_steps": min(optim["warmup_steps"], steps // 2)}}
-    return out
+def stage_overrides(method, cfg, steps: int) -> dict:
+    """Every training stage ``method`` declares, cut to ``steps`` steps and logged at every step."""
+    return {section: {"optim": {"steps": steps, "log_every": 1, "checkpoint_every": 0,
+                                "warmup_steps": min(getattr(cfg, section).optim.warmup_steps, steps // 2)}}
+            for section in method.stages.values()}
 
 
 def build(family: str, steps: int, user: dict):
     method = registry.get(family)
     base = merge(EXTRA.get(family, {}), merge({"wandb": False}, user))
-    return method.build("tiny", merge(base, stage_overrides(method.build("tiny", base), steps)))
+    return method.build("tiny", merge(base, stage_overrides(method, method.build("tiny", base), steps)))
 
 
 def weights_digest(checkpoint: Path) -> dict[str, str]:
