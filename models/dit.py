@@ -9,11 +9,12 @@ segment embedding; positions are rotary over the concatenated sequence.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
 
-from .config import require, require_fraction, require_positive
+from .config import check_fields, require, require_fraction, require_positive
 from .flow import guided_velocity
 from .layers import MLP, RotaryEmbedding, SelfAttention, key_padding_mask, timestep_embedding
 
@@ -28,15 +29,15 @@ class TextDiTConfig:
     max_seq_len: int = 128
     cfg_dropout: float = 0.1     # P(context -> null condition) per sample, for classifier-free guidance
     uncond_prob: float = 0.1     # P(batch trained with an empty context) -> unconditional generation
-    null_context: str = "zeros"  # TextLDM replaces dropped context latents by zeros
+    null_context: Literal["zeros"] = "zeros"  # TextLDM replaces dropped context latents by zeros
 
     def __post_init__(self):
+        check_fields(self, "dit")
         require_positive("dit", latent_dim=self.latent_dim, hidden_dim=self.hidden_dim, depth=self.depth,
                          n_heads=self.n_heads, mlp_ratio=self.mlp_ratio, max_seq_len=self.max_seq_len)
         require(self.hidden_dim % self.n_heads == 0 and (self.hidden_dim // self.n_heads) % 2 == 0,
                 "dit.hidden_dim", f"a multiple of 2*n_heads ({2 * self.n_heads})", self.hidden_dim)
         require_fraction("dit", cfg_dropout=self.cfg_dropout, uncond_prob=self.uncond_prob)
-        require(self.null_context == "zeros", "dit.null_context", "'zeros'", self.null_context)
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

@@ -12,18 +12,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from torch import nn
 
 from .block_dit import BlockCausalDiT, BlockDiTConfig, block_flow_matching_loss, sample_blocks
-from .config import require
+from .config import check_fields, require
 from .dlm_vae import DLMTextVAE, DLMVAEConfig, latent_mask
 from .layers import masked_mean
 from .flow import TimestepSchedule
-
-VAE_STRATEGIES = ("joint", "frozen", "scratch")
-
 
 @dataclass
 class ColaDLMConfig:
@@ -32,22 +30,15 @@ class ColaDLMConfig:
     # the "timestep shift": logit-normal loc/scale of the per-block flow-matching times (t = 1 is data here,
     # so a larger loc means *less* noise; the paper's loc is on its noise-at-1 axis: loc_paper = -loc)
     schedule: TimestepSchedule = field(default_factory=lambda: TimestepSchedule("logit_normal", 0.0, 1.0))
-    vae_strategy: str = "joint"   # joint (stage 1 then joint) | frozen (stage 1, then only the DiT) | scratch
+    vae_strategy: Literal["joint", "frozen", "scratch"] = "joint"  # joint (stage 1 then joint) | frozen (stage 1, then only the DiT) | scratch
     vae_lr_ratio: float = 1.0     # joint: VAE LR = ratio x DiT LR (the paper compares x1 and x0.01)
     ref_weight: float = 1.0       # stage-2 reference-encoder regulariser (0: off)
     fm_weight: float = 1.0
 
     def __post_init__(self):
-        if isinstance(self.vae, dict):
-            self.vae = DLMVAEConfig(**self.vae)
-        if isinstance(self.dit, dict):
-            self.dit = BlockDiTConfig(**self.dit)
-        if isinstance(self.schedule, dict):
-            self.schedule = TimestepSchedule(**self.schedule)
+        check_fields(self, "dlm")
         require(self.dit.latent_dim == self.vae.latent_dim, "dlm.dit.latent_dim",
                 f"dlm.vae.latent_dim ({self.vae.latent_dim})", self.dit.latent_dim)
-        require(self.vae_strategy in VAE_STRATEGIES, "dlm.vae_strategy", f"one of {VAE_STRATEGIES}",
-                self.vae_strategy)
         require(self.vae_lr_ratio >= 0, "dlm.vae_lr_ratio", ">= 0", self.vae_lr_ratio)
         require(self.ref_weight >= 0 and self.fm_weight > 0, "dlm.ref_weight/fm_weight", ">= 0 / > 0",
                 (self.ref_weight, self.fm_weight))

@@ -18,16 +18,15 @@ and the padding is cut off after decoding.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import require, require_fraction, require_positive
+from .config import check_fields, require, require_fraction, require_positive
 from .layers import KVSlot, RotaryEmbedding, TransformerBlock, masked_mean
 
-ATTENTION_KINDS = ("causal", "block_causal", "bidirectional")
-LOGSNR_MODES = ("predicted", "fixed", "learnable")
 
 
 @dataclass
@@ -39,24 +38,22 @@ class DLMVAEConfig:
     encoder_layers: int = 4
     decoder_layers: int = 4
     mlp_ratio: float = 4.0
-    attention: str = "causal"
+    attention: Literal["causal", "block_causal", "bidirectional"] = "causal"
     block_size: int = 16          # for block_causal attention, in latent positions
-    patch_size: int = 1           # tokens per latent: 1 or 2
+    patch_size: Literal[1, 2] = 1  # tokens per latent
     kl_weight: float = 1e-4       # beta (lost in the paper)
     mask_ratio: float = 0.15      # BERT-style masking loss (ratio and weight lost; BERT's 15% chosen)
     mask_weight: float = 0.5
-    logsnr_mode: str = "learnable"
+    logsnr_mode: Literal["predicted", "fixed", "learnable"] = "learnable"
     logsnr: float = 1.5           # fixed value, or the learnable one's initial value
 
     def __post_init__(self):
+        check_fields(self, "dlm.vae")
         require_positive("dlm.vae", vocab_size=self.vocab_size, latent_dim=self.latent_dim,
                          hidden_dim=self.hidden_dim, n_heads=self.n_heads, encoder_layers=self.encoder_layers,
                          decoder_layers=self.decoder_layers, block_size=self.block_size)
         require(self.hidden_dim % self.n_heads == 0 and (self.hidden_dim // self.n_heads) % 2 == 0,
                 "dlm.vae.hidden_dim", f"a multiple of 2*n_heads ({2 * self.n_heads})", self.hidden_dim)
-        require(self.attention in ATTENTION_KINDS, "dlm.vae.attention", f"one of {ATTENTION_KINDS}", self.attention)
-        require(self.patch_size in (1, 2), "dlm.vae.patch_size", "1 or 2", self.patch_size)
-        require(self.logsnr_mode in LOGSNR_MODES, "dlm.vae.logsnr_mode", f"one of {LOGSNR_MODES}", self.logsnr_mode)
         require(self.kl_weight >= 0 and self.mask_weight >= 0, "dlm.vae.kl_weight/mask_weight", ">= 0",
                 (self.kl_weight, self.mask_weight))
         require_fraction("dlm.vae", mask_ratio=self.mask_ratio)

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Literal
 
 import torch
 
-from .config import require
+from .config import check_fields, require
 
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -21,12 +21,12 @@ VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 class TimestepSchedule:
     """Training timestep distribution; the sampler's step grid can follow the same schedule (CDCD)."""
 
-    kind: str = "logit_normal"  # "uniform" | "logit_normal" (SD3: t = sigmoid(N(loc, scale)))
+    kind: Literal["uniform", "logit_normal"] = "logit_normal"  # (SD3: t = sigmoid(N(loc, scale)))
     loc: float = 0.0
     scale: float = 1.5          # TextLDM: std 1.5 beats 1.2 and uniform
 
     def __post_init__(self):
-        require(self.kind in ("uniform", "logit_normal"), "schedule.kind", "'uniform' or 'logit_normal'", self.kind)
+        check_fields(self, "schedule")
         require(self.scale > 0, "schedule.scale", "a value > 0", self.scale)
 
     def sample(self, n: int, device: torch.device | str = "cpu", generator: torch.Generator | None = None):

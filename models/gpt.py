@@ -14,6 +14,7 @@ embeddings when used, all blocks, the final LayerNorm.
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 import math
 from dataclasses import dataclass
 
@@ -21,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ConfigError, require, require_positive
+from .config import ConfigError, check_fields, require, require_positive
 from .layers import MLP, RotaryEmbedding, apply_rotary
 
 MATCH_TOLERANCE = 0.05   # matched_gpt_config: |count / target - 1| allowed
@@ -37,7 +38,7 @@ class GPTConfig:
     n_heads: int = 4
     mlp_ratio: float = 4.0
     dropout: float = 0.0
-    positions: str = "rotary"      # "rotary" (parameter-free, like the DiTs) | "learned"
+    positions: Literal["rotary", "learned"] = "rotary"  # rotary: parameter-free, like the DiTs
     tie_embeddings: bool = True
     temperature: float = 1.0       # sampling: 0 = greedy
     top_p: float = 1.0             # sampling: nucleus mass kept (1 = full distribution)
@@ -45,7 +46,7 @@ class GPTConfig:
     def __post_init__(self):
         require_positive("gpt", vocab_size=self.vocab_size, max_seq_len=self.max_seq_len,
                          hidden_dim=self.hidden_dim, depth=self.depth, n_heads=self.n_heads, mlp_ratio=self.mlp_ratio)
-        require(self.positions in ("rotary", "learned"), "gpt.positions", "'rotary' or 'learned'", self.positions)
+        check_fields(self, "gpt")
         even = 2 if self.positions == "rotary" else 1  # rotary rotates pairs of channels
         require(self.hidden_dim % (even * self.n_heads) == 0, "gpt.hidden_dim",
                 f"a multiple of {'2*' if even == 2 else ''}n_heads ({even * self.n_heads})", self.hidden_dim)

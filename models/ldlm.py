@@ -14,19 +14,19 @@ four-part recipe is a config switch (``LDLMConfig.recon_loss``, ``warmup_steps``
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import require, require_fraction, require_positive
+from .config import check_fields, require, require_fraction, require_positive
 from .dit import DiTBlock, FinalLayer, TimestepEmbedder
 from .layers import RotaryEmbedding
 from .perceiver import CoderConfig, SelfAttentionCoder, build_coder
 from .vp_diffusion import (AdaptiveTimestepSampler, TangentSchedule, euler_maruyama_sample, sampling_times,
                            scale_gradient, warmup_gamma)
 
-RECON_LOSSES = ("mse", "ce", "ce+mse")
 
 
 @dataclass
@@ -57,14 +57,14 @@ class LDLMConfig:
     token_decoder: TokenDecoderConfig = field(default_factory=TokenDecoderConfig)
     denoiser: DenoiserConfig = field(default_factory=DenoiserConfig)
     # -- the recipe --
-    recon_loss: str = "mse"          # "mse" (LDLM) | "ce" | "ce+mse"; with CE the token loss reaches the encoder
+    recon_loss: Literal["mse", "ce", "ce+mse"] = "mse"  # "mse" (LDLM) | "ce" | "ce+mse"; with CE the token loss reaches the encoder
     mse_weight: float = 1.0
     ce_weight: float = 1.0
     diffusion_weight: float = 1.0
     warmup_steps: int = 10_000       # W of the diffusion-to-encoder warmup (0: off)
     warmup_midpoint: float = 0.5     # m and k of the normalised sigmoid (lost in the paper; documented choice)
     warmup_steepness: float = 10.0
-    timestep_sampler: str = "adaptive"  # "adaptive" | "uniform"
+    timestep_sampler: Literal["adaptive", "uniform"] = "adaptive"
     adaptive_bins: int = 100
     adaptive_ema: float = 0.9
     adaptive_update_every: int = 100    # N of the paper (value lost)
@@ -76,14 +76,7 @@ class LDLMConfig:
     self_cond_prob: float = 0.5
 
     def __post_init__(self):
-        for name in ("encoder", "decoder"):
-            value = getattr(self, name)
-            if isinstance(value, dict):
-                setattr(self, name, CoderConfig(**value))
-        if isinstance(self.token_decoder, dict):
-            self.token_decoder = TokenDecoderConfig(**self.token_decoder)
-        if isinstance(self.denoiser, dict):
-            self.denoiser = DenoiserConfig(**self.denoiser)
+        check_fields(self, "ldlm")
         require_positive("ldlm", vocab_size=self.vocab_size, hidden_size=self.hidden_size, seq_len=self.seq_len,
                          num_latents=self.num_latents, latent_dim=self.latent_dim, schedule_d=self.schedule_d)
         self.encoder.validate("ldlm.encoder")
@@ -94,9 +87,6 @@ class LDLMConfig:
                     f"{owner}.hidden_dim", f"a multiple of 2*n_heads ({2 * sub.n_heads})", sub.hidden_dim)
         require(self.denoiser.depth >= 1, "ldlm.denoiser.depth", ">= 1", self.denoiser.depth)
         require(self.token_decoder.layers >= 0, "ldlm.token_decoder.layers", ">= 0", self.token_decoder.layers)
-        require(self.recon_loss in RECON_LOSSES, "ldlm.recon_loss", f"one of {RECON_LOSSES}", self.recon_loss)
-        require(self.timestep_sampler in ("adaptive", "uniform"), "ldlm.timestep_sampler", "'adaptive' or 'uniform'",
-                self.timestep_sampler)
         require(self.warmup_steps >= 0, "ldlm.warmup_steps", ">= 0", self.warmup_steps)
         require(0 < self.warmup_midpoint < 1, "ldlm.warmup_midpoint", "in (0, 1)", self.warmup_midpoint)
         require(self.warmup_steepness > 0, "ldlm.warmup_steepness", "> 0", self.warmup_steepness)

@@ -16,26 +16,26 @@ Both take (B, T_in, in_dim) and return (B, T_out, out_dim); both are used as the
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import require, require_positive
+from .config import check_fields, require, require_positive
 from .layers import MLP, RotaryEmbedding, TransformerBlock, apply_rotary, key_padding_mask
 
 
 @dataclass
 class CoderConfig:
-    kind: str = "perceiver"    # "perceiver" (LDLM default) | "self_attention" (the ablation)
+    kind: Literal["perceiver", "self_attention"] = "perceiver"  # self_attention: the ablation
     depth: int = 6
     hidden_dim: int = 768
     n_heads: int = 12
     mlp_ratio: float = 4.0
 
     def validate(self, owner: str) -> None:
-        require(self.kind in ("perceiver", "self_attention"), f"{owner}.kind", "'perceiver' or 'self_attention'",
-                self.kind)
+        check_fields(self, owner)
         require_positive(owner, depth=self.depth, hidden_dim=self.hidden_dim, n_heads=self.n_heads,
                          mlp_ratio=self.mlp_ratio)
         require(self.hidden_dim % self.n_heads == 0 and (self.hidden_dim // self.n_heads) % 2 == 0,

@@ -7,12 +7,13 @@ last layer). The projector is the REPA reference's MLP (Linear-SiLU-...-Linear).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import require, require_positive
+from .config import check_fields, require, require_positive
 
 
 @dataclass
@@ -21,16 +22,14 @@ class REPAConfig:
     teacher: str = "embedded:smollm2"  # local dir, hub name (e.g. Qwen/Qwen3-1.7B) or embedded asset
     layer: int = -3                   # index into the teacher's hidden_states (0 = embeddings); -3 = third from last
     weight: float = 0.5               # lambda_REPA (lost in TextLDM's text; REPA's reference value)
-    align_at: int | str = "output"    # "output" (encoder output), "latent" (posterior mean) or encoder block 1..L
+    align_at: int | Literal["output", "latent"] = "output"  # "output" (encoder output), "latent" (posterior mean) or encoder block 1..L
     projector_hidden: int = 512
     projector_depth: int = 3          # number of Linear layers in the projector MLP
 
     def __post_init__(self):
+        check_fields(self, "vae.repa")
         require_positive("vae.repa", projector_hidden=self.projector_hidden, projector_depth=self.projector_depth)
         require(self.weight >= 0, "vae.repa.weight", "a value >= 0", self.weight)
-        require(self.align_at in ("output", "latent") or (isinstance(self.align_at, int)
-                                                             and not isinstance(self.align_at, bool)),
-                "vae.repa.align_at", "'output', 'latent' or an encoder block index", self.align_at)
 
 
 class REPAProjector(nn.Module):

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ConfigError, require, require_positive
+from .config import ConfigError, check_fields, require, require_positive
 from .layers import RotaryEmbedding, TransformerBlock, key_padding_mask, masked_mean, segment_mask
 from .repa import REPAConfig, REPAProjector, repa_loss
 
@@ -40,8 +40,7 @@ class TextVAEConfig:
     repa: REPAConfig = field(default_factory=REPAConfig)
 
     def __post_init__(self):
-        if isinstance(self.repa, dict):
-            self.repa = REPAConfig(**self.repa)
+        check_fields(self, "vae")
         require_positive("vae", vocab_size=self.vocab_size, latent_dim=self.latent_dim, hidden_dim=self.hidden_dim,
                          n_heads=self.n_heads, encoder_layers=self.encoder_layers,
                          decoder_layers=self.decoder_layers, max_seq_len=self.max_seq_len, mlp_ratio=self.mlp_ratio)

@@ -9,6 +9,11 @@ import re
 import pytest
 
 from latentlm.models.config import ConfigError
+from latentlm.models.dlm import ColaDLMConfig
+from latentlm.models.dlm_vae import DLMVAEConfig
+from latentlm.models.flow import TimestepSchedule
+from latentlm.models.repa import REPAConfig
+from latentlm.models.text_vae import TextVAEConfig
 from latentlm.models.teacher import resolve_layer
 from latentlm.platform.config import from_dict, load_file, merge, parse_overrides, to_dict
 from latentlm.platform.experiment import (DataConfig, OptimConfig, TextLDMConfig, VAETrainConfig,
@@ -302,3 +307,24 @@ def test_the_ldlm_post_decoder_stage_refuses_an_ema_it_would_not_use():
     with pytest.raises(ConfigError, match=r"post_decoder\.optim\.ema_decay"):
         build_ldlm_config("tiny", {"post_decoder": {"enabled": True, "optim": {"ema_decay": 0.99}}})
     assert build_ldlm_config("tiny", {"post_decoder": {"enabled": True}}).post_decoder.optim.ema_decay == 0
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: TimestepSchedule("cosine"), "schedule.kind: expected one of ('uniform', 'logit_normal'), got 'cosine'"),
+    (lambda: ColaDLMConfig(vae_strategy="interval"), "dlm.vae_strategy: expected one of"),
+    (lambda: DLMVAEConfig(patch_size=3), "dlm.vae.patch_size: expected one of (1, 2), got 3"),
+    (lambda: REPAConfig(align_at=True), "vae.repa.align_at: expected an integer or one of ('output', 'latent')"),
+    (lambda: ColaDLMConfig(vae={"latent_dimm": 8}), "unknown config key dlm.vae.latent_dimm"),
+    (lambda: TextVAEConfig(repa={"layer": "third"}), "vae.repa.layer: expected an integer"),
+])
+def test_model_configs_built_in_python_are_as_strict_as_loaded_ones(make, message):
+    """The one strict loader also guards configs built directly: Literal enumerations and nested sections given as
+    mappings are checked on construction (no permissive ``Section(**dict)`` shim that would take an unknown key)."""
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        make()
+
+
+def test_literal_fields_accept_their_values_and_nested_mappings_build_their_section():
+    assert REPAConfig(align_at=2).align_at == 2 and REPAConfig(align_at="latent").align_at == "latent"
+    cfg = ColaDLMConfig(vae={"latent_dim": 8}, dit={"latent_dim": 8}, schedule={"kind": "uniform"})
+    assert isinstance(cfg.vae, DLMVAEConfig) and cfg.vae.latent_dim == 8 and cfg.schedule.kind == "uniform"
