@@ -1,4 +1,4 @@
-"""``latentlm`` command line: train / sample / evaluate / info / leaderboard / compare."""
+"""``latentlm`` command line: train / sample / evaluate / export / push / info / leaderboard / compare."""
 from __future__ import annotations
 
 import argparse
@@ -27,8 +27,12 @@ def cmd_train(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from .config import parse_overrides
+    from .hub import resolve_checkpoint
     from .reevaluate import evaluate_saved
-    evaluation = evaluate_saved(args.checkpoint, parse_overrides(args.set), Path(args.out) if args.out else None)
+    checkpoint = resolve_checkpoint(args.checkpoint, args.revision)
+    downloaded = checkpoint != Path(args.checkpoint).expanduser()  # the hub cache is not a place for results
+    out = Path(args.out) if args.out else (Path("runs/evaluate") / Path(args.checkpoint).name if downloaded else None)
+    evaluation = evaluate_saved(checkpoint, parse_overrides(args.set), out)
     print(json.dumps({"protocol": evaluation.protocol.name, "protocol_hash": evaluation.protocol.hash,
                       "results": evaluation.results, "human_ceiling": evaluation.ceiling}, indent=2))
     return 0
@@ -39,8 +43,9 @@ def cmd_sample(args) -> int:
     from latentlm.models.checkpoint import read_json
     from .data import load_tokenizer
     from .evaluate import strip_at_eos
+    from .hub import resolve_checkpoint
     from .reevaluate import checkpoint_method
-    checkpoint = Path(args.checkpoint)
+    checkpoint = resolve_checkpoint(args.checkpoint, args.revision)
     method = registry.get(checkpoint_method(checkpoint))
     if args.prompt and method.task == "unconditional":
         raise ConfigError(f"--prompt: {method.label} generates unconditionally (its protocol); drop the prompt")
@@ -53,6 +58,19 @@ def cmd_sample(args) -> int:
         text = tokenizer.decode(strip_at_eos(row, tokenizer.eos_token_id), skip_special_tokens=True)
         print(f"{args.prompt or ''}\x1b[1m{text}\x1b[0m" if sys.stdout.isatty() else f"{args.prompt or ''}{text}")
         print("---")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .hub import export_checkpoint
+    print(export_checkpoint(args.checkpoint, args.out, args.repo_id))
+    return 0
+
+
+def cmd_push(args) -> int:
+    from .hub import push_to_hub
+    info = push_to_hub(args.checkpoint, args.repo_id, private=args.private or None, revision=args.revision)
+    print(getattr(info, "commit_url", info))
     return 0
 
 
@@ -154,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
 
     evaluate = sub.add_parser("evaluate", help="score a final checkpoint of any method (its state.json names "
                               "the stage) under the current protocol")
-    evaluate.add_argument("checkpoint")
+    evaluate.add_argument("checkpoint", help="a checkpoint directory or a hub repository id")
+    evaluate.add_argument("--revision", help="hub revision (branch, tag or commit)")
     evaluate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     evaluate.add_argument("--out")
     evaluate.set_defaults(fn=cmd_evaluate)
@@ -162,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     sample = sub.add_parser("sample", help="generate from a final checkpoint of any method: continue --prompt "
                                            "(continuation methods; TextLDM and Cola DLM also without one) or "
                                            "sample unconditionally (LDLM)")
-    sample.add_argument("checkpoint")
+    sample.add_argument("checkpoint", help="a checkpoint directory or a hub repository id")
+    sample.add_argument("--revision", help="hub revision (branch, tag or commit)")
     sample.add_argument("--prompt", default="")
     sample.add_argument("--length", type=int, default=32, help="target tokens (TextLDM; LDLM: its window)")
     sample.add_argument("--num", type=int, default=1)
@@ -171,6 +191,20 @@ def main(argv: list[str] | None = None) -> int:
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--no-ema", action="store_true")
     sample.set_defaults(fn=cmd_sample)
+
+    export = sub.add_parser("export", help="write a final checkpoint's publishable files (safetensors, JSON, a "
+                            "model card; no optimizer, RNG or DeepSpeed shards) to a new directory")
+    export.add_argument("checkpoint")
+    export.add_argument("out")
+    export.add_argument("--repo-id", help="the hub id the model card names")
+    export.set_defaults(fn=cmd_export)
+
+    push = sub.add_parser("push", help="upload a final checkpoint's export to the Hugging Face Hub")
+    push.add_argument("checkpoint")
+    push.add_argument("repo_id")
+    push.add_argument("--private", action="store_true")
+    push.add_argument("--revision")
+    push.set_defaults(fn=cmd_push)
 
     info = sub.add_parser("info", help="versions, devices and the embedded offline assets")
     info.set_defaults(fn=cmd_info)
@@ -207,6 +241,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.fn(args)
     except ConfigError as err:
         print(f"latentlm: config error: {err}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, FileExistsError) as err:
+        print(f"latentlm: {err}", file=sys.stderr)
         return 2
 
 

@@ -100,11 +100,19 @@ def run_ldlm(cfg, run_dir: Path, data_root: Path | None = None, cache_root: Path
 
 
 def saved_checkpoints(checkpoint: str | Path) -> tuple[str, str | None]:
-    """(joint, post-decoder or None) of a final LDLM checkpoint: a post-decoder one names its joint stage."""
+    """(joint, post-decoder or None) of a final LDLM checkpoint: a post-decoder one names its joint stage, which
+    an exported one (``hub.export_checkpoint``) carries inside it as ``joint/``."""
     state = read_json(Path(checkpoint) / "state.json")
     if state["stage"] == "post_decoder":
-        return state["joint_checkpoint"], str(checkpoint)
+        bundled = Path(checkpoint) / "joint"
+        return str(bundled) if bundled.is_dir() else state["joint_checkpoint"], str(checkpoint)
     return str(checkpoint), None
+
+
+def bundled_checkpoints(checkpoint: Path) -> dict[str, Path]:
+    """A post-decoder checkpoint's generator also reads its joint stage: exported with it as ``joint/``."""
+    joint, post = saved_checkpoints(checkpoint)
+    return {"joint": Path(joint)} if post is not None else {}
 
 
 def load_ldlm(checkpoint: str | Path, use_ema: bool = True, device="cpu"):

@@ -22,6 +22,7 @@ register(MethodSpec(
     final_stages=("ldlm", "post_decoder"),
     train=Lazy(".ldlm_pipeline:train_ldlm"), run=Lazy(".ldlm_pipeline:run_ldlm"),
     load_generator=Lazy(".ldlm_pipeline:load_ldlm"), evaluate=Lazy(".ldlm_pipeline:evaluate_saved_ldlm"),
+    bundled=Lazy(".ldlm_pipeline:bundled_checkpoints"),
     teacher_layers=Lazy(".ldlm_config:ldlm_teacher_layers"), effective=Lazy(".ldlm_config:ldlm_effective")))
 
 register(MethodSpec(

@@ -78,6 +78,10 @@ def no_teacher(configs: list) -> list[int]:
     return []
 
 
+def nothing_bundled(checkpoint: Path) -> dict[str, Path]:
+    return {}
+
+
 def unchanged(config: dict) -> dict:
     return config
 
@@ -104,6 +108,8 @@ class MethodSpec:
     teacher_layers: Callable[[list], list[int]] = no_teacher   # every frozen-LM layer these configs read
     effective: Callable[[dict], dict] = unchanged   # a config dict with knobs that cannot act reset to defaults
     baseline_of: tuple[str, ...] = ()   # methods it is the matched baseline of (its config's `match: method:preset`)
+    # (final checkpoint) -> {folder: checkpoint} its generator also reads, published inside it as that folder
+    bundled: Callable[[Path], dict[str, Path]] = nothing_bundled
 
     @property
     def config_cls(self) -> type:
