@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -20,7 +21,8 @@ def _config(args):
 
 def cmd_train(args) -> int:
     cfg = _config(args)
-    out = registry.get(args.method).run(cfg, Path(args.run_dir or f"runs/{args.method}"))
+    with contextlib.redirect_stdout(sys.stderr):  # stdout carries the JSON result only (libraries print progress)
+        out = registry.get(args.method).run(cfg, Path(args.run_dir or f"runs/{args.method}"))
     print(json.dumps(out, indent=2, default=str))
     return 0
 
@@ -32,7 +34,8 @@ def cmd_evaluate(args) -> int:
     checkpoint = resolve_checkpoint(args.checkpoint, args.revision)
     downloaded = checkpoint != Path(args.checkpoint).expanduser()  # the hub cache is not a place for results
     out = Path(args.out) if args.out else (Path("runs/evaluate") / Path(args.checkpoint).name if downloaded else None)
-    evaluation = evaluate_saved(checkpoint, parse_overrides(args.set), out)
+    with contextlib.redirect_stdout(sys.stderr):  # stdout carries the JSON result only (libraries print progress)
+        evaluation = evaluate_saved(checkpoint, parse_overrides(args.set), out)
     print(json.dumps({"protocol": evaluation.protocol.name, "protocol_hash": evaluation.protocol.hash,
                       "results": evaluation.results, "human_ceiling": evaluation.ceiling}, indent=2))
     return 0

@@ -134,3 +134,11 @@ def test_cli_names_a_missing_checkpoint_and_an_existing_export(ar_checkpoint, tm
     assert main(["export", str(ar_checkpoint), str(tmp_path / "out")]) == 0
     assert main(["export", str(ar_checkpoint), str(tmp_path / "out")]) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_cli_evaluate_of_a_checkpoint_prints_only_its_json_result(ar_checkpoint, tmp_path, capsys):
+    import json
+    assert main(["evaluate", str(ar_checkpoint), "--out", str(tmp_path / "eval"), "--set", "eval.num_samples=4",
+                 "--set", "eval.sampling_seeds=[1]"]) == 0
+    result = json.loads(capsys.readouterr().out)  # libraries' progress prints go to stderr
+    assert result["protocol"] == "continuation/v3" and (tmp_path / "eval" / "metrics.json").is_file()
