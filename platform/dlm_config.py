@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-from latentlm.models.config import ConfigError, require
+from latentlm.models.config import ConfigError, check_fields, require
 from latentlm.models.dlm import ColaDLMConfig
 
 from .config import from_dict, merge
@@ -25,13 +25,12 @@ class StageConfig:
 
 @dataclass
 class DLMSamplerConfig:
-    first_block: str = "repaint"     # prompt tail inside the first block: "repaint" | "partial"
+    first_block: Literal["repaint", "partial"] = "repaint"  # prompt tail inside the first block
     pad_prompt: bool = False         # left-pad prompts with EOS to a block multiple instead (the padding switch)
     use_cache: bool = True           # KV cache over committed blocks (False: recompute, for checking)
 
     def __post_init__(self):
-        require(self.first_block in ("repaint", "partial"), "sampler.first_block", "'repaint' or 'partial'",
-                self.first_block)
+        check_fields(self, "sampler")
 
 
 @dataclass

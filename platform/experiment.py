@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-from latentlm.models.config import require, require_fraction, require_positive
+from latentlm.models.config import check_fields, require, require_fraction, require_positive
 from latentlm.models.dit import TextDiTConfig
 from latentlm.models.flow import TimestepSchedule
 from latentlm.models.repa import REPAConfig
@@ -26,7 +26,7 @@ class DataConfig:
     text_field: str = "text"
     tokenizer: str = "embedded:smollm2"    # local dir, hub name or embedded asset (shared with the REPA teacher)
     seq_len: int = 64                      # tokens per training window (TextLDM: 1024)
-    layout: str = "packed"                 # packed: documents concatenated with EOS, cut into full windows
+    layout: Literal["packed", "per_document"] = "packed"                 # packed: documents concatenated with EOS, cut into full windows
                                            # (no padding) | per_document: a window per document, padded
     max_documents: int | None = None       # cap on corpus documents read (None: all)
     valid_fraction: float = 0.05
@@ -36,7 +36,7 @@ class DataConfig:
     vocab_limit: int | None = None         # VAE vocab: the K most used ids (+ EOS/pad if rarer) + 1 unknown; null = full
     teacher_windows: int = 1024            # windows with precomputed teacher features (the REPA VAE trains on these)
     teacher_batch_size: int = 16
-    teacher_dtype: str = "auto"            # the frozen teacher's compute dtype for stored features (stored as fp16
+    teacher_dtype: Literal["auto", "float32", "bfloat16"] = "auto"            # the frozen teacher's compute dtype for stored features (stored as fp16
                                            # either way): auto = bf16 where the hardware has it (GPU, AMX/AVX512-BF16
                                            # CPU: 2.5x faster), float32 elsewhere (emulated bf16 is ~8x slower)
     materialize_max_mb: int = 256          # smaller training sets are held in Ray's object store, larger ones
@@ -46,9 +46,7 @@ class DataConfig:
         require_positive("data", seq_len=self.seq_len, teacher_windows=self.teacher_windows,
                          teacher_batch_size=self.teacher_batch_size)
         require(self.seq_len >= 8, "data.seq_len", "at least 8 tokens", self.seq_len)
-        require(self.teacher_dtype in ("auto", "float32", "bfloat16"), "data.teacher_dtype",
-                "'auto', 'float32' or 'bfloat16'", self.teacher_dtype)
-        require(self.layout in ("packed", "per_document"), "data.layout", "'packed' or 'per_document'", self.layout)
+        check_fields(self, "data")
         require_fraction("data", valid_fraction=self.valid_fraction, test_fraction=self.test_fraction)
         require(self.valid_fraction + self.test_fraction < 1, "data.test_fraction",
                 "valid_fraction + test_fraction < 1", self.valid_fraction + self.test_fraction)
@@ -113,7 +111,7 @@ EvalConfig = ContinuationEvalConfig  # the continuation protocol's fields (see p
 @dataclass
 class ResourcesConfig:
     num_workers: int = 0                    # 0: one per GPU in the cluster when GPUs are used, else 1
-    use_gpu: bool | str = "auto"            # auto | true | false
+    use_gpu: bool | Literal["auto", "true", "false"] = "auto"
     cpus_per_worker: float = 1.0
     torch_threads: int = 0                  # 0: every core of the node (CPU training)
 
@@ -122,8 +120,7 @@ class ResourcesConfig:
             self.use_gpu = "true" if self.use_gpu else "false"
         require_positive("resources", cpus_per_worker=self.cpus_per_worker)
         require(self.num_workers >= 0, "resources.num_workers", ">= 0 (0 = automatic)", self.num_workers)
-        require(self.use_gpu in ("auto", "true", "false"), "resources.use_gpu", "'auto', 'true' or 'false'",
-                self.use_gpu)
+        check_fields(self, "resources")
 
 
 @dataclass
@@ -132,16 +129,14 @@ class DeepSpeedConfig:
     optim.batch_size = micro_batch_size * accumulation * world_size."""
 
     enabled: bool = True
-    zero_stage: int = 1
-    precision: str = "auto"          # auto: bf16 on GPU, fp32 on CPU | fp32 | bf16 (fp16 is unsupported on CPU)
+    zero_stage: Literal[0, 1, 2, 3] = 1
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU | fp32 | bf16 (fp16 is unsupported on CPU)
     micro_batch_size: int = 0        # per worker; 0: optim.batch_size / world_size (no accumulation)
     offload_optimizer: bool = False  # ZeRO-Offload of optimizer states to CPU (stage >= 1)
     offload_param: bool = False      # parameter offload to CPU (stage 3 only)
 
     def __post_init__(self):
-        require(self.zero_stage in (0, 1, 2, 3), "deepspeed.zero_stage", "0, 1, 2 or 3", self.zero_stage)
-        require(self.precision in ("auto", "fp32", "bf16"), "deepspeed.precision", "'auto', 'fp32' or 'bf16'",
-                self.precision)
+        check_fields(self, "deepspeed")
         require(self.micro_batch_size >= 0, "deepspeed.micro_batch_size", ">= 0 (0 = automatic)",
                 self.micro_batch_size)
         require(not self.offload_param or self.zero_stage == 3, "deepspeed.offload_param", "zero_stage 3",

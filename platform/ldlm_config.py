@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-from latentlm.models.config import ConfigError, require
+from latentlm.models.config import ConfigError, check_fields, require
 from latentlm.models.ldlm import LDLMConfig
 
 from .config import from_dict, merge
@@ -38,13 +38,13 @@ class PostDecoderConfig:
     """LDLM App. B.2: a fresh token decoder trained on noisy latents after the joint stage (own stage)."""
     enabled: bool = False
     layers: int = 2
-    source: str = "latents"          # "latents" (B.2) | "hidden" (reads the frozen latent decoder's output)
+    source: Literal["latents", "hidden"] = "latents"  # latents: B.2; hidden: reads the frozen latent decoder's output
     decoder_noise: float | None = None  # None: the joint stage's ldlm.decoder_noise
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(steps=300, batch_size=32, lr=1e-3))
 
     def __post_init__(self):
         require(self.layers >= 0, "post_decoder.layers", ">= 0", self.layers)
-        require(self.source in ("latents", "hidden"), "post_decoder.source", "'latents' or 'hidden'", self.source)
+        check_fields(self, "post_decoder")
         require(self.decoder_noise is None or self.decoder_noise >= 0, "post_decoder.decoder_noise", ">= 0 or null",
                 self.decoder_noise)
         # the generator reads post_decoder.safetensors as trained: an EMA of it would be computed and never used

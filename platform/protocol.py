@@ -18,9 +18,9 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-from latentlm.models.config import require, require_positive
+from latentlm.models.config import check_fields, require, require_positive
 
 PROTOCOL_VERSION = 3
 TASKS = ("continuation", "unconditional")
@@ -67,17 +67,17 @@ class ScoringConfig:
     sampling_seeds: list[int] = field(default_factory=lambda: [1234, 1235])
     mauve_kmeans_seeds: list[int] = field(default_factory=lambda: [25, 26, 27])
     mauve_model: str = "embedded:gemma3"     # paper-comparable: gpt2-large; not the REPA/LDLM teacher (SmolLM2)
-    mauve_pooling: str = "last"
+    mauve_pooling: Literal["last", "mean"] = "last"
     mauve_max_length: int = 128
     genppl_model: str = "embedded:gemma3"    # Gen-PPL scorer (LDLM: GPT-2 Large)
     genppl_max_length: int = 256
-    scorer_dtype: str = "float32"            # compute dtype of the frozen MAUVE featurizer and Gen-PPL scorer; in the
+    scorer_dtype: Literal["float32", "bfloat16"] = "float32"            # compute dtype of the frozen MAUVE featurizer and Gen-PPL scorer; in the
                                              # scoring hash, so one value for every machine: bfloat16 is 0.05% off on
                                              # Gen-PPL and 1.3-2.5x faster on GPUs and AMX CPUs, ~8x slower on AVX2
     diversity_ns: list[int] = field(default_factory=lambda: [2, 3, 4])
     steps: int = 50
-    grid: str = "schedule"
-    dtype: str = "float32"                   # sampler compute dtype: "float32" | "bfloat16" (autocast)
+    grid: Literal["schedule", "uniform"] = "schedule"
+    dtype: Literal["float32", "bfloat16"] = "float32"  # sampler compute dtype (bfloat16: autocast)
     batch_size: int = 32                     # in the protocol: it orders the sampler's noise draws
     ci_level: float = 0.95                   # confidence level of every reported interval
     bootstrap_replicates: int = 1000         # resamples behind each interval and paired comparison
@@ -96,10 +96,7 @@ class ScoringConfig:
                          mauve_max_length=self.mauve_max_length, bootstrap_replicates=self.bootstrap_replicates)
         require(0 < self.ci_level < 1, "eval.ci_level", "a confidence level in (0, 1), e.g. 0.95", self.ci_level)
         require(self.genppl_max_length >= 2, "eval.genppl_max_length", ">= 2", self.genppl_max_length)
-        require(self.mauve_pooling in ("last", "mean"), "eval.mauve_pooling", "'last' or 'mean'", self.mauve_pooling)
-        require(self.dtype in ("float32", "bfloat16"), "eval.dtype", "'float32' or 'bfloat16'", self.dtype)
-        require(self.scorer_dtype in ("float32", "bfloat16"), "eval.scorer_dtype", "'float32' or 'bfloat16'",
-                self.scorer_dtype)
+        check_fields(self, "eval")
         require(len(self.diversity_ns) > 0 and all(n >= 1 for n in self.diversity_ns), "eval.diversity_ns",
                 "a non-empty list of n >= 1", self.diversity_ns)
         require(all(s >= 1 for s in self.progression_steps), "eval.progression_steps", "steps >= 1",
@@ -137,7 +134,6 @@ class ContinuationEvalConfig(ScoringConfig):
         lo, hi = self.split_range
         require(0 < lo <= hi < 1, "eval.split_range", "0 < low <= high < 1", self.split_range)
         require(self.cfg_scale >= 0, "eval.cfg_scale", ">= 0", self.cfg_scale)
-        require(self.grid in ("schedule", "uniform"), "eval.grid", "'schedule' or 'uniform'", self.grid)
 
 
 @dataclass
@@ -146,14 +142,13 @@ class UnconditionalEvalConfig(ScoringConfig):
     datasets: list[str] = field(default_factory=lambda: ["embedded:wiki"])   # MAUVE references (held-out text)
     sampling_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     steps: int = 100                  # Euler-Maruyama steps (LDLM sweeps 8..1024)
-    grid: str = "log_snr"
+    grid: Literal["log_snr", "uniform"] = "log_snr"
     interpolation_pairs: int = 8      # latent-interpolation smoothness probe: pairs of real texts ...
     interpolation_points: int = 9     # ... and points along each path (ends included)
     progression_steps: list[int] = field(default_factory=lambda: [1, 25, 50, 75, 100])
 
     def __post_init__(self):
         super().__post_init__()
-        require(self.grid in ("log_snr", "uniform"), "eval.grid", "'log_snr' or 'uniform'", self.grid)
         require(self.interpolation_pairs >= 0, "eval.interpolation_pairs", ">= 0", self.interpolation_pairs)
         require(self.interpolation_points >= 2, "eval.interpolation_points", ">= 2", self.interpolation_points)
 
