@@ -1,7 +1,7 @@
 """The LDLM experiment config: data, frozen token encoder, the joint model and recipe, the joint and
 post-training stages, unconditional evaluation, resources.
 
-``build_ldlm_config(preset, overrides)`` mirrors ``experiment.build_config``: preset <- file <- CLI,
+``build_ldlm_config(preset, overrides)`` mirrors TextLDM's ``build_config``: preset <- file <- CLI,
 validated strictly before anything runs. Data, optimiser, resources and DeepSpeed sections are the
 TextLDM ones, so both method families read the same tokenized shards and teacher features.
 """
@@ -13,10 +13,9 @@ from typing import Any
 
 from latentlm.models.config import ConfigError, require
 from latentlm.models.ldlm import LDLMConfig
-
-from .config import from_dict, merge
-from .experiment import DataConfig, DeepSpeedConfig, OptimConfig, ResourcesConfig
-from .protocol import UnconditionalEvalConfig
+from latentlm.platform.config import from_dict, merge
+from latentlm.platform.evaluation.protocol import UnconditionalEvalConfig
+from latentlm.platform.training.sections import DataConfig, DeepSpeedConfig, OptimConfig, ResourcesConfig
 
 
 @dataclass

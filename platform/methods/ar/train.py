@@ -8,10 +8,9 @@ from dataclasses import dataclass
 import torch
 
 from latentlm.models.gpt import GPT, next_token_loss
-
-from .config import from_dict
-from .loop import Stage, train_stage
-from .training import load_vocab, seed_everything, window_tokens, worker_context
+from latentlm.platform.config import from_dict
+from latentlm.platform.training.loop import Stage, train_stage
+from latentlm.platform.training.parts import load_vocab, seed_everything, window_tokens, worker_context
 
 METRICS = ("loss", "accuracy")
 
@@ -36,8 +35,8 @@ class NextTokenStep(torch.nn.Module):
 
 def ar_train_loop(config: dict) -> None:
     """Ray Train function. ``config``: experiment (ARExperimentConfig dict), run_dir, run_name, trial, vocab,
-    and the test-only ``inject_fault`` (see ``training.inject_fault``)."""
-    from .ar_config import ARExperimentConfig
+    and the test-only ``inject_fault`` (see ``training.parts.inject_fault``)."""
+    from .config import ARExperimentConfig
     cfg = from_dict(ARExperimentConfig, config["experiment"])
     wc = worker_context(cfg.resources)
     seed_everything(cfg.seed + 31)

@@ -84,7 +84,7 @@ def run_stage(loop: Callable[[dict], None], loop_config: dict[str, Any], dataset
 
     Runs are named, so re-running the same stage with the same storage resumes from its last checkpoint.
     Every worker gets the whole dataset, in a fixed order, and takes its rows of each global batch
-    (``training.stream_batches``): data order independent of the worker count and of scheduling."""
+    (``parts.stream_batches``): data order independent of the worker count and of scheduling."""
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
     import ray

@@ -39,11 +39,11 @@ from filelock import FileLock
 
 from latentlm.models.checkpoint import write_json
 from latentlm.models.config import ConfigError
+from latentlm.platform.training.engine import native_bf16
+from latentlm.platform.training.progress import progress
 
 from . import assets
 from .corpus import CorpusSpec, load_documents, split_documents
-from .engine import native_bf16
-from .progress import progress
 
 log = logging.getLogger(__name__)
 TRAIN_ROWS_PER_SHARD = 16384   # token windows: ~8 MB per shard at seq_len 128

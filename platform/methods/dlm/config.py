@@ -1,7 +1,7 @@
 """The Cola DLM experiment config: data, the model (Text VAE + block-causal DiT), stage 1 (VAE
 pretraining), stage 2 (joint VAE + DiT), the continuation evaluation, resources.
 
-``build_dlm_config(preset, overrides)`` mirrors ``experiment.build_config``. The evaluation section is
+``build_dlm_config(preset, overrides)`` mirrors TextLDM's ``build_config``. The evaluation section is
 TextLDM's continuation protocol (same fields, same protocol hash), so both methods rank in one table;
 ``sampler`` holds the Cola DLM-only inference switches.
 """
@@ -13,9 +13,8 @@ from typing import Any
 
 from latentlm.models.config import ConfigError, require
 from latentlm.models.dlm import ColaDLMConfig
-
-from .config import from_dict, merge
-from .experiment import DataConfig, DeepSpeedConfig, EvalConfig, OptimConfig, ResourcesConfig
+from latentlm.platform.config import from_dict, merge
+from latentlm.platform.training.sections import DataConfig, DeepSpeedConfig, EvalConfig, OptimConfig, ResourcesConfig
 
 
 @dataclass

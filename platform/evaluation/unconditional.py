@@ -5,9 +5,10 @@ under a scorer LM that is not the token encoder, MAUVE against full held-out win
 seeds, unigram entropy, n-gram diversity; mean, std and bootstrap CI), next to the reference rows: the human
 ceiling (windows of a second, disjoint set of held-out documents) and the must-lose floors. Both sides are
 fixed-length windows of ``data.seq_len`` tokens: held-out documents are packed (concatenated with EOS) and
-cut like the packed training data. Plus, for LDLM, the latent-interpolation smoothness probe: decode points
-on the straight line between the latents of two real texts and score them with the same scorer (a smooth
-latent space keeps Gen-PPL low along the whole path); a sampler without latents skips it.
+cut like the packed training data. Plus, when the family passes one (LDLM: ``methods/ldlm/pipeline.py``), the
+latent-interpolation smoothness probe: decode points on the straight line between the latents of two real texts
+and score them with the same scorer (a smooth latent space keeps Gen-PPL low along the whole path); a sampler
+without latents skips it.
 """
 from __future__ import annotations
 
@@ -20,54 +21,15 @@ from typing import Callable
 import numpy as np
 import torch
 
-from latentlm.models.checkpoint import atomic_write_text, load_tensors
-from latentlm.models.ldlm import LDLM, PostTrainedDecoder
-from latentlm.models.token_encoder import HiddenStats, TokenEncoder
-from latentlm.models.vocab import CompactVocab
+from latentlm.models.checkpoint import atomic_write_text
+from latentlm.platform.data.windows import document_ids, packed_windows
+from latentlm.platform.training.progress import progress
 
-from . import assets, floors, harness
-from .data import document_ids, load_tokenizer, packed_windows
-from .evaluate import (Evaluation, ProgressionRecorder, accepts_on_step, held_out_documents, training_token_counts,
-                       write_metrics)
-from .progress import progress
-from .protocol import EvalProtocol
-from .train_ldlm import load_joint_model
+from . import floors, harness
+from .continuation import (Evaluation, ProgressionRecorder, accepts_on_step, held_out_documents, scoring_setup,
+                           write_metrics)
 
 log = logging.getLogger(__name__)
-
-
-class LDLMGenerator:
-    """A trained LDLM for inference: samples latents, decodes them (jointly trained or post-trained token
-    decoder) and maps ids back to the tokenizer's vocabulary."""
-    generator_device = "cpu"  # latent noise is drawn on the CPU and moved: samples do not depend on the device
-
-    def __init__(self, cfg, joint_checkpoint: str, post_checkpoint: str | None = None, device="cpu"):
-        self.cfg, self.device = cfg, device
-        self.model: LDLM = load_joint_model(joint_checkpoint, cfg, device, use_ema=cfg.eval.use_ema)
-        d = Path(joint_checkpoint)
-        self.vocab = CompactVocab.from_checkpoint(d)
-        self.vocab = self.vocab.to(device) if self.vocab is not None else None
-        self.stats = HiddenStats(cfg.ldlm.hidden_size)
-        self.stats.load_state_dict(load_tensors(d / "hidden_stats.safetensors"))
-        self.post = None
-        if post_checkpoint is not None:
-            self.post = PostTrainedDecoder(cfg.ldlm, cfg.post_decoder.layers, cfg.post_decoder.source)
-            self.post.load_state_dict(load_tensors(Path(post_checkpoint) / "post_decoder.safetensors"))
-            self.post = self.post.to(device).eval()
-
-    @torch.no_grad()
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Clean latents -> tokenizer ids (-1 for a compact vocabulary's unknown class)."""
-        logits = self.post(z, self.model.decoder) if self.post is not None else \
-            self.model.token_decoder(self.model.decoder(z))
-        ids = logits.argmax(-1)
-        return self.vocab.decode(ids) if self.vocab is not None else ids
-
-    @torch.no_grad()
-    def sample(self, n: int, steps: int, generator: torch.Generator, grid: str = "log_snr", on_step=None):
-        """``n`` windows of tokenizer ids; ``on_step(step, ids)`` sees the decoded latents after each step."""
-        decoded = None if on_step is None else lambda step, z: on_step(step, self.decode(z))
-        return self.decode(self.model.sample_latents(n, steps, generator, grid, self.device, decoded))
 
 
 def generate_ids(gen, tokenizer, seed: int, cfg, recorder: ProgressionRecorder | None = None) -> list[list[int]]:
@@ -104,55 +66,15 @@ def reference_windows(documents: list[str], tokenizer, seq_len: int, n: int
     return w.tokens[:n].tolist(), w.tokens[others].tolist(), w.tokens[:n]
 
 
-@torch.no_grad()
-def interpolation_probe(gen: LDLMGenerator, encoder: TokenEncoder, windows: np.ndarray, tokenizer, scorer,
-                        pairs: int, points: int) -> list[float]:
-    """Gen-PPL (pooled over ``pairs`` pairs of real texts) at each of ``points`` evenly spaced points on the
-    straight line between the two texts' latents; the ends are the texts' own reconstructions."""
-    if pairs == 0 or len(windows) < 2 * pairs:
-        return []
-    tokens = torch.from_numpy(windows[: 2 * pairs].astype(np.int64)).to(gen.device)
-    z = gen.model.encode(encoder(tokens))
-    a, b = z[0::2], z[1::2]
-    curve = []
-    for lam in torch.linspace(0, 1, points).tolist():
-        ids = gen.decode((1 - lam) * a + lam * b)
-        curve.append(scorer(harness.render(tokenizer, ids.tolist()))["gen_ppl"])
-    return curve
-
-
-def latent_probe(gen: LDLMGenerator, cfg) -> Callable:
-    """``interpolation_probe`` over ``gen``'s latents as ``evaluate_windows`` calls it: (reference windows,
-    tokenizer, Gen-PPL scorer) -> curve; the frozen token encoder that maps text to latents is loaded per call."""
-    def probe(windows: np.ndarray, tokenizer, scorer) -> list[float]:
-        encoder = TokenEncoder(assets.resolve_model(cfg.token_encoder.model), cfg.token_encoder.layer, gen.stats,
-                               device=gen.device)
-        return interpolation_probe(gen, encoder, windows, tokenizer, scorer, cfg.eval.interpolation_pairs,
-                                   cfg.eval.interpolation_points)
-    return probe
-
-
-def evaluate_ldlm(cfg, joint_checkpoint: str, post_checkpoint: str | None, out_dir: Path,
-                  ceiling_cache: Path | None = None, token_counts: str | None = None) -> Evaluation:
-    """A trained LDLM under the unconditional protocol, its latent-interpolation probe included."""
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    gen = LDLMGenerator(cfg, joint_checkpoint, post_checkpoint, device)
-    return evaluate_windows(cfg, gen, out_dir, ceiling_cache, token_counts, latent_probe(gen, cfg))
-
-
 def evaluate_windows(cfg, gen, out_dir: Path, ceiling_cache: Path | None = None, token_counts: str | None = None,
                      probe: Callable | None = None) -> Evaluation:
     """The unconditional protocol over every eval dataset (MAUVE references) for any window sampler ``gen``
     (see ``generate_ids``); writes samples, metrics and evidence. ``ceiling_cache``: a directory the reference
     rows are shared through (see ``harness.score_reference``); ``token_counts``: the data artifact's
-    training-token counts (floors); ``probe``: the latent-interpolation probe (see ``latent_probe``), or None
+    training-token counts (floors); ``probe``: the latent-interpolation probe (see LDLM's ``latent_probe``), or None
     for a sampler without latents, which skips it (no ``interp_ppl_*`` metrics, and metrics.json says why)."""
-    device = "cuda" if torch.cuda.is_available() else "cpu"
     e = cfg.eval
-    protocol = EvalProtocol.from_config(cfg)
-    tokenizer = load_tokenizer(cfg.data.tokenizer)
-    scorers = harness.Scorers(e, device)
-    counts = training_token_counts(cfg, tokenizer, token_counts) if e.floors else None
+    protocol, tokenizer, scorers, counts = scoring_setup(cfg, token_counts)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     recorder = ProgressionRecorder(e.progression_steps, e.steps, tokenizer)

@@ -9,19 +9,27 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Callable
 
-from latentlm.models.checkpoint import read_json, write_json
+import numpy as np
+import torch
+
+from latentlm.models.checkpoint import write_json
 from latentlm.models.config import ConfigError
 from latentlm.models.teacher import load_teacher_config, resolve_layer, teacher_hidden_size, teacher_num_layers
+from latentlm.models.token_encoder import TokenEncoder
+from latentlm.platform.config import to_dict
+from latentlm.platform.data import assets
+from latentlm.platform.data.corpus import CorpusSpec, load_documents
+from latentlm.platform.data.windows import artifact_key, feature_stats, load_tokenizer, prepare_data
+from latentlm.platform.evaluation import harness
+from latentlm.platform.evaluation.continuation import Evaluation
+from latentlm.platform.evaluation.unconditional import evaluate_windows
+from latentlm.platform.training.launch import init_ray, run_stage, training_dataset
+from latentlm.platform.training.stages import StageCache, Trained
 
-from . import assets
-from .config import from_dict, to_dict
-from .corpus import CorpusSpec, load_documents
-from .data import artifact_key, feature_stats, load_tokenizer, prepare_data
-from .launch import init_ray, run_stage, training_dataset
-from .ldlm_config import LDLMExperimentConfig
-from .pipeline import StageCache, Trained
-from .train_ldlm import post_decoder_loop, train_ldlm_loop
+from .generator import LDLMGenerator, saved_checkpoints
+from .train import post_decoder_loop, train_ldlm_loop
 
 
 def validate_ldlm(cfg) -> dict:
@@ -85,10 +93,45 @@ def train_ldlm(cfg, run_dir: Path, data_root: Path | None = None, cache_root: Pa
                    facts, artifacts, cache)
 
 
+@torch.no_grad()
+def interpolation_probe(gen: LDLMGenerator, encoder: TokenEncoder, windows: np.ndarray, tokenizer, scorer,
+                        pairs: int, points: int) -> list[float]:
+    """Gen-PPL (pooled over ``pairs`` pairs of real texts) at each of ``points`` evenly spaced points on the
+    straight line between the two texts' latents; the ends are the texts' own reconstructions."""
+    if pairs == 0 or len(windows) < 2 * pairs:
+        return []
+    tokens = torch.from_numpy(windows[: 2 * pairs].astype(np.int64)).to(gen.device)
+    z = gen.model.encode(encoder(tokens))
+    a, b = z[0::2], z[1::2]
+    curve = []
+    for lam in torch.linspace(0, 1, points).tolist():
+        ids = gen.decode((1 - lam) * a + lam * b)
+        curve.append(scorer(harness.render(tokenizer, ids.tolist()))["gen_ppl"])
+    return curve
+
+
+def latent_probe(gen: LDLMGenerator, cfg) -> Callable:
+    """``interpolation_probe`` over ``gen``'s latents as ``evaluate_windows`` calls it: (reference windows,
+    tokenizer, Gen-PPL scorer) -> curve; the frozen token encoder that maps text to latents is loaded per call."""
+    def probe(windows: np.ndarray, tokenizer, scorer) -> list[float]:
+        encoder = TokenEncoder(assets.resolve_model(cfg.token_encoder.model), cfg.token_encoder.layer, gen.stats,
+                               device=gen.device)
+        return interpolation_probe(gen, encoder, windows, tokenizer, scorer, cfg.eval.interpolation_pairs,
+                                   cfg.eval.interpolation_points)
+    return probe
+
+
+def evaluate_ldlm(cfg, joint_checkpoint: str, post_checkpoint: str | None, out_dir: Path,
+                  ceiling_cache: Path | None = None, token_counts: str | None = None) -> Evaluation:
+    """A trained LDLM under the unconditional protocol, its latent-interpolation probe included."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    gen = LDLMGenerator(cfg, joint_checkpoint, post_checkpoint, device)
+    return evaluate_windows(cfg, gen, out_dir, ceiling_cache, token_counts, latent_probe(gen, cfg))
+
+
 def run_ldlm(cfg, run_dir: Path, data_root: Path | None = None, cache_root: Path | None = None,
              teacher_layers: list[int] | None = None) -> dict:
     """Train and evaluate one LDLM config. Returns metrics per eval dataset, checkpoints and stage times."""
-    from .evaluate_uncond import evaluate_ldlm
     trained = train_ldlm(cfg, run_dir, data_root, cache_root, teacher_layers)
     joint_ckpt, post_ckpt = trained.checkpoints["joint"], trained.checkpoints["post_decoder"]
     t0 = time.time()
@@ -99,23 +142,6 @@ def run_ldlm(cfg, run_dir: Path, data_root: Path | None = None, cache_root: Path
             "stage_seconds": {**trained.stage_seconds, "eval": round(time.time() - t0, 1)}}
 
 
-def saved_checkpoints(checkpoint: str | Path) -> tuple[str, str | None]:
-    """(joint, post-decoder or None) of a final LDLM checkpoint: a post-decoder one names its joint stage."""
-    state = read_json(Path(checkpoint) / "state.json")
-    if state["stage"] == "post_decoder":
-        return state["joint_checkpoint"], str(checkpoint)
-    return str(checkpoint), None
-
-
-def load_ldlm(checkpoint: str | Path, use_ema: bool = True, device="cpu"):
-    """A joint or post-decoder checkpoint directory -> ``LDLMGenerator`` under its saved config, without Ray."""
-    from .evaluate_uncond import LDLMGenerator
-    cfg = from_dict(LDLMExperimentConfig, read_json(Path(checkpoint) / "config.json"))
-    cfg.eval.use_ema = use_ema
-    return LDLMGenerator(cfg, *saved_checkpoints(checkpoint), device)
-
-
 def evaluate_saved_ldlm(cfg, checkpoint: str | Path, out_dir: Path):
     """Score a saved joint or post-decoder checkpoint under ``cfg`` (``latentlm evaluate``)."""
-    from .evaluate_uncond import evaluate_ldlm
     return evaluate_ldlm(cfg, *saved_checkpoints(checkpoint), out_dir)

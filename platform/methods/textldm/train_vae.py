@@ -5,10 +5,9 @@ import numpy as np
 import torch
 
 from latentlm.models.text_vae import TextVAE
-
-from .config import from_dict
-from .loop import Stage, train_stage
-from .training import load_vocab, model_ids, seed_everything, stack_column, worker_context
+from latentlm.platform.config import from_dict
+from latentlm.platform.training.loop import Stage, train_stage
+from latentlm.platform.training.parts import load_vocab, model_ids, seed_everything, stack_column, worker_context
 
 METRICS = ("loss", "recon", "kl", "repa", "accuracy")
 
@@ -27,8 +26,8 @@ def random_crop(tokens: torch.Tensor, lengths: torch.Tensor, teacher: torch.Tens
 
 def train_vae_loop(config: dict) -> None:
     """Ray Train function. ``config``: experiment (TextLDMConfig dict), run_dir, run_name, vocab,
-    teacher_dim, and the test-only ``inject_fault`` (see ``training.inject_fault``)."""
-    from .experiment import TextLDMConfig
+    teacher_dim, and the test-only ``inject_fault`` (see ``training.parts.inject_fault``)."""
+    from .config import TextLDMConfig
     cfg = from_dict(TextLDMConfig, config["experiment"])
     teacher_dim = config.get("teacher_dim")
     wc = worker_context(cfg.resources)

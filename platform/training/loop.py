@@ -16,12 +16,12 @@ from typing import Any, Callable
 import torch
 
 from latentlm.models.checkpoint import load_tensors
+from latentlm.platform.config import to_dict
 
-from .config import to_dict
 from .engine import build_engine
+from .parts import (EMA, Throughput, WorkerContext, inject_fault, log_and_checkpoint, mean_over_workers, micro_batches,
+                    resume, should_log, stream_batches, write_checkpoint)
 from .tracking import start_tracking
-from .training import (EMA, Throughput, WorkerContext, inject_fault, log_and_checkpoint, mean_over_workers,
-                       micro_batches, resume, should_log, stream_batches, write_checkpoint)
 
 
 @dataclass

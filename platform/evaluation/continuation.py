@@ -25,12 +25,11 @@ import numpy as np
 import torch
 
 from latentlm.models.checkpoint import atomic_write_text
-from latentlm.models.textldm import TextLDM, load_textldm
+from latentlm.platform.data.corpus import CorpusSpec, load_documents, split_documents
+from latentlm.platform.data.windows import document_ids, load_token_counts, load_tokenizer, tokenize_windows
+from latentlm.platform.training.progress import progress
 
 from . import floors, harness, metrics
-from .corpus import CorpusSpec, load_documents, split_documents
-from .data import document_ids, load_token_counts, load_tokenizer, tokenize_windows
-from .progress import progress
 from .protocol import EvalProtocol
 
 log = logging.getLogger(__name__)
@@ -196,7 +195,9 @@ def training_token_counts(cfg, tokenizer, path: str | None = None) -> np.ndarray
 
 
 @torch.no_grad()
-def reconstruction_accuracy(model: TextLDM, documents: list[str], tokenizer, cfg, max_windows: int = 256) -> float:
+def reconstruction_accuracy(model, documents: list[str], tokenizer, cfg, max_windows: int = 256) -> float:
+    """Token accuracy of ``model.reconstruct`` (a latent round trip: TextLDM's VAE, Cola DLM's) on up to
+    ``max_windows`` windows of ``documents``."""
     w = tokenize_windows(documents, tokenizer, cfg.data.seq_len, max_windows)
     device = next(model.parameters()).device
     tokens = torch.from_numpy(w.tokens).long().to(device)
@@ -205,21 +206,27 @@ def reconstruction_accuracy(model: TextLDM, documents: list[str], tokenizer, cfg
     return metrics.token_accuracy(predicted, tokens, mask)
 
 
-def evaluate_checkpoint(cfg, checkpoint_dir: str, out_dir: Path, model=None, ceiling_cache: Path | None = None,
-                        token_counts: str | None = None) -> Evaluation:
-    """Run the continuation protocol on every eval dataset; writes samples, metrics and evidence under out_dir.
-    ``model``: any object with TextLDM's ``generate`` (and optionally ``reconstruct``; ``generate`` may take
-    ``on_step`` for the progression view); default: the TextLDM checkpoint. ``ceiling_cache``: a directory
-    the reference rows are shared through (see ``harness.score_reference``); ``token_counts``: the data
-    artifact's training-token counts (for the unigram floors)."""
+def scoring_setup(cfg, token_counts: str | None = None):
+    """What both tasks set up before generating: the protocol, the tokenizer, the scorers (on the GPU when there
+    is one) and, when the protocol has floors, the training-token counts (see ``training_token_counts``)."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     e = cfg.eval
     protocol = EvalProtocol.from_config(cfg)
-    if model is None:
-        model = load_textldm(checkpoint_dir, use_ema=e.use_ema, device=device)
     tokenizer = load_tokenizer(cfg.data.tokenizer)
     scorers = harness.Scorers(e, device)
     counts = training_token_counts(cfg, tokenizer, token_counts) if e.floors else None
+    return protocol, tokenizer, scorers, counts
+
+
+def evaluate_continuations(cfg, model, out_dir: Path, ceiling_cache: Path | None = None,
+                           token_counts: str | None = None) -> Evaluation:
+    """Run the continuation protocol on every eval dataset; writes samples, metrics and evidence under out_dir.
+    ``model``: any object with TextLDM's ``generate`` (and optionally ``reconstruct``; ``generate`` may take
+    ``on_step`` for the progression view), loaded by its family (e.g. ``methods/textldm/generator.py``).
+    ``ceiling_cache``: a directory the reference rows are shared through (see ``harness.score_reference``);
+    ``token_counts``: the data artifact's training-token counts (for the unigram floors)."""
+    e = cfg.eval
+    protocol, tokenizer, scorers, counts = scoring_setup(cfg, token_counts)
     evaluation = Evaluation(protocol, {})
     per_seed: dict[str, dict] = {}
     out_dir.mkdir(parents=True, exist_ok=True)

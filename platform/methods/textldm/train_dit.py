@@ -9,11 +9,12 @@ import torch
 from latentlm.models.checkpoint import load_tensors, read_json
 from latentlm.models.dit import TextDiT
 from latentlm.models.text_vae import TextVAE
-from latentlm.models.textldm import LatentNormalizer, flow_matching_loss
+from latentlm.platform.config import from_dict
+from latentlm.platform.training.loop import Stage, train_stage
+from latentlm.platform.training.parts import (load_vocab, seed_everything, stream_batches, window_tokens,
+                                              worker_context, worker_rows)
 
-from .config import from_dict
-from .loop import Stage, train_stage
-from .training import load_vocab, seed_everything, stream_batches, window_tokens, worker_context, worker_rows
+from .generator import LatentNormalizer, flow_matching_loss
 
 
 def load_frozen_vae(cfg, vae_dir: str, device) -> TextVAE:
@@ -80,8 +81,8 @@ class DiTStep:
 
 def train_dit_loop(config: dict) -> None:
     """Ray Train function. ``config``: experiment (TextLDMConfig dict), run_dir, run_name, vocab,
-    vae_checkpoint, and the test-only ``inject_fault`` (see ``training.inject_fault``)."""
-    from .experiment import TextLDMConfig
+    vae_checkpoint, and the test-only ``inject_fault`` (see ``training.parts.inject_fault``)."""
+    from .config import TextLDMConfig
     cfg = from_dict(TextLDMConfig, config["experiment"])
     optim = cfg.train_dit.optim
     wc = worker_context(cfg.resources)

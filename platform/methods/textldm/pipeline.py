@@ -1,36 +1,32 @@
 """One TextLDM run end to end: validate -> tokenize (+ teacher features) -> VAE -> DiT -> evaluate.
 
-Stages are content-addressed: a stage's key hashes every config section that can change its output,
-and its checkpoint path is recorded under ``<root>/artifacts``. A stage whose key was already trained
-is reused -- by a re-run of an interrupted pipeline, and by every sweep trial that shares it (one VAE
-per VAE config, one DiT per (VAE, DiT) config; evaluation-only axes such as the CFG scale retrain
-nothing).
+Stages are content-addressed (``training/stages.py``): a stage's key hashes every config section that can
+change its output, and its checkpoint path is recorded under ``<root>/artifacts``. A stage whose key was already
+trained is reused -- by a re-run of an interrupted pipeline, and by every sweep trial that shares it (one VAE
+per VAE config, one DiT per (VAE, DiT) config; evaluation-only axes such as the CFG scale retrain nothing).
 """
 from __future__ import annotations
 
-import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from filelock import FileLock
+import torch
 
-from latentlm.models.checkpoint import read_json, write_json
+from latentlm.models.checkpoint import write_json
 from latentlm.models.config import ConfigError
 from latentlm.models.teacher import load_teacher_config, resolve_layer, teacher_hidden_size, teacher_num_layers
+from latentlm.platform.config import to_dict
+from latentlm.platform.data import assets
+from latentlm.platform.data.corpus import CorpusSpec, load_documents
+from latentlm.platform.data.windows import artifact_key, load_tokenizer, prepare_data
+from latentlm.platform.evaluation.continuation import Evaluation, evaluate_continuations
+from latentlm.platform.registry import SampleRequest, continue_prompt
+from latentlm.platform.training.launch import init_ray, run_stage, training_dataset
+from latentlm.platform.training.stages import StageCache, Trained
 
-from . import assets
-from .config import to_dict
-from .corpus import CorpusSpec, load_documents
-from .data import DataArtifacts, artifact_key, load_tokenizer, prepare_data
-from .evaluate import evaluate_checkpoint
-from .launch import init_ray, run_stage, training_dataset
-from .registry import SampleRequest, continue_prompt
+from .generator import load_textldm
 from .train_dit import train_dit_loop
 from .train_vae import train_vae_loop
-
-log = logging.getLogger(__name__)
-
 
 def validate(cfg) -> dict:
     """Everything that can be checked before any cluster resource is used. Returns derived facts."""
@@ -53,41 +49,6 @@ def stage_keys(cfg) -> dict[str, str]:
     vae = artifact_key(**common, vae=to_dict(cfg.vae), train_vae=to_dict(cfg.train_vae))
     dit = artifact_key(vae=vae, dit=to_dict(cfg.dit), train_dit=to_dict(cfg.train_dit), **common)
     return {"vae": vae, "dit": dit}
-
-
-class StageCache:
-    """Records which checkpoint a stage key produced; concurrent trials needing the same key wait for the
-    first one instead of training it twice."""
-
-    def __init__(self, root: Path):
-        self.root = Path(root) / "artifacts"
-        self.root.mkdir(parents=True, exist_ok=True)
-        # reference rows (human ceiling, floors) and reference features, shared by every trial like checkpoints
-        self.ceiling_dir = self.root / "references"
-
-    def get_or_run(self, stage: str, key: str, run) -> tuple[str, float]:
-        record_path = self.root / f"{stage}-{key}.json"
-        with FileLock(str(record_path) + ".lock"):
-            if record_path.is_file():
-                record = read_json(record_path)
-                if Path(record["checkpoint"]).is_dir():
-                    log.info("stage %s %s reused: %s", stage, key, record["checkpoint"])
-                    return record["checkpoint"], 0.0
-            t0 = time.time()
-            checkpoint = run()
-            seconds = round(time.time() - t0, 1)
-            write_json(record_path, {"stage": stage, "key": key, "checkpoint": checkpoint, "seconds": seconds})
-            return checkpoint, seconds
-
-
-@dataclass
-class Trained:
-    """A family's training stages, done: what its evaluation (and the identical-loss check) needs."""
-    checkpoints: dict[str, str | None]  # stage -> checkpoint directory, in training order
-    stage_seconds: dict[str, float]
-    facts: dict
-    artifacts: DataArtifacts
-    cache: StageCache
 
 
 def train_textldm(cfg, run_dir: Path, data_root: Path | None = None, cache_root: Path | None = None,
@@ -129,12 +90,21 @@ def run_textldm(cfg, run_dir: Path, data_root: Path | None = None, cache_root: P
     trained = train_textldm(cfg, run_dir, data_root, cache_root, teacher_layers)
     dit_ckpt = trained.checkpoints["dit"]
     t0 = time.time()
-    evaluation = evaluate_checkpoint(cfg, dit_ckpt, Path(run_dir).resolve() / "eval",
-                                     ceiling_cache=trained.cache.ceiling_dir,
-                                     token_counts=trained.artifacts.token_counts)
+    evaluation = evaluate_saved_textldm(cfg, dit_ckpt, Path(run_dir).resolve() / "eval",
+                                        ceiling_cache=trained.cache.ceiling_dir,
+                                        token_counts=trained.artifacts.token_counts)
     return {"results": evaluation.results, "evaluation": evaluation, "vae_checkpoint": trained.checkpoints["vae"],
             "dit_checkpoint": dit_ckpt, "checkpoint": dit_ckpt, "facts": trained.facts,
             "stage_seconds": {**trained.stage_seconds, "eval": round(time.time() - t0, 1)}}
+
+
+def evaluate_saved_textldm(cfg, checkpoint: str | Path, out_dir: Path, ceiling_cache: Path | None = None,
+                           token_counts: str | None = None) -> Evaluation:
+    """Score a saved DiT checkpoint under ``cfg``'s continuation protocol (``latentlm evaluate``; ``run_textldm``
+    passes the run's reference cache and training-token counts)."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = load_textldm(checkpoint, use_ema=cfg.eval.use_ema, device=device)
+    return evaluate_continuations(cfg, model, out_dir, ceiling_cache=ceiling_cache, token_counts=token_counts)
 
 
 def sample_textldm(model, request: SampleRequest):

@@ -42,13 +42,13 @@ import torch
 
 from latentlm.models.config import ConfigError, require
 from latentlm.models.gpt import COUNTS, GPTConfig, count_params, matched_gpt_config
-
-from .config import from_dict, merge, to_dict
-from .dlm_config import DLM_PRESETS, StageConfig, build_dlm_config
-from .experiment import DataConfig, DeepSpeedConfig, EvalConfig, OptimConfig, ResourcesConfig, build_config
-from .ldlm_config import LDLM_PRESETS, build_ldlm_config
-from .presets import PRESETS
-from .protocol import UnconditionalEvalConfig
+from latentlm.platform.config import from_dict, merge, to_dict
+from latentlm.platform.evaluation.protocol import UnconditionalEvalConfig
+from latentlm.platform.methods.dlm.config import DLM_PRESETS, StageConfig, build_dlm_config
+from latentlm.platform.methods.ldlm.config import LDLM_PRESETS, build_ldlm_config
+from latentlm.platform.methods.textldm.config import build_config
+from latentlm.platform.methods.textldm.presets import PRESETS
+from latentlm.platform.training.sections import DataConfig, DeepSpeedConfig, EvalConfig, OptimConfig, ResourcesConfig
 
 
 @dataclass(frozen=True)
@@ -170,7 +170,7 @@ KNOWN_TOKENIZER_SIZES = {"Qwen/Qwen3-1.7B": 151669, "allenai/OLMo-2-1124-7B": 10
 def _tokenizer_size(spec: str) -> int:
     if spec in KNOWN_TOKENIZER_SIZES:
         return KNOWN_TOKENIZER_SIZES[spec]
-    from .data import load_tokenizer
+    from latentlm.platform.data.windows import load_tokenizer
     try:
         return len(load_tokenizer(spec))
     except (OSError, ValueError) as err:

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from latentlm.models.config import ConfigError, require
-from latentlm.platform import assets
+
+from . import assets
 
 EMBEDDED_CORPORA = {
     "embedded:wiki": assets.wiki_documents,

@@ -34,10 +34,11 @@ import torch
 from filelock import FileLock, Timeout
 
 from latentlm.models.checkpoint import atomic_write_text
+from latentlm.platform.data import assets
+from latentlm.platform.training.engine import native_bf16
+from latentlm.platform.training.progress import progress
 
-from . import assets, metrics, significance
-from .engine import native_bf16
-from .progress import progress
+from . import metrics, significance
 from .protocol import ContinuationEvalConfig, ScoringConfig
 
 log = logging.getLogger(__name__)

@@ -19,16 +19,15 @@ from latentlm.models.checkpoint import load_tensors
 from latentlm.models.layers import masked_mean
 from latentlm.models.ldlm import LDLM, PostTrainedDecoder
 from latentlm.models.token_encoder import HiddenStats
-
-from .config import from_dict
-from .loop import Stage, train_stage
-from .training import load_vocab, seed_everything, stack_column, window_tokens, worker_context
+from latentlm.platform.config import from_dict
+from latentlm.platform.training.loop import Stage, train_stage
+from latentlm.platform.training.parts import load_vocab, seed_everything, stack_column, window_tokens, worker_context
 
 JOINT_METRICS = ("loss", "mse", "ce", "diffusion", "accuracy", "latent_norm")
 
 
 def _experiment(config: dict):
-    from .ldlm_config import LDLMExperimentConfig
+    from .config import LDLMExperimentConfig
     return from_dict(LDLMExperimentConfig, config["experiment"])
 
 

@@ -11,18 +11,17 @@ from pathlib import Path
 
 import torch
 
-from latentlm.models.checkpoint import load_tensors, read_json, write_json
+from latentlm.models.checkpoint import write_json
 from latentlm.models.config import ConfigError
-from latentlm.models.dlm import ColaDLM
-from latentlm.models.vocab import CompactVocab
+from latentlm.platform.config import to_dict
+from latentlm.platform.data.corpus import CorpusSpec, load_documents
+from latentlm.platform.data.windows import artifact_key, load_tokenizer, prepare_data
+from latentlm.platform.evaluation.continuation import evaluate_continuations
+from latentlm.platform.training.launch import init_ray, run_stage, training_dataset
+from latentlm.platform.training.stages import StageCache, Trained
 
-from .config import to_dict
-from .corpus import CorpusSpec, load_documents
-from .data import artifact_key, load_tokenizer, prepare_data
-from .evaluate import evaluate_checkpoint
-from .launch import init_ray, run_stage, training_dataset
-from .pipeline import StageCache, Trained
-from .train_dlm import dlm_stage1_loop, dlm_stage2_loop
+from .generator import ColaDLMGenerator
+from .train import dlm_stage1_loop, dlm_stage2_loop
 
 
 def validate_dlm(cfg) -> dict:
@@ -46,57 +45,6 @@ def dlm_stage_keys(cfg) -> dict[str, str]:
     stage2 = artifact_key(**common, stage1=stage1 if cfg.dlm.vae_strategy != "scratch" else None, dlm=model,
                           stage2=to_dict(cfg.stage2))
     return {"stage1": stage1, "stage2": stage2}
-
-
-class ColaDLMGenerator(torch.nn.Module):
-    """A stage-2 checkpoint behind the interface the continuation protocol uses (``generate``,
-    ``reconstruct``; tokenizer ids in and out, compact vocabularies mapped)."""
-
-    def __init__(self, cfg, checkpoint: str, use_ema: bool = True, eos_id: int | None = None):
-        super().__init__()
-        d = Path(checkpoint)
-        self.cfg, self.eos_id = cfg, eos_id
-        self.model = ColaDLM(cfg.dlm)
-        weights = load_tensors(d / ("ema.safetensors" if use_ema and (d / "ema.safetensors").is_file()
-                                    else "joint.safetensors"))
-        self.model.load_state_dict({k.removeprefix("model."): v for k, v in weights.items()})
-        self.model.eval()
-        self.vocab = CompactVocab.from_checkpoint(d)
-
-    def _in(self, tokens):
-        return tokens if self.vocab is None else self.vocab.encode(tokens)
-
-    def _out(self, ids):
-        return ids if self.vocab is None else self.vocab.decode(ids)
-
-    @torch.no_grad()
-    def reconstruct(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self._out(self.model.vae.reconstruct(self._in(tokens)))
-
-    @torch.no_grad()
-    def generate(self, prompt: torch.Tensor, length: int, steps: int = 16, cfg_scale: float = 7.0, grid: str = "uniform",
-                 generator: torch.Generator | None = None, on_step=None) -> torch.Tensor:
-        """``on_step(i, ids)``: the denoising progression, see ``ColaDLM.generate``."""
-        s, p = self.cfg.sampler, self.cfg.dlm.vae.patch_size
-        multiple = self.cfg.dlm.dit.block_size * p if s.pad_prompt else p
-        pad = (-prompt.shape[1]) % multiple
-        if pad:  # left-pad with EOS: what precedes a document in the training stream
-            fill = self.eos_id if self.eos_id is not None else 0
-            prompt = torch.cat([torch.full((prompt.shape[0], pad), fill, dtype=prompt.dtype, device=prompt.device),
-                                prompt], 1)
-        progress = None if on_step is None else (lambda i, ids: on_step(i, self._out(ids)))
-        ids = self.model.generate(self._in(prompt), length, steps, cfg_scale, generator, s.first_block, s.use_cache,
-                                  on_step=progress)
-        return self._out(ids)
-
-
-def load_dlm(checkpoint: str, use_ema: bool = True, device="cpu") -> ColaDLMGenerator:
-    """A stage-2 checkpoint directory -> generator, without Ray."""
-    from .config import from_dict
-    from .dlm_config import DLMExperimentConfig
-    cfg = from_dict(DLMExperimentConfig, read_json(Path(checkpoint) / "config.json"))
-    eos = load_tokenizer(cfg.data.tokenizer).eos_token_id
-    return ColaDLMGenerator(cfg, checkpoint, use_ema, eos).to(device)
 
 
 def train_dlm(cfg, run_dir: Path, data_root: Path | None = None, cache_root: Path | None = None,
@@ -139,9 +87,9 @@ def run_dlm(cfg, run_dir: Path, data_root: Path | None = None, cache_root: Path 
     t0 = time.time()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = ColaDLMGenerator(cfg, stage2_ckpt, cfg.eval.use_ema, trained.artifacts.eos_id).to(device)
-    evaluation = evaluate_checkpoint(cfg, stage2_ckpt, Path(run_dir).resolve() / "eval", model=model,
-                                     ceiling_cache=trained.cache.ceiling_dir,
-                                     token_counts=trained.artifacts.token_counts)
+    evaluation = evaluate_continuations(cfg, model, Path(run_dir).resolve() / "eval",
+                                        ceiling_cache=trained.cache.ceiling_dir,
+                                        token_counts=trained.artifacts.token_counts)
     return {"results": evaluation.results, "evaluation": evaluation, "stage1_checkpoint": trained.checkpoints["stage1"],
             "stage2_checkpoint": stage2_ckpt, "checkpoint": stage2_ckpt, "facts": trained.facts,
             "stage_seconds": {**trained.stage_seconds, "eval": round(time.time() - t0, 1)}}
@@ -152,4 +100,4 @@ def evaluate_saved_dlm(cfg, checkpoint: str | Path, out_dir: Path):
     device = "cuda" if torch.cuda.is_available() else "cpu"
     eos = load_tokenizer(cfg.data.tokenizer).eos_token_id
     model = ColaDLMGenerator(cfg, str(checkpoint), cfg.eval.use_ema, eos).to(device)
-    return evaluate_checkpoint(cfg, str(checkpoint), out_dir, model=model)
+    return evaluate_continuations(cfg, model, out_dir)

@@ -11,12 +11,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .config import require
-from .dit import TextDiT
-from .flow import TimestepSchedule, euler_sample, guided_velocity, interpolate, time_grid
-from .layers import masked_mean
-from .text_vae import TextVAE
-from .vocab import CompactVocab
+from latentlm.models.config import require
+from latentlm.models.dit import TextDiT
+from latentlm.models.flow import TimestepSchedule, euler_sample, guided_velocity, interpolate, time_grid
+from latentlm.models.layers import masked_mean
+from latentlm.models.text_vae import TextVAE
+from latentlm.models.vocab import CompactVocab
 
 
 class LatentNormalizer(nn.Module):
@@ -183,9 +183,9 @@ def load_textldm(directory, use_ema: bool = True, device: str | torch.device = "
     """Load a DiT-stage checkpoint directory (config.json + safetensors) for sampling; no Ray needed."""
     from pathlib import Path
 
-    from .checkpoint import load_tensors, read_json
-    from .dit import TextDiTConfig
-    from .text_vae import TextVAEConfig
+    from latentlm.models.checkpoint import load_tensors, read_json
+    from latentlm.models.dit import TextDiTConfig
+    from latentlm.models.text_vae import TextVAEConfig
     directory = Path(directory)
     cfg, state = read_json(directory / "config.json"), read_json(directory / "state.json")
     vae_cfg = TextVAEConfig(**cfg["vae"])

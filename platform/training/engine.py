@@ -3,7 +3,7 @@
 A loop feeds this worker's micro-batches and calls ``engine(...)``, ``engine.backward(loss)`` and
 ``engine.step()`` for each; ``step`` updates the weights only at the end of a global batch
 (``accumulation`` micro-batches per worker), as DeepSpeed does. Both engines optimise the same way:
-``training.make_optimizer``'s AdamW (decay on >= 2-D weights) and warmup + cosine LR, global-norm
+``parts.make_optimizer``'s AdamW (decay on >= 2-D weights) and warmup + cosine LR, global-norm
 clipping at ``optim.grad_clip``, gradients averaged over the global batch. The models stay plain PyTorch.
 
     global batch (optim.batch_size) = micro_batch_size * accumulation * world_size
@@ -20,7 +20,7 @@ import torch
 from latentlm.models.checkpoint import load_tensors, save_tensors
 from latentlm.models.config import ConfigError
 
-from .training import WorkerContext, make_optimizer, restore_optimizer, save_optimizer
+from .parts import WorkerContext, make_optimizer, restore_optimizer, save_optimizer
 
 
 def batch_plan(global_batch: int, micro_batch_size: int, world_size: int,
@@ -238,7 +238,7 @@ def build_engine(model: torch.nn.Module, optim, ds, wc: WorkerContext, global_ba
                  name: str = "model", lr_multiplier=None) -> Engine:
     """The engine for ``model`` (already on ``wc.device``): DeepSpeed ZeRO when ``ds.enabled``, else plain
     PyTorch. ``name`` names the consolidated weights file of checkpoints (``vae``, ``dit``);
-    ``lr_multiplier(param)`` scales parameters' learning rates (``training.make_optimizer``)."""
+    ``lr_multiplier(param)`` scales parameters' learning rates (``parts.make_optimizer``)."""
     micro, accumulation = batch_plan(global_batch, ds.micro_batch_size, wc.world_size)
     dtype = compute_dtype(ds.precision, wc.device)
     if ds.enabled:

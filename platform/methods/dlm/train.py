@@ -15,17 +15,16 @@ import torch
 from latentlm.models.checkpoint import load_tensors
 from latentlm.models.dlm import ColaDLM
 from latentlm.models.dlm_vae import DLMTextVAE
-
-from .config import from_dict
-from .loop import Stage, train_stage
-from .training import load_vocab, seed_everything, window_tokens, worker_context
+from latentlm.platform.config import from_dict
+from latentlm.platform.training.loop import Stage, train_stage
+from latentlm.platform.training.parts import load_vocab, seed_everything, window_tokens, worker_context
 
 STAGE1_METRICS = ("loss", "recon", "kl", "mask", "accuracy", "logsnr")
 STAGE2_METRICS = ("loss", "fm", "vae", "recon", "kl", "mask", "ref", "accuracy", "logsnr")
 
 
 def _experiment(config: dict):
-    from .dlm_config import DLMExperimentConfig
+    from .config import DLMExperimentConfig
     return from_dict(DLMExperimentConfig, config["experiment"])
 
 
