@@ -5,18 +5,18 @@ Each method is called the way the platform's evaluation calls it, end to end fro
 the generated token ids (VAE / token decoding included, detokenization to text excluded), with the protocol's
 sampler precision (``eval.dtype``: bf16 autocast on CUDA, fp32 on CPU by default):
 
-* TextLDM: ``evaluate.generate_continuations`` -> ``TextLDM.generate`` (prompt encoded by the VAE, all target
+* TextLDM: ``continuation.generate_continuations`` -> ``TextLDM.generate`` (prompt encoded by the VAE, all target
   latents in parallel, Euler steps with batch-doubled CFG, VAE decoding), at several step counts.
-* LDLM: ``evaluate_uncond.generate_ids`` -> ``LDLMGenerator.sample`` (Euler-Maruyama over the latents with
+* LDLM: ``unconditional.generate_ids`` -> ``LDLMGenerator.sample`` (Euler-Maruyama over the latents with
   self-conditioning, latent decoder + token decoder). LDLM is unconditional and samples a fixed number of
   latents (``ldlm.num_latents``; its Perceiver latent decoder has ``seq_len`` learned queries), so one model is
   built per length with as many latents as tokens (``data.seq_len = num_latents = L``, the paper's layout). It
   gets no prompt; its L sampled tokens per sample are the count.
-* Cola DLM: ``evaluate.generate_continuations`` -> ``ColaDLMGenerator.generate`` -> ``ColaDLM.generate``
+* Cola DLM: ``continuation.generate_continuations`` -> ``ColaDLMGenerator.generate`` -> ``ColaDLM.generate``
   (prompt encoded, block-by-block flow matching with CFG and a KV cache over committed blocks, streaming
   conditional decoding); the "no cache" variant (``sampler.use_cache: false``) recomputes the history every step.
-* AR: ``evaluate.generate_continuations`` -> ``ar_pipeline.ARGenerator`` -> ``GPT.generate`` with its KV cache
-  (one token per forward, temperature 1 sampling); "no cache" calls ``GPT.generate(use_cache=False)``.
+* AR: ``continuation.generate_continuations`` -> ``ARGenerator`` (``methods/ar/generator.py``) -> ``GPT.generate``
+  with its KV cache (one token per forward, temperature 1 sampling); "no cache" calls ``GPT.generate(use_cache=False)``.
 
 Models are built with random weights from the size family's configs (the platform presets plus overrides) and
 loaded through the platform's generator classes from a temporary checkpoint. The TextLDM DiT, LDLM denoiser and
@@ -98,15 +98,15 @@ class Bench:
 
     def samples(self, length: int):
         """The prompts, each asking for ``length`` new tokens (the protocol generates its reference's length)."""
-        from latentlm.platform.evaluate import ContinuationSample
+        from latentlm.platform.evaluation.continuation import ContinuationSample
         return [ContinuationSample(i, row, [0] * length, []) for i, row in enumerate(self.prompts.tolist())]
 
     # TextLDM ---------------------------------------------------------------------------------------------
     def build_textldm(self):
         from latentlm.models.dit import TextDiT
         from latentlm.models.text_vae import TextVAE
-        from latentlm.models.textldm import LatentNormalizer, TextLDM
-        from latentlm.platform.experiment import build_config
+        from latentlm.platform.methods.textldm.generator import LatentNormalizer, TextLDM
+        from latentlm.platform.methods.textldm.config import build_config
         a = self.args
         cfg = build_config(a.size, {
             "data": {"seq_len": self.max_len, "vocab_limit": None},
@@ -121,7 +121,7 @@ class Bench:
                                   "config": {"vae": dataclasses.asdict(cfg.vae), "dit": dataclasses.asdict(cfg.dit)}}
 
         def call(length: int, steps: int) -> None:
-            from latentlm.platform.evaluate import generate_continuations
+            from latentlm.platform.evaluation.continuation import generate_continuations
             c = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, seq_len=a.prompt_len + length),
                                     eval=dataclasses.replace(cfg.eval, steps=steps))
             out = generate_continuations(model, self.samples(length), c, a.seed)
@@ -133,8 +133,9 @@ class Bench:
         from latentlm.models.checkpoint import save_tensors
         from latentlm.models.ldlm import LDLM
         from latentlm.models.token_encoder import HiddenStats
-        from latentlm.platform.evaluate_uncond import LDLMGenerator, generate_ids
-        from latentlm.platform.ldlm_config import build_ldlm_config
+        from latentlm.platform.methods.ldlm.generator import LDLMGenerator
+        from latentlm.platform.evaluation.unconditional import generate_ids
+        from latentlm.platform.methods.ldlm.config import build_ldlm_config
         a = self.args
         generators: dict[int, tuple] = {}
 
@@ -174,8 +175,8 @@ class Bench:
     def build_dlm(self):
         from latentlm.models.checkpoint import save_tensors
         from latentlm.models.dlm import ColaDLM
-        from latentlm.platform.dlm_config import build_dlm_config
-        from latentlm.platform.dlm_pipeline import ColaDLMGenerator
+        from latentlm.platform.methods.dlm.config import build_dlm_config
+        from latentlm.platform.methods.dlm.generator import ColaDLMGenerator
         a = self.args
         cfg = build_dlm_config(a.size, {
             "data": {"seq_len": self.max_len, "vocab_limit": None},
@@ -194,7 +195,7 @@ class Bench:
                               "config": dataclasses.asdict(cfg.dlm)}
 
         def call(length: int, use_cache: bool) -> None:
-            from latentlm.platform.evaluate import generate_continuations
+            from latentlm.platform.evaluation.continuation import generate_continuations
             c = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, seq_len=a.prompt_len + length),
                                     sampler=dataclasses.replace(cfg.sampler, use_cache=use_cache))
             gen.cfg = c  # the generator reads its sampler switches from its config
@@ -209,15 +210,15 @@ class Bench:
     def build_ar(self):
         from latentlm.models.checkpoint import save_tensors
         from latentlm.models.gpt import GPT, gpt_param_count
-        from latentlm.platform.ar_config import build_ar_config
-        from latentlm.platform.ar_pipeline import ARGenerator
-        from latentlm.platform.evaluate import generate_continuations
+        from latentlm.platform.methods.ar.config import build_ar_config
+        from latentlm.platform.methods.ar.generator import ARGenerator
+        from latentlm.platform.evaluation.continuation import generate_continuations
         a = self.args
         self.models["ar"] = {"denoiser_what": "GPT, the matched count (Transformer stack or whole model)",
                              "path_what": "GPT (whole model, tied embedding counted once)", "per_setting": {}}
         variants = []
         for index, match_count in enumerate(a.ar_match):
-            # the platform's matching (ar_config.build_ar_config): a GPT sized by matched_gpt_config to the
+            # the platform's matching (methods/ar/config.build_ar_config): a GPT sized by matched_gpt_config to the
             # TextLDM preset's DiT at its depth and heads, here at the benchmark's vocabulary and max length
             cfg = build_ar_config(a.size, {
                 "match": f"textldm:{a.size}", "match_count": match_count, "data": {"seq_len": self.max_len},
@@ -252,7 +253,7 @@ class Bench:
 
 
 class NoCacheAR(torch.nn.Module):
-    """``ar_pipeline.ARGenerator``'s interface over ``GPT.generate(use_cache=False)`` (ARGenerator always caches)."""
+    """``ARGenerator``'s interface over ``GPT.generate(use_cache=False)`` (ARGenerator always caches)."""
 
     def __init__(self, gpt: torch.nn.Module):
         super().__init__()
@@ -407,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="longest length for the no-cache variants (Cola DLM, AR baseline), whose cost is "
                              "quadratic (-1: every length on CUDA, 128 on CPU)")
     parser.add_argument("--ar-match", default="non_embedding,total",
-                        help="GPT sizes: comma list of ar_config match counts (non_embedding: the Transformer stack "
+                        help="GPT sizes: comma list of the AR config's match counts (non_embedding: the Transformer stack "
                              "matches the DiT; total: token embedding included); the first is the ratio baseline")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--prompt-len", type=int, default=32)

@@ -22,8 +22,9 @@ from pathlib import Path
 
 from latentlm.models.checkpoint import atomic_write_text
 from latentlm.models.config import ConfigError
-from latentlm.platform import leaderboard, registry, significance
+from latentlm.platform import leaderboard, registry
 from latentlm.platform.config import merge, parse_overrides
+from latentlm.platform.evaluation import significance
 from latentlm.platform.sweep import add_rows
 
 METRICS = ("mauve", "gen_ppl", "entropy", "rouge1", "bertscore")

@@ -31,12 +31,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from latentlm.models.teacher import FrozenTeacher
     from latentlm.models.text_vae import TextVAE
-    from latentlm.platform import assets
+    from latentlm.platform.data import assets
     from latentlm.platform.config import parse_overrides
-    from latentlm.platform.data import prepare_data
-    from latentlm.platform.experiment import build_config
-    from latentlm.platform.launch import init_ray, training_dataset
-    from latentlm.platform.training import load_vocab, model_ids, stack_column
+    from latentlm.platform.data.windows import prepare_data
+    from latentlm.platform.methods.textldm.config import build_config
+    from latentlm.platform.training.launch import init_ray, training_dataset
+    from latentlm.platform.training.parts import load_vocab, model_ids, stack_column
 
     windows = args.batch_size * (args.steps + 2)
     cfg = build_config(args.preset, {**parse_overrides(args.set), "data": {

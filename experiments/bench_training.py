@@ -36,13 +36,13 @@ def make_batch() -> torch.Tensor:
 
 
 def optim_config(steps: int):
-    from latentlm.platform.experiment import OptimConfig
+    from latentlm.platform.training.sections import OptimConfig
     return OptimConfig(steps=steps + WARMUP, batch_size=BATCH, warmup_steps=2, log_every=1)
 
 
 def bare_loop(steps: int) -> float:
     """Steps/s of the plain loop the engines wrap: forward, backward, clip, AdamW, LR schedule."""
-    from latentlm.platform.training import make_optimizer
+    from latentlm.platform.training.parts import make_optimizer
     torch.set_num_threads(os.cpu_count() or 1)
     model, tokens, optim = make_model(), make_batch(), optim_config(steps)
     opt, sched = make_optimizer(model.parameters(), optim)
@@ -61,9 +61,9 @@ def bare_loop(steps: int) -> float:
 def ray_loop(config: dict) -> None:
     """The same step through ``engine.build_engine`` inside a Ray Train worker; rank 0 reports steps/s."""
     import ray.train
-    from latentlm.platform.engine import build_engine
-    from latentlm.platform.experiment import DeepSpeedConfig, ResourcesConfig
-    from latentlm.platform.training import micro_batches, worker_context
+    from latentlm.platform.training.engine import build_engine
+    from latentlm.platform.training.sections import DeepSpeedConfig, ResourcesConfig
+    from latentlm.platform.training.parts import micro_batches, worker_context
     wc = worker_context(ResourcesConfig())
     ds = DeepSpeedConfig(enabled=config["zero_stage"] is not None, zero_stage=config["zero_stage"] or 0)
     engine = build_engine(make_model(), optim_config(config["steps"]), ds, wc, BATCH, "vae")
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=30, help="timed optimizer steps per variant (after 3 warmup)")
     parser.add_argument("--workers", type=int, default=1, help="Ray Train workers (the global batch is split)")
     args = parser.parse_args(argv)
-    from latentlm.platform.launch import init_ray
+    from latentlm.platform.training.launch import init_ray
     init_ray(num_cpus=max(os.cpu_count() or 1, args.workers))
     params = sum(p.numel() for p in make_model().parameters())
     print(f"TextVAE {params / 1e6:.2f}M params, global batch {BATCH} x {SEQ_LEN} tokens, {args.steps} timed steps, "

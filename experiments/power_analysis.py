@@ -12,7 +12,8 @@ import argparse
 import json
 import sys
 
-from latentlm.platform import leaderboard, significance
+from latentlm.platform import leaderboard
+from latentlm.platform.evaluation import significance
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -44,8 +44,8 @@ def cmd_evaluate(args) -> int:
 def cmd_sample(args) -> int:
     import torch
     from latentlm.models.checkpoint import read_json
-    from .data import load_tokenizer
-    from .evaluate import strip_at_eos
+    from .data.windows import load_tokenizer
+    from .evaluation.continuation import strip_at_eos
     from .hub import resolve_checkpoint
     from .reevaluate import checkpoint_method
     checkpoint = resolve_checkpoint(args.checkpoint, args.revision)
@@ -79,13 +79,12 @@ def cmd_push(args) -> int:
 
 def cmd_info(args) -> int:
     import torch
-    from . import assets
-    from .presets import PRESETS
+    from .data import assets
     methods = {m.name: {"label": m.label, "task": m.task, "presets": m.preset_names, "stages": list(m.stages),
                         "final_stages": list(m.final_stages)} for m in registry.methods().values()}
     info = {"torch": torch.__version__, "cuda": torch.cuda.is_available(),
             "bf16": torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
-            "presets": sorted(PRESETS), "methods": methods, "assets": assets.describe(),
+            "presets": registry.get("textldm").preset_names, "methods": methods, "assets": assets.describe(),
             "cache": str(assets.cache_dir())}
     print(json.dumps(info, indent=2, default=str))
     return 0
@@ -94,7 +93,7 @@ def cmd_info(args) -> int:
 def _descending(metric: str, order: str | None) -> bool:
     """``--ascending`` / ``--descending`` if given, else the metric's better direction (Gen-PPL: lowest first);
     a metric without one (e.g. ``compute_seconds``) ranks highest first."""
-    from .significance import higher_is_better
+    from .evaluation.significance import higher_is_better
     if order is not None:
         return order == "descending"
     try:

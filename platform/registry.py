@@ -1,7 +1,8 @@
 """The method registry: each family is one ``MethodSpec`` that declares its config, presets, training stages,
 generator, evaluation and what a sweep needs. ``cli``, ``reevaluate``, ``sweep`` and the benchmarks look
 families up here (by name, or by a checkpoint's stage) and never branch on a family's name, so a new family
-is one ``register()`` call. ``methods.py`` declares the built-in four.
+is one ``register()`` call. ``methods/__init__.py`` declares the built-in four; each
+family's code is one folder, ``methods/<name>/``.
 
 Importing this module is cheap and Ray-free: a spec names heavy modules as ``Lazy("module:attribute")``,
 imported on first use.
@@ -38,7 +39,7 @@ def resolve(value: Any) -> Any:
 
 class _RunResult(TypedDict):
     results: dict[str, dict[str, float]]   # eval dataset -> metric -> value
-    evaluation: Any                        # evaluate.Evaluation: protocol, evidence, reference rows
+    evaluation: Any                        # continuation.Evaluation: protocol, evidence, reference rows
     checkpoint: str                        # the final stage's checkpoint directory
     stage_seconds: dict[str, float]        # per training stage, plus "eval"
 
@@ -97,10 +98,10 @@ class MethodSpec:
     config: type | Lazy
     build: Callable[[str, dict | None], Any]   # (preset, overrides) -> checked config (ConfigError names the field)
     presets: Mapping[str, Any] | Lazy          # preset name -> its overrides
-    # training stage (a key of pipeline.Trained.checkpoints, in training order) -> config section with its `optim`
+    # training stage (a key of stages.Trained.checkpoints, in training order) -> config section with its `optim`
     stages: Mapping[str, str]
     final_stages: tuple[str, ...]    # state.json "stage" of the checkpoints it evaluates and samples from
-    train: Callable[..., Any]        # (cfg, run_dir, data_root, cache_root, teacher_layers) -> pipeline.Trained
+    train: Callable[..., Any]        # (cfg, run_dir, data_root, cache_root, teacher_layers) -> stages.Trained
     run: Callable[..., RunOutput]    # the same arguments: train, then evaluate
     load_generator: Callable[[str | Path, bool, str], Any]   # (checkpoint, use_ema, device), its saved config
     evaluate: Callable[[Any, Path, Path], Any]   # (cfg, final checkpoint, out dir) -> Evaluation under cfg
@@ -122,7 +123,7 @@ class MethodSpec:
     @property
     def task(self) -> str:
         """The evaluation task, from the type of the config's ``eval`` section."""
-        from .protocol import ContinuationEvalConfig
+        from .evaluation.protocol import ContinuationEvalConfig
         section = typing.get_type_hints(self.config_cls)["eval"]
         return "continuation" if issubclass(section, ContinuationEvalConfig) else "unconditional"
 

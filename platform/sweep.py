@@ -192,7 +192,7 @@ def run_trial(config: dict[str, Any], spec: dict[str, Any], root: str,
     import torch
     from ray import tune
 
-    from .progress import configure_logging
+    from .training.progress import configure_logging
     configure_logging()  # the trial's own progress (data, evaluation) reaches the driver's console
     trial = json.loads(config["trial"])
     method_name = trial.get("method") or spec["method"]
@@ -232,7 +232,7 @@ def run_sweep(spec: SweepSpec) -> Path:
     """Plan (validate), then run or restore the sweep; returns the sweep directory."""
     from ray import tune
 
-    from .launch import init_ray
+    from .training.launch import init_ray
     trials = plan_trials(spec)
     root = Path(spec.run_dir).resolve() / spec.name
     root.mkdir(parents=True, exist_ok=True)

@@ -36,7 +36,7 @@ def asset_cache(tmp_path_factory):
 def gemma3(asset_cache):
     """The embedded Gemma-3-270m Gen-PPL scorer, converted from its GGUF chunks once per session (~1 min)."""
     import time
-    from latentlm.platform import assets
+    from latentlm.platform.data import assets
     start = time.perf_counter()
     path = assets.gemma3_dir()
     print(f"\nGemma-3-270m GGUF -> safetensors conversion: {time.perf_counter() - start:.1f} s")
@@ -112,7 +112,7 @@ def single_thread():
 def ray_local(tmp_path_factory):
     """One in-process local Ray cluster for the whole session, in its own temp dir; shut down after."""
     import ray
-    from latentlm.platform.launch import init_ray
+    from latentlm.platform.training.launch import init_ray
     init_ray(num_cpus=2, temp_dir=str(tmp_path_factory.mktemp("ray")))
     yield ray
     ray.shutdown()

@@ -11,12 +11,12 @@ import torch
 
 from latentlm.models.config import ConfigError
 from latentlm.models.gpt import gpt_param_count
-from latentlm.platform.ar_config import ARExperimentConfig, build_ar_config, dit_params
 from latentlm.platform.config import from_dict, to_dict
-from latentlm.platform.dlm_config import build_dlm_config
-from latentlm.platform.experiment import build_config
-from latentlm.platform.ldlm_config import build_ldlm_config
-from latentlm.platform.protocol import EvalProtocol, UnconditionalEvalConfig
+from latentlm.platform.evaluation.protocol import EvalProtocol, UnconditionalEvalConfig
+from latentlm.platform.methods.ar.config import ARExperimentConfig, build_ar_config, dit_params
+from latentlm.platform.methods.dlm.config import build_dlm_config
+from latentlm.platform.methods.ldlm.config import build_ldlm_config
+from latentlm.platform.methods.textldm.config import build_config
 
 
 def dit_depth(matched, method) -> int:
@@ -143,8 +143,8 @@ def _random_gpt_checkpoint(directory: Path, cfg, keep_ids: list[int], full_size:
 def test_unconditional_ar_windows_are_full_seq_len_windows_after_one_eos(tmp_path, single_thread):
     """Each window continues one EOS and is exactly data.seq_len tokenizer ids, EOS allowed (the packed
     held-out windows hold separators too); the continuation protocol's generate still suppresses EOS."""
-    from latentlm.platform.ar_pipeline import ARGenerator
-    from latentlm.platform.evaluate_uncond import generate_ids
+    from latentlm.platform.methods.ar.generator import ARGenerator
+    from latentlm.platform.evaluation.unconditional import generate_ids
     eos, seq_len = 0, 16
     cfg = build_ar_config("tiny", {"match": "ldlm:tiny", "data": {"seq_len": seq_len, "vocab_limit": 24},
                                    "eval": {"num_samples": 5, "batch_size": 2}})
@@ -180,7 +180,8 @@ def data_root(tmp_path_factory) -> Path:
 @pytest.mark.ray
 def test_ar_pipeline_end_to_end(ar_overrides, tiny_corpus, tmp_path, data_root, ray_local):
     from latentlm.platform import cli
-    from latentlm.platform.ar_pipeline import load_ar, run_ar
+    from latentlm.platform.methods.ar.generator import load_ar
+    from latentlm.platform.methods.ar.pipeline import run_ar
     from latentlm.platform.reevaluate import evaluate_saved
     cfg = build_ar_config("tiny", ar_overrides)
     out = run_ar(cfg, tmp_path / "run", data_root=data_root)
@@ -233,7 +234,7 @@ def uncond_overrides(tiny_overrides):
 @pytest.mark.ray
 def test_ar_baseline_under_ldlms_protocol_ranks_beside_its_reference_rows(uncond_overrides, tiny_corpus, tmp_path,
                                                                           data_root, ray_local):
-    from latentlm.platform.ar_pipeline import run_ar
+    from latentlm.platform.methods.ar.pipeline import run_ar
     from latentlm.platform.leaderboard import Leaderboard
     from latentlm.platform.reevaluate import evaluate_saved
     from latentlm.platform.sweep import add_rows
@@ -270,9 +271,9 @@ def test_ar_stage_killed_worker_resumes_bit_identically(ar_overrides, tmp_path, 
     checkpoint (weights, optimizer, EMA, data position) and ends exactly like an uninterrupted run."""
     from latentlm.models.checkpoint import load_tensors
     from latentlm.platform.config import merge, to_dict
-    from latentlm.platform.data import prepare_data
-    from latentlm.platform.launch import run_stage, training_dataset
-    from latentlm.platform.train_ar import ar_train_loop
+    from latentlm.platform.data.windows import prepare_data
+    from latentlm.platform.training.launch import run_stage, training_dataset
+    from latentlm.platform.methods.ar.train import ar_train_loop
     cfg = build_ar_config("tiny", merge(ar_overrides, {"train": {"optim": {
         "steps": 9, "log_every": 1, "checkpoint_every": 3, "warmup_steps": 2, "ema_decay": 0.9}}}))
     art = prepare_data(cfg, data_root, False)

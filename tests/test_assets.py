@@ -14,8 +14,8 @@ import time
 
 import pytest
 
-from latentlm.platform import assets
-from latentlm.platform.assets import AssetError, AssetPackage
+from latentlm.platform.data import assets
+from latentlm.platform.data.assets import AssetError, AssetPackage
 
 
 @pytest.fixture(scope="session")

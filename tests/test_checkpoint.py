@@ -12,12 +12,11 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from latentlm.models import checkpoint as ckpt
-from latentlm.models.checkpoint import (load_module, load_tensors, read_json, save_module, save_tensors,
-                                        write_json)
+from latentlm.models.checkpoint import load_module, load_tensors, read_json, save_module, save_tensors, write_json
 from latentlm.models.dit import TextDiT, TextDiTConfig
 from latentlm.models.repa import REPAConfig
 from latentlm.models.text_vae import TextVAE, TextVAEConfig
-from latentlm.models.textldm import LatentNormalizer
+from latentlm.platform.methods.textldm.generator import LatentNormalizer
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 D = 8

@@ -21,10 +21,10 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture
 def no_ray(monkeypatch):
     """Any attempt to start Ray fails the test."""
-    import latentlm.platform.launch as launch
+    import latentlm.platform.training.launch as launch
     # Import the pipeline before patching launch: importing it afterwards would bind the patched function
     # for good (monkeypatch would then "restore" the patch and break every later test).
-    import latentlm.platform.pipeline as pipeline
+    import latentlm.platform.methods.textldm.pipeline as pipeline
 
     def forbidden(*args, **kwargs):
         raise AssertionError("Ray must not be started for a config error")
@@ -79,7 +79,7 @@ def test_cli_usage_errors():
 
 def test_cli_info(monkeypatch, tmp_path, capsys):
     import torch
-    from latentlm.platform import assets
+    from latentlm.platform.data import assets
 
     def no_install(*args, **kwargs):
         raise AssertionError("`latentlm info` must not install or convert anything")

@@ -184,7 +184,7 @@ def test_init_ray_under_a_job_forwards_only_variables_the_job_does_not_set(monke
     """Ray refuses to merge a driver's runtime_env with the job's when both name the same variable
     ("Failed to merge the Job's runtime env"), even with equal values: init_ray must leave those out."""
     import ray
-    from latentlm.platform import launch
+    from latentlm.platform.training import launch
     calls = []
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", lambda **kwargs: calls.append(kwargs))
@@ -247,7 +247,7 @@ def test_readme_mentions_each_file():
 
 def test_versions_and_asset_pins_agree():
     import ray
-    from latentlm.platform.assets import PACKAGES
+    from latentlm.platform.data.assets import PACKAGES
     aws, docker = load(AWS), DOCKERFILE.read_text()
     images = [aws["docker"]["image"], *re.findall(r"^FROM\s+(\S+)", docker, re.M)]
     for image in images:

@@ -16,9 +16,9 @@ from latentlm.models.repa import REPAConfig
 from latentlm.models.text_vae import TextVAEConfig
 from latentlm.models.teacher import resolve_layer
 from latentlm.platform.config import from_dict, load_file, merge, parse_overrides, to_dict
-from latentlm.platform.experiment import (DataConfig, OptimConfig, TextLDMConfig, VAETrainConfig,
-                                          build_config)
-from latentlm.platform.presets import PRESETS
+from latentlm.platform.methods.textldm.config import TextLDMConfig, VAETrainConfig, build_config
+from latentlm.platform.methods.textldm.presets import PRESETS
+from latentlm.platform.training.sections import DataConfig, OptimConfig
 
 
 # -- from_dict ------------------------------------------------------------------------------------
@@ -93,8 +93,8 @@ def test_a_partial_section_keeps_its_owners_defaults():
     """Setting one key of a section whose owner gives it non-class defaults keeps the owner's other values:
     a Cola DLM ``dlm.schedule.loc`` sweep stays at the model's scale 1.0 (it silently got the class's 1.5)."""
     from latentlm.models.dlm import ColaDLMConfig
-    from latentlm.platform.dlm_config import build_dlm_config
-    from latentlm.platform.dlm_pipeline import dlm_stage_keys
+    from latentlm.platform.methods.dlm.config import build_dlm_config
+    from latentlm.platform.methods.dlm.pipeline import dlm_stage_keys
     default = ColaDLMConfig().schedule
     assert (default.loc, default.scale) == (0.0, 1.0)
     shifted = from_dict(ColaDLMConfig, {"schedule": {"loc": 1.0}}).schedule
@@ -303,7 +303,7 @@ def test_section_validation_errors_carry_the_full_path():
 
 
 def test_the_ldlm_post_decoder_stage_refuses_an_ema_it_would_not_use():
-    from latentlm.platform.ldlm_config import build_ldlm_config
+    from latentlm.platform.methods.ldlm.config import build_ldlm_config
     with pytest.raises(ConfigError, match=r"post_decoder\.optim\.ema_decay"):
         build_ldlm_config("tiny", {"post_decoder": {"enabled": True, "optim": {"ema_decay": 0.99}}})
     assert build_ldlm_config("tiny", {"post_decoder": {"enabled": True}}).post_decoder.optim.ema_decay == 0

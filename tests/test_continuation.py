@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from latentlm.models.gpt import GPT, GPTConfig
-from latentlm.platform.data import load_tokenizer
-from latentlm.platform.evaluate import continuation_samples, generate_continuations, held_out_documents
-from latentlm.platform.experiment import build_config
+from latentlm.platform.data.windows import load_tokenizer
+from latentlm.platform.evaluation.continuation import continuation_samples, generate_continuations, held_out_documents
+from latentlm.platform.methods.textldm.config import build_config
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from latentlm.models.config import ConfigError
-from latentlm.platform.corpus import CorpusSpec, load_documents, split_documents
+from latentlm.platform.data.corpus import CorpusSpec, load_documents, split_documents
 
 
 def _write_jsonl(path, records):

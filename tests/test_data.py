@@ -14,12 +14,12 @@ import torch
 
 from latentlm.models.checkpoint import load_tensors
 from latentlm.models.config import ConfigError
-from latentlm.platform import data as data_mod
 from latentlm.platform.config import merge
-from latentlm.platform.data import (WindowPacker, artifact_key, document_ids, load_tokenizer, packed_windows,
-                                    per_document_windows, prepare_data, read_windows, rebuild_documents,
-                                    tokenize_windows, windows_table)
-from latentlm.platform.experiment import build_config
+from latentlm.platform.data import windows as data_mod
+from latentlm.platform.data.windows import (WindowPacker, artifact_key, document_ids, load_tokenizer, packed_windows,
+                                            per_document_windows, prepare_data, read_windows, rebuild_documents,
+                                            tokenize_windows, windows_table)
+from latentlm.platform.methods.textldm.config import build_config
 
 SEQ_LEN = 32
 TEACHER_WINDOWS = 48
@@ -201,7 +201,7 @@ def test_artifact_key():
 
 
 def test_teacher_dtype_auto_is_bf16_only_where_the_hardware_has_it(monkeypatch):
-    from latentlm.platform import engine
+    from latentlm.platform.training import engine
     for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
         monkeypatch.setattr(torch.cpu, name, lambda: False, raising=False)
     assert not engine.native_bf16("cpu")
@@ -256,7 +256,7 @@ def test_prepare_data_writes_manifest_and_train(prepared):
 
 
 def _split_documents(cfg):
-    from latentlm.platform.corpus import CorpusSpec, load_documents, split_documents
+    from latentlm.platform.data.corpus import CorpusSpec, load_documents, split_documents
     d = cfg.data
     documents = load_documents(CorpusSpec(d.corpus, d.text_field, max_documents=d.max_documents))
     return split_documents(documents, d.valid_fraction, d.test_fraction, d.split_seed)["train"]

@@ -2,7 +2,7 @@
 single-process run's per-step losses, batch plans fail fast, bf16 runs (smoke), engine pieces.
 
 How the runs are made comparable: every worker streams the whole dataset in the same order and takes
-its rows of each global batch (``training.stream_batches``), so the 2-worker runs see exactly the
+its rows of each global batch (``training.parts.stream_batches``), so the 2-worker runs see exactly the
 single-process run's batches; the logged loss is the mean over the global batch (all ranks). Random
 truncation is off and the VAE posterior variance is pinned to exp(-30) (``logvar_min = logvar_max =
 -30``), because the ranks' posterior noise streams are independent by design (seed + rank) and would
@@ -25,8 +25,8 @@ import torch
 from latentlm.models.checkpoint import load_tensors
 from latentlm.models.config import ConfigError
 from latentlm.platform.config import merge, to_dict
-from latentlm.platform.engine import batch_plan, compute_dtype
-from latentlm.platform.experiment import build_config
+from latentlm.platform.methods.textldm.config import build_config
+from latentlm.platform.training.engine import batch_plan, compute_dtype
 
 STEPS = 6
 LOSS_TOLERANCE = 1e-5     # absolute, per-step loss (module docstring: why, and what was measured)
@@ -47,8 +47,8 @@ def vae_config(tiny_overrides, **sections):
 
 def prepare(cfg, tmp_path_factory):
     """Tokenize once per session (cached); returns (artifacts, VAE dataset, DiT dataset)."""
-    from latentlm.platform.data import prepare_data
-    from latentlm.platform.launch import training_dataset
+    from latentlm.platform.data.windows import prepare_data
+    from latentlm.platform.training.launch import training_dataset
     artifacts = prepare_data(cfg, tmp_path_factory.getbasetemp() / "vae-data", need_teacher=False)
     limit = cfg.data.materialize_max_mb
     vae_data = training_dataset(artifacts.vae_train, TOKEN_COLUMNS, limit, artifacts.vae_windows)
@@ -57,8 +57,8 @@ def prepare(cfg, tmp_path_factory):
 
 def run_vae(cfg, data, run_dir: Path, max_failures: int = 0, **loop_extra) -> tuple[Path, dict[int, dict]]:
     """Train the VAE stage through ``launch.run_stage``; returns (checkpoint dir, metrics by step)."""
-    from latentlm.platform.launch import run_stage
-    from latentlm.platform.train_vae import train_vae_loop
+    from latentlm.platform.training.launch import run_stage
+    from latentlm.platform.methods.textldm.train_vae import train_vae_loop
     artifacts, dataset, _ = data
     cfg.vae.vocab_size = artifacts.vocab_size
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -130,9 +130,9 @@ def test_zero_stages_match_single_process(tiny_overrides, data, reference, tmp_p
 def test_bf16_dit_stage_smoke(tiny_overrides, data, reference, tmp_path):
     """The DiT stage in bf16 under ZeRO-3 (EMA over gathered parameters) on the reference VAE; the export
     is fp32 and samples without Ray or DeepSpeed."""
-    from latentlm.models.textldm import load_textldm
-    from latentlm.platform.launch import run_stage
-    from latentlm.platform.train_dit import train_dit_loop
+    from latentlm.platform.methods.textldm.generator import load_textldm
+    from latentlm.platform.training.launch import run_stage
+    from latentlm.platform.methods.textldm.train_dit import train_dit_loop
     artifacts, _, dit_data = data
     cfg = parity_config(tiny_overrides, enabled=True, zero_stage=3, precision="bf16")
     cfg.vae.vocab_size = artifacts.vocab_size
@@ -181,7 +181,7 @@ def test_compute_dtype():
 
 
 def test_peak_flops_table(monkeypatch):
-    from latentlm.platform import training
+    from latentlm.platform.training import parts as training
     assert training.peak_flops(torch.device("cpu")) is None
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 PCIe")
     assert training.peak_flops(torch.device("cuda")) == 756e12
@@ -203,9 +203,9 @@ def test_tolerance_detects_one_changed_row():
     """The parity tolerance discriminates: the same 6-step run with one of 16 rows of each batch
     replaced drifts from the original by far more than LOSS_TOLERANCE."""
     from latentlm.models.text_vae import TextVAE, TextVAEConfig
-    from latentlm.platform.engine import TorchEngine
-    from latentlm.platform.experiment import OptimConfig
-    from latentlm.platform.training import WorkerContext
+    from latentlm.platform.training.engine import TorchEngine
+    from latentlm.platform.training.sections import OptimConfig
+    from latentlm.platform.training.parts import WorkerContext
 
     def losses(change_row: bool) -> list[float]:
         torch.manual_seed(0)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from latentlm.models.config import ConfigError
-from latentlm.platform.dlm_config import build_dlm_config
+from latentlm.platform.methods.dlm.config import build_dlm_config
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +60,7 @@ def test_dlm_sweeps_plan_and_collapse_equivalent_trials(dlm_overrides):
 
 
 def test_a_block_size_sweep_shares_the_stage1_vae_unless_the_vae_is_block_causal():
-    from latentlm.platform.dlm_pipeline import dlm_stage_keys
+    from latentlm.platform.methods.dlm.pipeline import dlm_stage_keys
     for attention, shared in (("causal", True), ("bidirectional", True), ("block_causal", False)):
         keys = [dlm_stage_keys(build_dlm_config("tiny", {"dlm": {"vae": {"attention": attention},
                                                                  "dit": {"block_size": size}}})) for size in (4, 16)]
@@ -70,7 +70,8 @@ def test_a_block_size_sweep_shares_the_stage1_vae_unless_the_vae_is_block_causal
 
 @pytest.mark.ray
 def test_dlm_pipeline_end_to_end(dlm_overrides, tiny_corpus, tmp_path, ray_local):
-    from latentlm.platform.dlm_pipeline import load_dlm, run_dlm
+    from latentlm.platform.methods.dlm.generator import load_dlm
+    from latentlm.platform.methods.dlm.pipeline import run_dlm
     cfg = build_dlm_config("tiny", dlm_overrides(dlm={"vae_strategy": "joint", "vae_lr_ratio": 0.01}))
     out = run_dlm(cfg, tmp_path / "run")
     row = out["results"][str(tiny_corpus)]
@@ -109,9 +110,9 @@ def test_dlm_joint_stage_killed_worker_resumes_bit_identically(dlm_overrides, tm
     (weights, optimizer, EMA, noise stream, data position) and ends exactly like an uninterrupted run."""
     from latentlm.models.checkpoint import load_tensors
     from latentlm.platform.config import to_dict
-    from latentlm.platform.data import prepare_data
-    from latentlm.platform.launch import run_stage, training_dataset
-    from latentlm.platform.train_dlm import dlm_stage1_loop, dlm_stage2_loop
+    from latentlm.platform.data.windows import prepare_data
+    from latentlm.platform.training.launch import run_stage, training_dataset
+    from latentlm.platform.methods.dlm.train import dlm_stage1_loop, dlm_stage2_loop
     cfg = build_dlm_config("tiny", dlm_overrides(
         dlm={"vae_strategy": "joint", "vae_lr_ratio": 0.01, "ref_weight": 0.1},
         stage1={"optim": {"steps": 6, "log_every": 6, "warmup_steps": 2}},

@@ -1,7 +1,7 @@
 """The must-lose generators: exact lengths, what each repeats or borrows, determinism."""
 import numpy as np
 
-from latentlm.platform import floors
+from latentlm.platform.evaluation import floors
 
 
 def test_prompt_repeat_cycles_the_prompts_last_tokens_to_the_exact_length():

@@ -9,11 +9,10 @@ import torch
 
 from latentlm.models.config import ConfigError
 from latentlm.models.dit import TextDiT, TextDiTConfig
-from latentlm.models.flow import (TimestepSchedule, euler_sample, guided_velocity, interpolate,
-                                  time_grid)
+from latentlm.models.flow import TimestepSchedule, euler_sample, guided_velocity, interpolate, time_grid
 from latentlm.models.repa import REPAConfig
 from latentlm.models.text_vae import TextVAE, TextVAEConfig
-from latentlm.models.textldm import LatentNormalizer, TextLDM, flow_matching_loss
+from latentlm.platform.methods.textldm.generator import LatentNormalizer, TextLDM, flow_matching_loss
 
 D = 8  # latent channels
 

@@ -99,11 +99,11 @@ def test_closed_form_count_equals_the_module(kw):
 
 
 def _dit_targets() -> dict[str, int]:
-    """The DiTs the tiny presets build (TextLDM: platform/train_dit.py; Cola DLM: models/dlm.py)."""
+    """The DiTs the tiny presets build (TextLDM: platform/methods/textldm/train_dit.py; Cola DLM: models/dlm.py)."""
     from latentlm.models.block_dit import BlockCausalDiT
     from latentlm.models.dit import TextDiT
-    from latentlm.platform.dlm_config import build_dlm_config
-    from latentlm.platform.experiment import build_config
+    from latentlm.platform.methods.dlm.config import build_dlm_config
+    from latentlm.platform.methods.textldm.config import build_config
     with torch.device("meta"):
         return {"textldm": count_params(TextDiT(build_config("tiny").dit)),
                 "dlm": count_params(BlockCausalDiT(build_dlm_config("tiny").dlm.dit))}

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from latentlm.platform import harness
-from latentlm.platform.protocol import ContinuationEvalConfig, UnconditionalEvalConfig
+from latentlm.platform.evaluation import harness
+from latentlm.platform.evaluation.protocol import ContinuationEvalConfig, UnconditionalEvalConfig
 
 
 @pytest.fixture(scope="module")
@@ -162,10 +162,10 @@ def embedded_board(single_thread):
     from one pass of the embedded SmolLM2 instead of Gemma-3, for speed): the human ceiling, the four floors and two degenerate generators
     run through the continuation task's own generation loop (one that emits EOS at once, one that writes
     three tokens and then EOS). Returns name -> harness.Scored."""
-    from latentlm.platform.data import load_tokenizer
-    from latentlm.platform.evaluate import (continuation_samples, generate_continuations, held_out_documents,
-                                            reference_rows, training_token_counts)
-    from latentlm.platform.experiment import build_config
+    from latentlm.platform.data.windows import load_tokenizer
+    from latentlm.platform.evaluation.continuation import (continuation_samples, generate_continuations,
+                                                           held_out_documents, reference_rows, training_token_counts)
+    from latentlm.platform.methods.textldm.config import build_config
     cfg = build_config("tiny", {"eval": {"num_samples": 64, "sampling_seeds": [0], "mauve_kmeans_seeds": [25, 26],
                                          "genppl_model": "embedded:smollm2", "mauve_model": "embedded:smollm2",
                                          "batch_size": 16,
@@ -191,7 +191,7 @@ def embedded_board(single_thread):
 
 def _below(board, low: str, high: str, metric: str = "mauve") -> bool:
     """``low`` is significantly worse than ``high`` (paired bootstrap over the shared prompts, p < 0.05)."""
-    from latentlm.platform import significance
+    from latentlm.platform.evaluation import significance
     diff = significance.paired_difference(board[low].evidence, board[high].evidence, metric, replicates=500)
     return diff.difference < 0 and diff.p_value < 0.05
 

@@ -29,7 +29,7 @@ def _with_training_files(directory: Path) -> None:
 def ar_checkpoint(tmp_path, tiny_overrides, single_thread) -> Path:
     """A final AR checkpoint as the AR stage writes it (random weights), with training-only files beside it."""
     from latentlm.models.gpt import GPT
-    from latentlm.platform.ar_config import build_ar_config
+    from latentlm.platform.methods.ar.config import build_ar_config
     base = tiny_overrides()
     cfg = build_ar_config("tiny", {"match": "none", "data": base["data"], "eval": base["eval"],
                                    "gpt": {"hidden_dim": 32, "depth": 2, "n_heads": 2, "vocab_size": 40}})
@@ -100,7 +100,7 @@ def test_a_post_trained_ldlm_decoder_is_exported_with_its_joint_stage(tmp_path, 
     so the exported directory samples the same windows after the original joint directory is gone."""
     from latentlm.models.ldlm import LDLM, PostTrainedDecoder
     from latentlm.models.token_encoder import HiddenStats
-    from latentlm.platform.ldlm_config import build_ldlm_config
+    from latentlm.platform.methods.ldlm.config import build_ldlm_config
     lm = str(tiny_lm_dir)
     cfg = build_ldlm_config("tiny", {"data": {"tokenizer": lm, "seq_len": 8}, "token_encoder": {"model": lm},
                                      "eval": {"use_ema": False}, "post_decoder": {"enabled": True}})

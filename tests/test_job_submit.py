@@ -200,7 +200,7 @@ def test_ray_job_submit_runs_the_main_job(tiny_overrides, tmp_path):
         # 1. Where does the job import latentlm from? The uploaded copy, on the driver and on a worker (the
         #    venv's editable install points at this checkout and would hide a broken runtime_env).
         probe = ("import os, ray, latentlm.platform.config as c\n"
-                 "from latentlm.platform.launch import init_ray\n"
+                 "from latentlm.platform.training.launch import init_ray\n"
                  "init_ray()\n"
                  "f = ray.remote(num_cpus=0)(lambda: __import__('latentlm.models.dit').models.dit.__file__)\n"
                  "print('LATENTLM', c.__file__, ray.get(f.remote()), flush=True)\n")

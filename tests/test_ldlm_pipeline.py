@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from latentlm.models.config import ConfigError
-from latentlm.platform.ldlm_config import build_ldlm_config
+from latentlm.platform.methods.ldlm.config import build_ldlm_config
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +50,7 @@ def ldlm_overrides(tiny_corpus, tiny_lm_dir, tiny_scorer_dir):
 
 
 def test_ldlm_bad_inputs_fail_before_training(ldlm_overrides, tiny_lm_dir):
-    from latentlm.platform.ldlm_pipeline import validate_ldlm
+    from latentlm.platform.methods.ldlm.pipeline import validate_ldlm
     with pytest.raises(ConfigError, match="eval.genppl_model"):
         validate_ldlm(build_ldlm_config("tiny", ldlm_overrides(eval={"genppl_model": str(tiny_lm_dir)})))
     with pytest.raises(ConfigError, match="token_encoder.layer"):  # the tiny LM has 4 layers
@@ -78,8 +78,8 @@ def test_every_preset_builds():
 
 @pytest.mark.ray
 def test_ldlm_pipeline_end_to_end(ldlm_overrides, tiny_corpus, tmp_path, ray_local):
-    from latentlm.platform.evaluate_uncond import LDLMGenerator
-    from latentlm.platform.ldlm_pipeline import run_ldlm
+    from latentlm.platform.methods.ldlm.generator import LDLMGenerator
+    from latentlm.platform.methods.ldlm.pipeline import run_ldlm
     cfg = build_ldlm_config("tiny", ldlm_overrides())
     out = run_ldlm(cfg, tmp_path / "run")
     row = out["results"][str(tiny_corpus)]
@@ -161,9 +161,9 @@ def test_ldlm_killed_worker_resumes_bit_identically(ldlm_overrides, tmp_path, ra
     """The joint stage killed at step 10 resumes from its step-8 checkpoint (weights, optimizer, EMA, RNG
     streams, data position and the adaptive sampler's statistics) and ends exactly like an uninterrupted run."""
     from latentlm.platform.config import to_dict
-    from latentlm.platform.data import feature_stats, prepare_data
-    from latentlm.platform.launch import run_stage, training_dataset
-    from latentlm.platform.train_ldlm import train_ldlm_loop
+    from latentlm.platform.data.windows import feature_stats, prepare_data
+    from latentlm.platform.training.launch import run_stage, training_dataset
+    from latentlm.platform.methods.ldlm.train import train_ldlm_loop
     from latentlm.models.checkpoint import load_tensors
     cfg = build_ldlm_config("tiny", ldlm_overrides(
         train={"optim": {"steps": 12, "log_every": 1, "checkpoint_every": 4, "ema_decay": 0.9}},
@@ -198,8 +198,8 @@ def test_ldlm_killed_worker_resumes_bit_identically(ldlm_overrides, tmp_path, ra
 def test_reference_windows_are_full_packed_windows_and_the_ceilings_share_no_document(tiny_lm_dir):
     """Unconditional v3: both sides are full windows of held-out text packed like the training data (EOS
     between documents, no padding); the human ceiling's windows come from other documents."""
-    from latentlm.platform.data import load_tokenizer
-    from latentlm.platform.evaluate_uncond import reference_windows
+    from latentlm.platform.data.windows import load_tokenizer
+    from latentlm.platform.evaluation.unconditional import reference_windows
     tokenizer = load_tokenizer(str(tiny_lm_dir))
     docs = ["the river city music people king war science old new small large early later north south",
             "the old king .", "a ship on the road", "north south forest island mountain school book law art trade"]
@@ -217,7 +217,7 @@ def test_masked_lm_tokenizers_end_documents_with_sep(tmp_path):
     """A BERT-style token encoder (LDLM App. B.3) has no EOS: its [SEP] ends documents instead."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
-    from latentlm.platform.data import load_tokenizer, tokenize_windows
+    from latentlm.platform.data.windows import load_tokenizer, tokenize_windows
     tok = Tokenizer(models.WordLevel({"[PAD]": 0, "[UNK]": 1, "[SEP]": 2, "a": 3, "b": 4}, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     PreTrainedTokenizerFast(tokenizer_object=tok, sep_token="[SEP]", pad_token="[PAD]",

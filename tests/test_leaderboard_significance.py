@@ -14,7 +14,7 @@ import pytest
 
 from latentlm.platform import cli
 from latentlm.platform import leaderboard as lb
-from latentlm.platform import significance as sig
+from latentlm.platform.evaluation import significance as sig
 
 V3, V2 = "textldm-continuation/v3", "textldm-continuation/v2"
 PHASH3, PHASH3_SAMPLER, PHASH2 = "3333aaaa3333aaaa", "3333bbbb3333bbbb", "2222aaaa2222aaaa"

@@ -1,4 +1,4 @@
-"""Known-answer tests for latentlm.platform.metrics (ROUGE, BERTScore, LM features, MAUVE, token metrics)."""
+"""Known-answer tests for latentlm.platform.evaluation.metrics (ROUGE, BERTScore, LM features, MAUVE, token metrics)."""
 from __future__ import annotations
 
 import importlib.util
@@ -11,7 +11,7 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from latentlm.platform import metrics as M  # noqa: E402
+from latentlm.platform.evaluation import metrics as M  # noqa: E402
 
 CORPUS = [
     "the dog ran in the park",

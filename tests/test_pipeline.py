@@ -8,13 +8,13 @@ import pytest
 import torch
 
 from latentlm.models.config import ConfigError
-from latentlm.platform.experiment import build_config
+from latentlm.platform.methods.textldm.config import build_config
 
 pytestmark = pytest.mark.ray
 
 
 def test_bad_inputs_fail_before_training(tiny_overrides, tmp_path):
-    from latentlm.platform.pipeline import validate
+    from latentlm.platform.methods.textldm.pipeline import validate
     with pytest.raises(ConfigError, match="vae.latent_dim"):
         build_config("tiny", tiny_overrides(vae={"latent_dim": 0}))
     with pytest.raises(ConfigError, match="unknown config key train_vae.optim.stepz"):
@@ -28,8 +28,8 @@ def test_bad_inputs_fail_before_training(tiny_overrides, tmp_path):
 
 
 def test_textldm_pipeline_end_to_end(tiny_overrides, tiny_corpus, tmp_path, ray_local):
-    from latentlm.models.textldm import load_textldm
-    from latentlm.platform.pipeline import run_textldm
+    from latentlm.platform.methods.textldm.generator import load_textldm
+    from latentlm.platform.methods.textldm.pipeline import run_textldm
     cfg = build_config("tiny", tiny_overrides())
     out = run_textldm(cfg, tmp_path / "run")
     row = out["results"][str(tiny_corpus)]

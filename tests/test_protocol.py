@@ -4,11 +4,11 @@ import dataclasses
 import pytest
 
 from latentlm.models.config import ConfigError
-from latentlm.platform.dlm_config import build_dlm_config
-from latentlm.platform.experiment import build_config
-from latentlm.platform.ldlm_config import build_ldlm_config
-from latentlm.platform.protocol import (NOT_PROTOCOL, SAMPLER_FIELDS, SPLIT_FIELDS, ContinuationEvalConfig,
-                                        EvalProtocol, UnconditionalEvalConfig)
+from latentlm.platform.evaluation.protocol import (ContinuationEvalConfig, EvalProtocol, NOT_PROTOCOL, SAMPLER_FIELDS,
+                                                   SPLIT_FIELDS, UnconditionalEvalConfig)
+from latentlm.platform.methods.dlm.config import build_dlm_config
+from latentlm.platform.methods.ldlm.config import build_ldlm_config
+from latentlm.platform.methods.textldm.config import build_config
 
 # A changed value for every field of each eval section (a new field without an entry here fails the test).
 CHANGED = {
@@ -88,7 +88,7 @@ def test_bad_eval_fields_are_named(field, value, expected):
 
 @pytest.mark.parametrize("family", ["textldm", "dlm", "ar"])
 def test_a_target_floor_above_the_window_is_refused_naming_the_field(family):
-    from latentlm.platform.ar_config import build_ar_config
+    from latentlm.platform.methods.ar.config import build_ar_config
     build = {"textldm": build_config, "dlm": build_dlm_config, "ar": build_ar_config}[family]
     with pytest.raises(ConfigError, match=r"eval\.min_target_tokens: expected at most data\.seq_len - 2 = 62"):
         build("tiny", {"eval": {"min_target_tokens": 200}})

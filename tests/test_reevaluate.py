@@ -8,9 +8,9 @@ import pytest
 
 from latentlm.models.config import ConfigError
 from latentlm.platform.config import from_dict, to_dict
-from latentlm.platform.experiment import TextLDMConfig, build_config
-from latentlm.platform.ldlm_config import LDLMExperimentConfig, build_ldlm_config
-from latentlm.platform.protocol import EvalProtocol
+from latentlm.platform.evaluation.protocol import EvalProtocol
+from latentlm.platform.methods.ldlm.config import LDLMExperimentConfig, build_ldlm_config
+from latentlm.platform.methods.textldm.config import TextLDMConfig, build_config
 from latentlm.platform.reevaluate import checkpoint_method, load_config, migrate_eval_section
 
 

@@ -18,12 +18,12 @@ from latentlm.models.checkpoint import read_json, write_json
 from latentlm.models.config import ConfigError, require
 from latentlm.platform import cli, registry
 from latentlm.platform.config import from_dict, merge, to_dict
-from latentlm.platform.dlm_config import StageConfig
-from latentlm.platform.evaluate import Evaluation
-from latentlm.platform.experiment import DataConfig, EvalConfig, ResourcesConfig
-from latentlm.platform.pipeline import Trained
-from latentlm.platform.protocol import EvalProtocol
+from latentlm.platform.evaluation.continuation import Evaluation
+from latentlm.platform.evaluation.protocol import EvalProtocol
+from latentlm.platform.methods.dlm.config import StageConfig
 from latentlm.platform.sweep import SweepSpec, add_rows, plan_trials
+from latentlm.platform.training.sections import DataConfig, EvalConfig, ResourcesConfig
+from latentlm.platform.training.stages import Trained
 
 # -- a toy family: everything it declares -------------------------------------------------------------------
 
@@ -129,7 +129,7 @@ def test_the_command_line_trains_evaluates_and_samples_a_registered_family(toy, 
 
 
 def test_info_lists_every_registered_family(toy, monkeypatch, capsys):
-    from latentlm.platform import assets
+    from latentlm.platform.data import assets
     monkeypatch.setattr(assets, "describe", lambda: {})
     assert cli.main(["info"]) == 0
     methods = json.loads(capsys.readouterr().out)["methods"]
@@ -168,7 +168,7 @@ def test_a_registered_family_sweeps_through_tune(toy, tiny_lm_dir, tmp_path, ray
 # -- the registry itself ------------------------------------------------------------------------------------
 
 def test_the_builtin_declarations_resolve_and_agree_with_their_code():
-    from latentlm.platform.ar_config import MATCHABLE
+    from latentlm.platform.methods.ar.config import MATCHABLE
     for method in registry.methods().values():
         for f in dataclasses.fields(method):
             value = getattr(method, f.name)

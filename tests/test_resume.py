@@ -13,9 +13,9 @@ import torch
 from torch import nn
 
 from latentlm.models.checkpoint import load_tensors
-from latentlm.platform.engine import TorchEngine
-from latentlm.platform.experiment import OptimConfig
-from latentlm.platform.training import WorkerContext, rng_state, set_rng_state
+from latentlm.platform.training.engine import TorchEngine
+from latentlm.platform.training.parts import WorkerContext, rng_state, set_rng_state
+from latentlm.platform.training.sections import OptimConfig
 
 from test_deepspeed import prepare, run_vae, vae_config
 

@@ -1,4 +1,4 @@
-"""Bootstrap intervals and paired comparisons (``platform/significance.py``): MAUVE from cached labels equals
+"""Bootstrap intervals and paired comparisons (``platform/evaluation/significance.py``): MAUVE from cached labels equals
 ``metrics.mauve``, statistics equal the harness's aggregation, and the paired bootstrap has the coverage,
 power and size it claims on synthetic rows with a known truth."""
 from __future__ import annotations
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import auc
 
-from latentlm.platform import metrics
-from latentlm.platform import significance as sig
+from latentlm.platform.evaluation import metrics
+from latentlm.platform.evaluation import significance as sig
 
 # The package's __init__ re-exports the function ``compute_mauve``, which shadows the submodule attribute.
 mauve_lib = importlib.import_module("mauve.compute_mauve")

@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
     ({"vae.latent_dim": [8, -1]}, "vae.latent_dim"),                # a bad value, caught while planning
 ])
 def test_bad_specs_fail_before_any_trial_naming_the_field(axes, field, monkeypatch, tmp_path):
-    import latentlm.platform.launch as launch
+    import latentlm.platform.training.launch as launch
     monkeypatch.setattr(launch, "init_ray", lambda *a, **k: pytest.fail("Ray started for an invalid sweep"))
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
         plan_trials(SweepSpec("bad", axes=axes, run_dir=str(tmp_path)))
@@ -65,8 +65,8 @@ def test_baseline_trial_is_the_matched_ar_on_the_sweeps_data_and_eval():
 
 def test_an_ldlm_sweeps_baseline_is_scored_under_ldlms_unconditional_protocol():
     import importlib.util
-    from latentlm.platform.ldlm_config import build_ldlm_config
-    from latentlm.platform.protocol import EvalProtocol
+    from latentlm.platform.methods.ldlm.config import build_ldlm_config
+    from latentlm.platform.evaluation.protocol import EvalProtocol
     from latentlm.platform.sweep import METHODS
     spec = importlib.util.spec_from_file_location("ablate_ldlm_recipe", REPO / "experiments" / "ablate_ldlm_recipe.py")
     module = importlib.util.module_from_spec(spec)

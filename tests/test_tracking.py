@@ -1,6 +1,6 @@
 import pytest
 
-from latentlm.platform.tracking import start_tracking
+from latentlm.platform.training.tracking import start_tracking
 
 
 def test_disabled_or_non_main_rank_logs_nothing(tmp_path):

@@ -11,11 +11,12 @@ import torch
 from torch import nn
 
 from latentlm.models.checkpoint import load_tensors, read_json, save_tensors, write_json
-from latentlm.platform.experiment import OptimConfig, build_config
-from latentlm.platform.train_dit import fit_normalizer, split_points
-from latentlm.platform.train_vae import random_crop
-from latentlm.platform.training import (EMA, load_optimizer, make_optimizer, optimizer_tensors,
-                                        restore_optimizer, stack_column, write_training_checkpoint)
+from latentlm.platform.methods.textldm.config import build_config
+from latentlm.platform.methods.textldm.train_dit import fit_normalizer, split_points
+from latentlm.platform.methods.textldm.train_vae import random_crop
+from latentlm.platform.training.parts import (EMA, load_optimizer, make_optimizer, optimizer_tensors,
+                                              restore_optimizer, stack_column, write_training_checkpoint)
+from latentlm.platform.training.sections import OptimConfig
 
 
 # -- random_crop -----------------------------------------------------------------------------------
@@ -327,8 +328,8 @@ def test_fit_normalizer_ignores_padding():
 
 def test_make_optimizer_scales_learning_rates_per_parameter_through_the_schedule():
     import torch
-    from latentlm.platform.experiment import OptimConfig
-    from latentlm.platform.training import make_optimizer
+    from latentlm.platform.training.sections import OptimConfig
+    from latentlm.platform.training.parts import make_optimizer
     slow, fast = torch.nn.Linear(3, 3), torch.nn.Linear(3, 3)
     slow_ids = {id(p) for p in slow.parameters()}
     optim = OptimConfig(steps=10, warmup_steps=2, lr=1e-2)

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from latentlm.platform import metrics
-from latentlm.platform.metrics import GenPPLScorer, distinct_n, gen_ppl, ngram_diversity, unigram_entropy
+from latentlm.platform.evaluation import metrics
+from latentlm.platform.evaluation.metrics import GenPPLScorer, distinct_n, gen_ppl, ngram_diversity, unigram_entropy
 
 TEXTS = [
     "the river city music people",
@@ -187,7 +187,7 @@ def test_gen_ppl_function_caches_the_scorer(tiny_lm_dir, scorer, single_thread):
 # ------------------------------------------------------------------------------------------ real scorer
 @pytest.mark.assets
 def test_gemma3_gen_ppl_real_text_beats_shuffled_words(gemma3):
-    from latentlm.platform import assets
+    from latentlm.platform.data import assets
 
     docs = assets.wiki_documents()[:8]
     rng = random.Random(0)

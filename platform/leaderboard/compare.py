@@ -11,7 +11,8 @@ from typing import Iterable, Sequence
 
 import pandas as pd
 
-from .. import significance
+from latentlm.platform.evaluation import significance
+
 from .cells import PERCENT_METRICS, fmt_value, metric_label, missing
 from .marks import evidence_metrics
 from .schema import CEILING_METHODS, LeaderboardError, check_evidence, is_int, json_object, scoring_key

@@ -20,7 +20,8 @@ from typing import Any, Mapping
 
 import pandas as pd
 
-from .. import significance
+from latentlm.platform.evaluation import significance
+
 from .cells import metric_label
 from .schema import CEILING_METHODS, FLOOR_METHODS, json_object
 from .tables import flag_legend, rank

@@ -1,0 +1,49 @@
+"""The autoregressive baseline's training stage as a Ray Train function: next-token cross-entropy on the
+same token windows as the diffusion methods, through the shared stage loop (``loop``: DeepSpeed /
+torch engine, EMA, safetensors checkpoints, exact resume)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from latentlm.models.gpt import GPT, next_token_loss
+from latentlm.platform.config import from_dict
+from latentlm.platform.training.loop import Stage, train_stage
+from latentlm.platform.training.parts import load_vocab, seed_everything, window_tokens, worker_context
+
+METRICS = ("loss", "accuracy")
+
+
+@dataclass
+class NextTokenOutput:
+    loss: torch.Tensor
+    accuracy: torch.Tensor
+
+
+class NextTokenStep(torch.nn.Module):
+    """What the engine wraps: the GPT and its loss in one forward (DeepSpeed calls ``forward``). Weights are
+    saved under ``model.`` like Cola DLM's stage 2."""
+
+    def __init__(self, model: GPT):
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens, mask, generator=None) -> NextTokenOutput:
+        return NextTokenOutput(*next_token_loss(self.model(tokens), tokens, mask))
+
+
+def ar_train_loop(config: dict) -> None:
+    """Ray Train function. ``config``: experiment (ARExperimentConfig dict), run_dir, run_name, trial, vocab,
+    and the test-only ``inject_fault`` (see ``training.parts.inject_fault``)."""
+    from .config import ARExperimentConfig
+    cfg = from_dict(ARExperimentConfig, config["experiment"])
+    wc = worker_context(cfg.resources)
+    seed_everything(cfg.seed + 31)
+    model = NextTokenStep(GPT(cfg.gpt))
+    vocab = load_vocab(config.get("vocab"), wc.device)
+
+    def step(engine, micro, _step):
+        return engine(*window_tokens(micro, vocab, wc.device))
+
+    train_stage(config, cfg, wc, Stage("ar", "gpt", model, cfg.train.optim, METRICS, step, vocab=vocab))

@@ -1,0 +1,74 @@
+"""A trained LDLM for inference (``LDLMGenerator``) and its loader from a saved joint or post-decoder
+checkpoint (``load_ldlm``); plain PyTorch, no Ray.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from latentlm.models.checkpoint import load_tensors, read_json
+from latentlm.models.ldlm import LDLM, PostTrainedDecoder
+from latentlm.models.token_encoder import HiddenStats
+from latentlm.models.vocab import CompactVocab
+from latentlm.platform.config import from_dict
+
+from .config import LDLMExperimentConfig
+from .train import load_joint_model
+
+
+class LDLMGenerator:
+    """A trained LDLM for inference: samples latents, decodes them (jointly trained or post-trained token
+    decoder) and maps ids back to the tokenizer's vocabulary."""
+    generator_device = "cpu"  # latent noise is drawn on the CPU and moved: samples do not depend on the device
+
+    def __init__(self, cfg, joint_checkpoint: str, post_checkpoint: str | None = None, device="cpu"):
+        self.cfg, self.device = cfg, device
+        self.model: LDLM = load_joint_model(joint_checkpoint, cfg, device, use_ema=cfg.eval.use_ema)
+        d = Path(joint_checkpoint)
+        self.vocab = CompactVocab.from_checkpoint(d)
+        self.vocab = self.vocab.to(device) if self.vocab is not None else None
+        self.stats = HiddenStats(cfg.ldlm.hidden_size)
+        self.stats.load_state_dict(load_tensors(d / "hidden_stats.safetensors"))
+        self.post = None
+        if post_checkpoint is not None:
+            self.post = PostTrainedDecoder(cfg.ldlm, cfg.post_decoder.layers, cfg.post_decoder.source)
+            self.post.load_state_dict(load_tensors(Path(post_checkpoint) / "post_decoder.safetensors"))
+            self.post = self.post.to(device).eval()
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Clean latents -> tokenizer ids (-1 for a compact vocabulary's unknown class)."""
+        logits = self.post(z, self.model.decoder) if self.post is not None else \
+            self.model.token_decoder(self.model.decoder(z))
+        ids = logits.argmax(-1)
+        return self.vocab.decode(ids) if self.vocab is not None else ids
+
+    @torch.no_grad()
+    def sample(self, n: int, steps: int, generator: torch.Generator, grid: str = "log_snr", on_step=None):
+        """``n`` windows of tokenizer ids; ``on_step(step, ids)`` sees the decoded latents after each step."""
+        decoded = None if on_step is None else lambda step, z: on_step(step, self.decode(z))
+        return self.decode(self.model.sample_latents(n, steps, generator, grid, self.device, decoded))
+
+
+def saved_checkpoints(checkpoint: str | Path) -> tuple[str, str | None]:
+    """(joint, post-decoder or None) of a final LDLM checkpoint: a post-decoder one names its joint stage, which
+    an exported one (``hub.export_checkpoint``) carries inside it as ``joint/``."""
+    state = read_json(Path(checkpoint) / "state.json")
+    if state["stage"] == "post_decoder":
+        bundled = Path(checkpoint) / "joint"
+        return str(bundled) if bundled.is_dir() else state["joint_checkpoint"], str(checkpoint)
+    return str(checkpoint), None
+
+
+def bundled_checkpoints(checkpoint: Path) -> dict[str, Path]:
+    """A post-decoder checkpoint's generator also reads its joint stage: exported with it as ``joint/``."""
+    joint, post = saved_checkpoints(checkpoint)
+    return {"joint": Path(joint)} if post is not None else {}
+
+
+def load_ldlm(checkpoint: str | Path, use_ema: bool = True, device="cpu"):
+    """A joint or post-decoder checkpoint directory -> ``LDLMGenerator`` under its saved config, without Ray."""
+    cfg = from_dict(LDLMExperimentConfig, read_json(Path(checkpoint) / "config.json"))
+    cfg.eval.use_ema = use_ema
+    return LDLMGenerator(cfg, *saved_checkpoints(checkpoint), device)

@@ -1,0 +1,146 @@
+"""LDLM stages as Ray Train functions: the joint stage (latent encoder + diffusion + decoders, one loss)
+and the optional token-decoder post-training stage on noisy latents (encoder and diffusion frozen).
+
+The joint stage streams precomputed, normalised token-encoder hidden states next to the tokens (the
+frozen LM never runs in the training loop). With packed data (the default) every window is a full chunk
+of the concatenated corpus, LDLM's fixed-length chunks; with per-document windows the padding is masked out
+of the encoder's attention and of every loss term. The adaptive timestep sampler's statistics are summed over
+workers at every refresh, so all ranks draw from the same density, and its state is checkpointed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from latentlm.models.checkpoint import load_tensors
+from latentlm.models.layers import masked_mean
+from latentlm.models.ldlm import LDLM, PostTrainedDecoder
+from latentlm.models.token_encoder import HiddenStats
+from latentlm.platform.config import from_dict
+from latentlm.platform.training.loop import Stage, train_stage
+from latentlm.platform.training.parts import load_vocab, seed_everything, stack_column, window_tokens, worker_context
+
+JOINT_METRICS = ("loss", "mse", "ce", "diffusion", "accuracy", "latent_norm")
+
+
+def _experiment(config: dict):
+    from .config import LDLMExperimentConfig
+    return from_dict(LDLMExperimentConfig, config["experiment"])
+
+
+def micro_inputs(micro: dict, dim: int, stats: HiddenStats, vocab, device):
+    """(normalised hidden states, model-vocab token ids, real-token mask or None) of one micro-batch."""
+    ids, mask = window_tokens(micro, vocab, device)
+    flat = stack_column(micro, "hidden", np.float32)
+    hidden = stats.normalize(torch.from_numpy(flat).view(ids.shape[0], ids.shape[1], dim).to(device))
+    return hidden, ids, mask
+
+
+def all_reduce_sum(world_size: int):
+    if world_size == 1:
+        return None
+
+    def reduce(tensor: torch.Tensor) -> torch.Tensor:
+        # gloo/nccl reduce on the process group's device; the sampler keeps its state on the CPU
+        device = torch.device("cuda") if torch.distributed.get_backend() == "nccl" else torch.device("cpu")
+        moved = tensor.to(device)
+        torch.distributed.all_reduce(moved)
+        return moved.cpu()
+    return reduce
+
+
+def load_stats(path: str, dim: int, device) -> HiddenStats:
+    stats = HiddenStats(dim)
+    stats.load_state_dict(load_tensors(Path(path)))
+    return stats.to(device)
+
+
+def train_ldlm_loop(config: dict) -> None:
+    """Ray Train function. ``config``: experiment (LDLMExperimentConfig dict), run_dir, run_name, vocab,
+    hidden_stats (safetensors path), and the test-only ``inject_fault``."""
+    cfg = _experiment(config)
+    dim = cfg.ldlm.hidden_size
+    wc = worker_context(cfg.resources)
+    seed_everything(cfg.seed + wc.rank)
+    vocab = load_vocab(config.get("vocab"), wc.device)
+    stats = load_stats(config["hidden_stats"], dim, wc.device)
+    model = LDLM(cfg.ldlm)
+    sampler = cfg.ldlm.make_timestep_sampler()
+    noise_rng = torch.Generator(wc.device).manual_seed(cfg.seed * 1000 + wc.rank)  # per-rank noise, like per-sample
+    time_rng = torch.Generator().manual_seed(cfg.seed * 7919 + wc.rank)
+    reduce = all_reduce_sum(wc.world_size)
+
+    def step(engine, micro, global_step: int):
+        hidden, ids, mask = micro_inputs(micro, dim, stats, vocab, wc.device)
+        n = ids.shape[0]
+        t = sampler.sample(n, time_rng) if sampler is not None else torch.rand(n, generator=time_rng)
+        out = engine(hidden, ids, global_step, t.to(wc.device), mask, noise_rng)
+        if sampler is not None:
+            sampler.observe(out.t, out.per_sample_diffusion)
+        return out
+
+    def modules() -> dict:
+        exported = {"hidden_stats": stats.state_dict()}
+        if sampler is not None:
+            exported["timestep_sampler"] = sampler.state_dict()
+        return exported
+
+    def restore(d: Path) -> None:
+        if sampler is not None:
+            sampler.load_state_dict(load_tensors(d / "timestep_sampler.safetensors"))
+
+    train_stage(config, cfg, wc, Stage(
+        "ldlm", "ldlm", model, cfg.train.optim, JOINT_METRICS, step, vocab=vocab,
+        generators={"noise": noise_rng, "time": time_rng},
+        after_step=None if sampler is None else (lambda: sampler.step(reduce)), modules=modules, restore=restore))
+
+
+def load_joint_model(checkpoint: str, cfg, device, use_ema: bool = True) -> LDLM:
+    """The joint stage's LDLM (EMA weights when present and asked for), frozen, in eval mode."""
+    model = LDLM(cfg.ldlm)
+    d = Path(checkpoint)
+    weights = load_tensors(d / "ema.safetensors") if use_ema and (d / "ema.safetensors").is_file() else \
+        load_tensors(d / "ldlm.safetensors")
+    model.load_state_dict(weights)
+    return model.to(device).eval().requires_grad_(False)
+
+
+@dataclass
+class PostDecoderStep:
+    loss: torch.Tensor
+    ce: torch.Tensor
+    accuracy: torch.Tensor
+
+
+def post_decoder_loop(config: dict) -> None:
+    """Ray Train function: a fresh ``PostTrainedDecoder`` learns tokens from noisy latents of the frozen joint
+    model (LDLM App. B.2). ``config``: as the joint stage plus ``joint_checkpoint``."""
+    cfg = _experiment(config)
+    post, dim = cfg.post_decoder, cfg.ldlm.hidden_size
+    sigma = cfg.ldlm.decoder_noise if post.decoder_noise is None else post.decoder_noise
+    wc = worker_context(cfg.resources)
+    seed_everything(cfg.seed + 101 + wc.rank)
+    vocab = load_vocab(config.get("vocab"), wc.device)
+    stats = load_stats(config["hidden_stats"], dim, wc.device)
+    joint = load_joint_model(config["joint_checkpoint"], cfg, wc.device, use_ema=cfg.eval.use_ema)
+    decoder = PostTrainedDecoder(cfg.ldlm, post.layers, post.source)
+    noise_rng = torch.Generator(wc.device).manual_seed(cfg.seed * 1000 + 7 + wc.rank)
+
+    def step(engine, micro, _step):
+        hidden, ids, mask = micro_inputs(micro, dim, stats, vocab, wc.device)
+        with torch.no_grad():
+            z = joint.encode(hidden, mask)
+            z = z + sigma * torch.randn(z.shape, generator=noise_rng, device=z.device, dtype=z.dtype)
+        logits = engine(z, joint.decoder)
+        token_ce = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), ids, reduction="none")
+        ce = masked_mean(token_ce, mask)
+        return PostDecoderStep(ce, ce, masked_mean((logits.argmax(-1) == ids).float(), mask))
+
+    # the decoder is exported as trained (the LDLM generator reads post_decoder.safetensors): no EMA
+    train_stage(config, cfg, wc, Stage(
+        "post_decoder", "post_decoder", decoder, post.optim, ("ce", "accuracy"), step, vocab=vocab,
+        generators={"noise": noise_rng}, ema=False, stream_seed=cfg.seed + 5,
+        state={"joint_checkpoint": config["joint_checkpoint"]}))

@@ -1,0 +1,112 @@
+"""Thin glue over Ray: start/connect a cluster and run a training stage as a TorchTrainer job."""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+log = logging.getLogger(__name__)
+
+# Defaults that make Ray quiet, local-only and fast to report (see shared/stack-probe.md §0).
+RAY_ENV_DEFAULTS = {
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1",  # else every ray.train.report blocks ~1.9 s
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_DEDUP_LOGS": "0",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "WANDB_MODE": "offline",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+def worker_env() -> dict[str, str]:
+    env = {k: os.environ.get(k, v) for k, v in RAY_ENV_DEFAULTS.items()}
+    if os.environ.get("WANDB_API_KEY") and "WANDB_MODE" not in os.environ:
+        env["WANDB_MODE"] = "online"
+    for key in ("LATENTLM_CACHE", "HF_HOME", "WANDB_DIR", "TORCH_EXTENSIONS_DIR"):
+        if key in os.environ:
+            env[key] = os.environ[key]
+    return env
+
+
+def init_ray(num_cpus: int | None = None, temp_dir: str | None = None) -> None:
+    """Connect to the cluster in RAY_ADDRESS (``ray job submit`` sets it) or start a local one."""
+    # A job's own runtime_env may set some of these already; naming them again makes ray.init refuse to
+    # merge the two, so only forward what the environment does not set.
+    missing = {k: v for k, v in worker_env().items() if k not in os.environ}
+    for key, value in worker_env().items():
+        os.environ.setdefault(key, value)
+    import ray
+    if ray.is_initialized():
+        return
+    runtime_env = {"env_vars": worker_env()}
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(runtime_env={"env_vars": missing})  # an existing cluster refuses num_cpus/num_gpus
+    else:
+        # The dashboard (loopback only) also serves the state API that Ray Train's placement-group
+        # cleaner polls; without it that actor logs a warning every second.
+        ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", runtime_env=runtime_env,
+                 _temp_dir=temp_dir)
+    import ray.data
+    ray.data.DataContext.get_current().enable_progress_bars = False
+
+
+def use_gpu(setting: str) -> bool:
+    if setting in ("true", "false"):
+        return setting == "true"
+    import ray
+    return ray.cluster_resources().get("GPU", 0) > 0
+
+
+def training_dataset(path: str, columns: list[str], materialize_max_mb: int, limit: int | None = None,
+                     rename: dict[str, str] | None = None):
+    """Parquet shards as a Ray Dataset of ``columns`` (first ``limit`` rows, columns renamed): streamed to
+    the workers, or materialized once when small (re-reading a small file every epoch costs more than the
+    epoch itself)."""
+    import ray.data
+    ray.data.DataContext.get_current().execution_options.preserve_order = True
+    dataset = ray.data.read_parquet(path, columns=columns)
+    if limit is not None:
+        dataset = dataset.limit(limit)
+    if rename:
+        dataset = dataset.rename_columns(rename)
+    size = sum(f.stat().st_size for f in Path(path).rglob("*.parquet"))
+    if size <= materialize_max_mb * 2**20:
+        dataset = dataset.materialize()
+    return dataset
+
+
+def run_stage(loop: Callable[[dict], None], loop_config: dict[str, Any], dataset, name: str,
+              storage_path: Path, resources, max_failures: int = 1) -> str:
+    """Run ``loop`` under a TorchTrainer over ``dataset``; return the final checkpoint's path.
+
+    Runs are named, so re-running the same stage with the same storage resumes from its last checkpoint.
+    Every worker gets the whole dataset, in a fixed order, and takes its rows of each global batch
+    (``parts.stream_batches``): data order independent of the worker count and of scheduling."""
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+    import ray
+    from .engine import check_batch_plans
+    gpu = use_gpu(resources.use_gpu)
+    workers = resources.num_workers or (max(1, int(ray.cluster_resources().get("GPU", 0))) if gpu else 1)
+    if "experiment" in loop_config:  # fail fast: a batch that does not split over the workers
+        check_batch_plans(loop_config["experiment"], workers)
+    ordered = DataConfig.default_ingest_options()
+    ordered.preserve_order = True
+    trainer = TorchTrainer(
+        loop,
+        train_loop_config=loop_config,
+        datasets={"train": dataset},
+        dataset_config=DataConfig(datasets_to_split=[], execution_options=ordered),
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpu,
+                                     resources_per_worker={"CPU": resources.cpus_per_worker}),
+        run_config=RunConfig(name=name, storage_path=str(Path(storage_path).resolve()),
+                             failure_config=FailureConfig(max_failures=max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"stage {name} finished without a checkpoint (error: {result.error})")
+    return result.checkpoint.path
