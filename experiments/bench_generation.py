@@ -44,7 +44,6 @@ import os
 import platform as std_platform
 import statistics
 import sys
-import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -94,7 +93,6 @@ class Bench:
         g = torch.Generator().manual_seed(args.seed)
         self.prompts = torch.randint(0, self.vocab, (args.batch_size, args.prompt_len), generator=g)
         self.models: dict[str, dict] = {}
-        self.tmp = tempfile.TemporaryDirectory(prefix="bench_generation_")
 
     def samples(self, length: int):
         """The prompts, each asking for ``length`` new tokens (the protocol generates its reference's length)."""
@@ -130,7 +128,6 @@ class Bench:
 
     # LDLM ------------------------------------------------------------------------------------------------
     def build_ldlm(self):
-        from latentlm.models.checkpoint import save_tensors
         from latentlm.models.ldlm import LDLM
         from latentlm.models.token_encoder import HiddenStats
         from latentlm.platform.methods.ldlm.generator import LDLMGenerator
@@ -148,12 +145,7 @@ class Bench:
                     "eval": {"batch_size": a.batch_size, "num_samples": a.batch_size, "use_ema": False,
                              "dtype": self.eval_dtype}})
                 torch.manual_seed(a.seed)
-                model = LDLM(cfg.ldlm)
-                ckpt = Path(self.tmp.name, f"ldlm_{length}")
-                save_tensors(ckpt / "ldlm.safetensors", model.state_dict())
-                save_tensors(ckpt / "hidden_stats.safetensors", HiddenStats(cfg.ldlm.hidden_size).state_dict())
-                del model
-                gen = LDLMGenerator(cfg, str(ckpt), None, self.device)
+                gen = LDLMGenerator(cfg, LDLM(cfg.ldlm), HiddenStats(cfg.ldlm.hidden_size), device=self.device)
                 m = gen.model
                 self.models.setdefault("ldlm", {"denoiser_what": "LatentDenoiser",
                                                 "path_what": "LatentDenoiser + latent decoder + token decoder",
@@ -173,7 +165,6 @@ class Bench:
 
     # Cola DLM --------------------------------------------------------------------------------------------
     def build_dlm(self):
-        from latentlm.models.checkpoint import save_tensors
         from latentlm.models.dlm import ColaDLM
         from latentlm.platform.methods.dlm.config import build_dlm_config
         from latentlm.platform.methods.dlm.generator import ColaDLMGenerator
@@ -184,11 +175,7 @@ class Bench:
             "eval": {"batch_size": a.batch_size, "cfg_scale": a.cfg_scale, "steps": a.dlm_steps,
                      "dtype": self.eval_dtype}})
         torch.manual_seed(a.seed)
-        model = ColaDLM(cfg.dlm)
-        ckpt = Path(self.tmp.name, "dlm")
-        save_tensors(ckpt / "joint.safetensors", model.state_dict())
-        del model
-        gen = ColaDLMGenerator(cfg, str(ckpt), use_ema=False, eos_id=0).to(self.device)
+        gen = ColaDLMGenerator(cfg, ColaDLM(cfg.dlm), eos_id=0).to(self.device)
         m = gen.model
         self.models["dlm"] = {"denoiser": count(m.dit), "path": count(m), "denoiser_what": "BlockCausalDiT",
                               "path_what": "Text VAE encoder+decoder + BlockCausalDiT",
@@ -208,7 +195,6 @@ class Bench:
 
     # AR --------------------------------------------------------------------------------------------------
     def build_ar(self):
-        from latentlm.models.checkpoint import save_tensors
         from latentlm.models.gpt import GPT, gpt_param_count
         from latentlm.platform.methods.ar.config import build_ar_config
         from latentlm.platform.methods.ar.generator import ARGenerator
@@ -225,11 +211,7 @@ class Bench:
                 "gpt": {"vocab_size": self.vocab, "max_seq_len": self.max_len},
                 "eval": {"batch_size": a.batch_size, "dtype": self.eval_dtype}})
             torch.manual_seed(a.seed)
-            model = GPT(cfg.gpt)
-            ckpt = Path(self.tmp.name, f"ar_{match_count}")
-            save_tensors(ckpt / "gpt.safetensors", model.state_dict())
-            del model
-            gen = ARGenerator(cfg, str(ckpt), use_ema=False).to(self.device)
+            gen = ARGenerator(cfg, GPT(cfg.gpt)).to(self.device)
             g = cfg.gpt
             sampling = "greedy" if g.temperature == 0 else f"T={g.temperature:g}"
             shape = f"{g.hidden_dim} x {g.depth}, {match_count.replace('_', '-')} matched"
@@ -521,7 +503,6 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + table)
     print(f"total {meta['total_s']} s; wrote {out / 'results.md'}, {out / 'results.json'}"
           + (f", {out / 'tokens_per_s.png'}" if plotted else ""))
-    bench.tmp.cleanup()
     return 0
 
 

@@ -149,7 +149,8 @@ def test_unconditional_ar_windows_are_full_seq_len_windows_after_one_eos(tmp_pat
     cfg = build_ar_config("tiny", {"match": "ldlm:tiny", "data": {"seq_len": seq_len, "vocab_limit": 24},
                                    "eval": {"num_samples": 5, "batch_size": 2}})
     keep = [eos, *range(3, 26)]  # full ids 1 and 2 fall outside the compact vocabulary (-1 when sampled)
-    model = ARGenerator(cfg, _random_gpt_checkpoint(tmp_path, cfg, keep, 40), use_ema=False, eos_id=eos)
+    model = ARGenerator.from_checkpoint(cfg, _random_gpt_checkpoint(tmp_path, cfg, keep, 40), use_ema=False,
+                                        eos_id=eos)
     windows = generate_ids(model, None, 7, cfg)
     assert len(windows) == 5 and all(len(w) == seq_len for w in windows)
     assert set(sum(windows, [])) <= set(keep) | {-1} and eos in sum(windows, [])
@@ -157,7 +158,7 @@ def test_unconditional_ar_windows_are_full_seq_len_windows_after_one_eos(tmp_pat
     continued = model.generate(torch.tensor([[eos]] * 5), seq_len, generator=torch.Generator().manual_seed(7))
     assert continued.shape == (5, seq_len) and eos not in continued.tolist()[0]
     with pytest.raises(ValueError, match="eos_id"):
-        ARGenerator(cfg, str(tmp_path), use_ema=False).sample(1)
+        ARGenerator.from_checkpoint(cfg, tmp_path, use_ema=False).sample(1)
 
 
 @pytest.fixture(scope="module")

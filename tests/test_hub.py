@@ -142,3 +142,14 @@ def test_cli_evaluate_of_a_checkpoint_prints_only_its_json_result(ar_checkpoint,
                  "--set", "eval.sampling_seeds=[1]"]) == 0
     result = json.loads(capsys.readouterr().out)  # libraries' progress prints go to stderr
     assert result["protocol"] == "continuation/v3" and (tmp_path / "eval" / "metrics.json").is_file()
+
+
+def test_a_generator_from_in_memory_modules_equals_the_one_loaded_from_its_checkpoint(ar_checkpoint):
+    """Generators are built from modules (what the generation benchmark does, writing nothing to disk); loading a
+    checkpoint is only reading those modules' weights."""
+    from latentlm.models.gpt import GPT
+    from latentlm.platform.methods.ar.generator import ARGenerator
+    loaded = hub.from_pretrained(ar_checkpoint, use_ema=False)
+    torch.manual_seed(0)  # the fixture's weights
+    in_memory = ARGenerator(loaded.cfg, GPT(loaded.cfg.gpt), eos_id=loaded.eos_id)
+    assert torch.equal(_continue(in_memory), _continue(loaded))

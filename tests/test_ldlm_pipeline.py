@@ -111,7 +111,7 @@ def test_ldlm_pipeline_end_to_end(ldlm_overrides, tiny_corpus, tmp_path, ray_loc
     assert out["post_decoder_checkpoint"] and out["checkpoint"] == out["post_decoder_checkpoint"]
 
     # The checkpoint samples without Ray, deterministically given the seed, through the post-trained decoder.
-    gen = LDLMGenerator(cfg, out["joint_checkpoint"], out["post_decoder_checkpoint"])
+    gen = LDLMGenerator.from_checkpoints(cfg, out["joint_checkpoint"], out["post_decoder_checkpoint"])
     a = gen.sample(3, 4, torch.Generator().manual_seed(0))
     b = gen.sample(3, 4, torch.Generator().manual_seed(0))
     assert a.shape == (3, 16) and torch.equal(a, b)

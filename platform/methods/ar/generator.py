@@ -23,16 +23,21 @@ class ARGenerator(torch.nn.Module):
     no ``reconstruct`` and no latent space: an AR model has no latent round trip, so the protocols have no
     reconstruction accuracy or latent-interpolation probe to report for it."""
 
-    def __init__(self, cfg, checkpoint: str, use_ema: bool = True, eos_id: int | None = None):
+    def __init__(self, cfg, model: GPT, vocab: CompactVocab | None = None, eos_id: int | None = None):
         super().__init__()
-        d = Path(checkpoint)
         self.cfg, self.eos_id = cfg, eos_id
-        self.model = GPT(cfg.gpt)
+        self.model = model.eval()
+        self.vocab = vocab
+
+    @classmethod
+    def from_checkpoint(cls, cfg, checkpoint: str | Path, use_ema: bool = True, eos_id: int | None = None):
+        """The GPT stage's weights (its EMA when saved and ``use_ema``) and compact vocabulary."""
+        d = Path(checkpoint)
+        model = GPT(cfg.gpt)
         ema = d / "ema.safetensors"
         weights = load_tensors(ema if use_ema and ema.is_file() else d / "gpt.safetensors")
-        self.model.load_state_dict({k.removeprefix("model."): v for k, v in weights.items()})
-        self.model.eval()
-        self.vocab = CompactVocab.from_checkpoint(d)
+        model.load_state_dict({k.removeprefix("model."): v for k, v in weights.items()})
+        return cls(cfg, model, CompactVocab.from_checkpoint(d), eos_id)
 
     @property
     def device(self) -> torch.device:
@@ -76,4 +81,5 @@ def load_ar(checkpoint: str, use_ema: bool = True, device="cpu") -> ARGenerator:
 
     from .config import ARExperimentConfig
     cfg = from_dict(ARExperimentConfig, read_json(Path(checkpoint) / "config.json"))
-    return ARGenerator(cfg, checkpoint, use_ema, load_tokenizer(cfg.data.tokenizer).eos_token_id).to(device)
+    eos = load_tokenizer(cfg.data.tokenizer).eos_token_id
+    return ARGenerator.from_checkpoint(cfg, checkpoint, use_ema, eos).to(device)

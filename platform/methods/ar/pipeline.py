@@ -43,7 +43,7 @@ def evaluate_ar(cfg, checkpoint: str, out_dir: Path, eos_id: int, ceiling_cache:
                 token_counts: str | None = None) -> Evaluation:
     """Score a GPT checkpoint under its config's protocol: the matched method's (see ``config.eval_class``)."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = ARGenerator(cfg, checkpoint, cfg.eval.use_ema, eos_id).to(device)
+    model = ARGenerator.from_checkpoint(cfg, checkpoint, cfg.eval.use_ema, eos_id).to(device)
     if isinstance(cfg.eval, UnconditionalEvalConfig):
         from latentlm.platform.evaluation.unconditional import evaluate_windows
         return evaluate_windows(cfg, model, out_dir, ceiling_cache, token_counts)

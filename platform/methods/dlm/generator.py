@@ -17,16 +17,21 @@ class ColaDLMGenerator(torch.nn.Module):
     """A stage-2 checkpoint behind the interface the continuation protocol uses (``generate``,
     ``reconstruct``; tokenizer ids in and out, compact vocabularies mapped)."""
 
-    def __init__(self, cfg, checkpoint: str, use_ema: bool = True, eos_id: int | None = None):
+    def __init__(self, cfg, model: ColaDLM, vocab: CompactVocab | None = None, eos_id: int | None = None):
         super().__init__()
-        d = Path(checkpoint)
         self.cfg, self.eos_id = cfg, eos_id
-        self.model = ColaDLM(cfg.dlm)
+        self.model = model.eval()
+        self.vocab = vocab
+
+    @classmethod
+    def from_checkpoint(cls, cfg, checkpoint: str | Path, use_ema: bool = True, eos_id: int | None = None):
+        """The stage-2 weights (its EMA when saved and ``use_ema``) and compact vocabulary."""
+        d = Path(checkpoint)
+        model = ColaDLM(cfg.dlm)
         weights = load_tensors(d / ("ema.safetensors" if use_ema and (d / "ema.safetensors").is_file()
                                     else "joint.safetensors"))
-        self.model.load_state_dict({k.removeprefix("model."): v for k, v in weights.items()})
-        self.model.eval()
-        self.vocab = CompactVocab.from_checkpoint(d)
+        model.load_state_dict({k.removeprefix("model."): v for k, v in weights.items()})
+        return cls(cfg, model, CompactVocab.from_checkpoint(d), eos_id)
 
     def _in(self, tokens):
         return tokens if self.vocab is None else self.vocab.encode(tokens)
@@ -62,4 +67,4 @@ def load_dlm(checkpoint: str, use_ema: bool = True, device="cpu") -> ColaDLMGene
     from .config import DLMExperimentConfig
     cfg = from_dict(DLMExperimentConfig, read_json(Path(checkpoint) / "config.json"))
     eos = load_tokenizer(cfg.data.tokenizer).eos_token_id
-    return ColaDLMGenerator(cfg, checkpoint, use_ema, eos).to(device)
+    return ColaDLMGenerator.from_checkpoint(cfg, checkpoint, use_ema, eos).to(device)

@@ -86,7 +86,7 @@ def run_dlm(cfg, run_dir: Path, data_root: Path | None = None, cache_root: Path 
     stage2_ckpt = trained.checkpoints["stage2"]
     t0 = time.time()
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = ColaDLMGenerator(cfg, stage2_ckpt, cfg.eval.use_ema, trained.artifacts.eos_id).to(device)
+    model = ColaDLMGenerator.from_checkpoint(cfg, stage2_ckpt, cfg.eval.use_ema, trained.artifacts.eos_id).to(device)
     evaluation = evaluate_continuations(cfg, model, Path(run_dir).resolve() / "eval",
                                         ceiling_cache=trained.cache.ceiling_dir,
                                         token_counts=trained.artifacts.token_counts)
@@ -99,5 +99,5 @@ def evaluate_saved_dlm(cfg, checkpoint: str | Path, out_dir: Path):
     """Score a saved stage-2 checkpoint under ``cfg``, its sampler section included (``latentlm evaluate``)."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     eos = load_tokenizer(cfg.data.tokenizer).eos_token_id
-    model = ColaDLMGenerator(cfg, str(checkpoint), cfg.eval.use_ema, eos).to(device)
+    model = ColaDLMGenerator.from_checkpoint(cfg, checkpoint, cfg.eval.use_ema, eos).to(device)
     return evaluate_continuations(cfg, model, out_dir)

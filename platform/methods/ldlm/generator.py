@@ -22,19 +22,30 @@ class LDLMGenerator:
     decoder) and maps ids back to the tokenizer's vocabulary."""
     generator_device = "cpu"  # latent noise is drawn on the CPU and moved: samples do not depend on the device
 
-    def __init__(self, cfg, joint_checkpoint: str, post_checkpoint: str | None = None, device="cpu"):
+    def __init__(self, cfg, model: LDLM, stats: HiddenStats, vocab: CompactVocab | None = None,
+                 post: PostTrainedDecoder | None = None, device="cpu"):
+        """``model``: the joint stage's LDLM; ``stats``: the token encoder's normaliser; ``post``: a post-trained
+        token decoder that replaces the joint one."""
         self.cfg, self.device = cfg, device
-        self.model: LDLM = load_joint_model(joint_checkpoint, cfg, device, use_ema=cfg.eval.use_ema)
+        self.model = model.to(device).eval().requires_grad_(False)
+        self.stats = stats
+        self.vocab = vocab.to(device) if vocab is not None else None
+        self.post = post.to(device).eval() if post is not None else None
+
+    @classmethod
+    def from_checkpoints(cls, cfg, joint_checkpoint: str | Path, post_checkpoint: str | Path | None = None,
+                         device="cpu") -> "LDLMGenerator":
+        """The joint stage (its EMA when saved and ``cfg.eval.use_ema``), its statistics and vocabulary, and the
+        post-trained decoder when given."""
         d = Path(joint_checkpoint)
-        self.vocab = CompactVocab.from_checkpoint(d)
-        self.vocab = self.vocab.to(device) if self.vocab is not None else None
-        self.stats = HiddenStats(cfg.ldlm.hidden_size)
-        self.stats.load_state_dict(load_tensors(d / "hidden_stats.safetensors"))
-        self.post = None
+        stats = HiddenStats(cfg.ldlm.hidden_size)
+        stats.load_state_dict(load_tensors(d / "hidden_stats.safetensors"))
+        post = None
         if post_checkpoint is not None:
-            self.post = PostTrainedDecoder(cfg.ldlm, cfg.post_decoder.layers, cfg.post_decoder.source)
-            self.post.load_state_dict(load_tensors(Path(post_checkpoint) / "post_decoder.safetensors"))
-            self.post = self.post.to(device).eval()
+            post = PostTrainedDecoder(cfg.ldlm, cfg.post_decoder.layers, cfg.post_decoder.source)
+            post.load_state_dict(load_tensors(Path(post_checkpoint) / "post_decoder.safetensors"))
+        model = load_joint_model(str(joint_checkpoint), cfg, device, use_ema=cfg.eval.use_ema)
+        return cls(cfg, model, stats, CompactVocab.from_checkpoint(d), post, device)
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
@@ -71,4 +82,4 @@ def load_ldlm(checkpoint: str | Path, use_ema: bool = True, device="cpu"):
     """A joint or post-decoder checkpoint directory -> ``LDLMGenerator`` under its saved config, without Ray."""
     cfg = from_dict(LDLMExperimentConfig, read_json(Path(checkpoint) / "config.json"))
     cfg.eval.use_ema = use_ema
-    return LDLMGenerator(cfg, *saved_checkpoints(checkpoint), device)
+    return LDLMGenerator.from_checkpoints(cfg, *saved_checkpoints(checkpoint), device)

@@ -125,7 +125,7 @@ def evaluate_ldlm(cfg, joint_checkpoint: str, post_checkpoint: str | None, out_d
                   ceiling_cache: Path | None = None, token_counts: str | None = None) -> Evaluation:
     """A trained LDLM under the unconditional protocol, its latent-interpolation probe included."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    gen = LDLMGenerator(cfg, joint_checkpoint, post_checkpoint, device)
+    gen = LDLMGenerator.from_checkpoints(cfg, joint_checkpoint, post_checkpoint, device)
     return evaluate_windows(cfg, gen, out_dir, ceiling_cache, token_counts, latent_probe(gen, cfg))
 
 
