@@ -73,3 +73,12 @@ def save_module(directory: Path, name: str, module: torch.nn.Module) -> None:
 def load_module(directory: Path, name: str, module: torch.nn.Module, strict: bool = True) -> torch.nn.Module:
     module.load_state_dict(load_tensors(Path(directory) / f"{name}.safetensors"), strict=strict)
     return module
+
+
+def load_stage_weights(directory: Path, name: str, use_ema: bool = True) -> dict[str, torch.Tensor]:
+    """A stage's module weights: ``ema.safetensors`` when it was saved and ``use_ema``, else ``<name>.safetensors``
+    (keys without the ``model.`` prefix a wrapped module saves)."""
+    directory = Path(directory)
+    ema = directory / "ema.safetensors"
+    weights = load_tensors(ema if use_ema and ema.is_file() else directory / f"{name}.safetensors")
+    return {k.removeprefix("model."): v for k, v in weights.items()}

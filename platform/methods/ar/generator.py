@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from latentlm.models.checkpoint import load_tensors, read_json
+from latentlm.models.checkpoint import load_stage_weights, read_json
 from latentlm.models.gpt import GPT
 from latentlm.models.vocab import CompactVocab
 from latentlm.platform.data.windows import load_tokenizer
@@ -32,12 +32,9 @@ class ARGenerator(torch.nn.Module):
     @classmethod
     def from_checkpoint(cls, cfg, checkpoint: str | Path, use_ema: bool = True, eos_id: int | None = None):
         """The GPT stage's weights (its EMA when saved and ``use_ema``) and compact vocabulary."""
-        d = Path(checkpoint)
         model = GPT(cfg.gpt)
-        ema = d / "ema.safetensors"
-        weights = load_tensors(ema if use_ema and ema.is_file() else d / "gpt.safetensors")
-        model.load_state_dict({k.removeprefix("model."): v for k, v in weights.items()})
-        return cls(cfg, model, CompactVocab.from_checkpoint(d), eos_id)
+        model.load_state_dict(load_stage_weights(checkpoint, "gpt", use_ema))
+        return cls(cfg, model, CompactVocab.from_checkpoint(checkpoint), eos_id)
 
     @property
     def device(self) -> torch.device:

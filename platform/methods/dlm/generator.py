@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from latentlm.models.checkpoint import load_tensors, read_json
+from latentlm.models.checkpoint import load_stage_weights, read_json
 from latentlm.models.dlm import ColaDLM
 from latentlm.models.vocab import CompactVocab
 from latentlm.platform.data.windows import load_tokenizer
@@ -26,12 +26,9 @@ class ColaDLMGenerator(torch.nn.Module):
     @classmethod
     def from_checkpoint(cls, cfg, checkpoint: str | Path, use_ema: bool = True, eos_id: int | None = None):
         """The stage-2 weights (its EMA when saved and ``use_ema``) and compact vocabulary."""
-        d = Path(checkpoint)
         model = ColaDLM(cfg.dlm)
-        weights = load_tensors(d / ("ema.safetensors" if use_ema and (d / "ema.safetensors").is_file()
-                                    else "joint.safetensors"))
-        model.load_state_dict({k.removeprefix("model."): v for k, v in weights.items()})
-        return cls(cfg, model, CompactVocab.from_checkpoint(d), eos_id)
+        model.load_state_dict(load_stage_weights(checkpoint, "joint", use_ema))
+        return cls(cfg, model, CompactVocab.from_checkpoint(checkpoint), eos_id)
 
     def _in(self, tokens):
         return tokens if self.vocab is None else self.vocab.encode(tokens)
