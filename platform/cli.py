@@ -84,7 +84,7 @@ def cmd_info(args) -> int:
                         "final_stages": list(m.final_stages)} for m in registry.methods().values()}
     info = {"torch": torch.__version__, "cuda": torch.cuda.is_available(),
             "bf16": torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
-            "presets": registry.get("textldm").preset_names, "methods": methods, "assets": assets.describe(),
+            "methods": methods, "assets": assets.describe(),
             "cache": str(assets.cache_dir())}
     print(json.dumps(info, indent=2, default=str))
     return 0

@@ -96,7 +96,7 @@ def test_cli_info(monkeypatch, tmp_path, capsys):
     info = json.loads(capsys.readouterr().out)
     assert info["torch"] == torch.__version__
     assert info["cuda"] == torch.cuda.is_available()
-    assert info["presets"] == ["paper", "small", "tiny"]
+    assert all(m["presets"] == ["paper", "small", "tiny"] for m in info["methods"].values())  # per family
     assert info["cache"] == str(tmp_path / "cache")
     assert set(info["assets"]) == set(assets.PACKAGES)
     for name, entry in info["assets"].items():
