@@ -153,3 +153,10 @@ def test_a_generator_from_in_memory_modules_equals_the_one_loaded_from_its_check
     torch.manual_seed(0)  # the fixture's weights
     in_memory = ARGenerator(loaded.cfg, GPT(loaded.cfg.gpt), eos_id=loaded.eos_id)
     assert torch.equal(_continue(in_memory), _continue(loaded))
+
+
+def test_cli_samples_an_ar_checkpoint_with_and_without_a_prompt(ar_checkpoint, capsys):
+    """Without a prompt the GPT starts a document after EOS, as every document starts in its training stream."""
+    for prompt in ([], ["--prompt", "the river"]):
+        assert main(["sample", str(ar_checkpoint), "--num", "2", "--length", "5", "--no-ema", *prompt]) == 0
+        assert capsys.readouterr().out.count("---\n") == 2

@@ -8,6 +8,8 @@ training config reuses the checkpoint.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import logging
 import time
 from pathlib import Path
@@ -15,7 +17,6 @@ from pathlib import Path
 import torch
 
 from latentlm.models.checkpoint import write_json
-from latentlm.models.config import ConfigError
 from latentlm.models.gpt import gpt_param_count
 from latentlm.platform.config import to_dict
 from latentlm.platform.data.windows import artifact_key, load_tokenizer, prepare_data
@@ -95,7 +96,8 @@ def evaluate_saved_ar(cfg, checkpoint: str | Path, out_dir: Path):
 
 
 def sample_ar(model: ARGenerator, request: SampleRequest) -> torch.Tensor:
-    """``latentlm sample``: the GPT continues a prompt; it has no start token to generate from nothing."""
+    """``latentlm sample``: the GPT continues the prompt; without one it starts a document after the EOS that
+    precedes every document in the packed training stream."""
     if not request.prompt_ids:
-        raise ConfigError("--prompt: the AR baseline continues a prompt (it has no start token); give one")
+        request = dataclasses.replace(request, prompt_ids=[model.eos_id])
     return continue_prompt(model, request)
