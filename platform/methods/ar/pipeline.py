@@ -9,7 +9,6 @@ training config reuses the checkpoint.
 from __future__ import annotations
 
 import dataclasses
-
 import logging
 import time
 from pathlib import Path
