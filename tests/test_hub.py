@@ -16,6 +16,7 @@ from latentlm.platform.cli import main
 from latentlm.platform.config import to_dict
 
 TRAINING_ONLY = {"optimizer.safetensors", "rng_rank0.safetensors", "deepspeed"}
+REPO_ID = "lab/tiny-ar"  # a repository of the local stand-in hub (no network here)
 
 
 def _with_training_files(directory: Path) -> None:
@@ -90,7 +91,7 @@ def test_push_uploads_the_export_and_a_hub_id_loads_it_without_pickles(ar_checkp
     uploaded = {p.name for p in (remote / "lab/tiny-ar").iterdir()}
     assert not uploaded & TRAINING_ONLY and "gpt.safetensors" in uploaded
     (remote / "lab/tiny-ar" / "extra.pt").write_bytes(b"a pickle someone added")  # never downloaded
-    generator = hub.from_pretrained("lab/tiny-ar", use_ema=False)
+    generator = hub.from_pretrained(REPO_ID, use_ema=False)  # through the stand-in hub above
     assert not list((tmp_path / "cache").rglob("*.pt"))
     assert torch.equal(_continue(generator), _continue(hub.from_pretrained(ar_checkpoint, use_ema=False)))
 
