@@ -161,3 +161,23 @@ def test_cli_samples_an_ar_checkpoint_with_and_without_a_prompt(ar_checkpoint, c
     for prompt in ([], ["--prompt", "the river"]):
         assert main(["sample", str(ar_checkpoint), "--num", "2", "--length", "5", "--no-ema", *prompt]) == 0
         assert capsys.readouterr().out.count("---\n") == 2
+
+
+def test_a_cola_dlm_generator_in_memory_equals_its_exported_checkpoint(tmp_path, tiny_lm_dir, single_thread):
+    from latentlm.models.dlm import ColaDLM
+    from latentlm.platform.methods.dlm.config import build_dlm_config
+    from latentlm.platform.methods.dlm.generator import ColaDLMGenerator
+    cfg = build_dlm_config("tiny", {"data": {"tokenizer": str(tiny_lm_dir), "seq_len": 16}})
+    cfg.dlm.vae.vocab_size = 40
+    torch.manual_seed(0)
+    model = ColaDLM(cfg.dlm)
+    directory = tmp_path / "dlm_final"
+    save_tensors(directory / "joint.safetensors", model.state_dict())
+    write_json(directory / "config.json", to_dict(cfg))
+    write_json(directory / "state.json", {"stage": "dlm_joint", "step": 4})
+    _with_training_files(directory)
+    in_memory = ColaDLMGenerator(cfg, model, eos_id=0)
+    exported = hub.from_pretrained(hub.export_checkpoint(directory, tmp_path / "export"), use_ema=False)
+    prompt = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]])
+    run = [g.generate(prompt, 8, steps=2, generator=torch.Generator().manual_seed(0)) for g in (in_memory, exported)]
+    assert run[0].shape == (2, 8) and torch.equal(run[0], run[1])

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import torch
 
-from latentlm.models.checkpoint import load_stage_weights, read_json
+from latentlm.models.checkpoint import read_json
 from latentlm.models.gpt import GPT
-from latentlm.models.vocab import CompactVocab
 from latentlm.platform.data.windows import load_tokenizer
+from latentlm.platform.evaluation.generator import TokenGenerator
 
 
-class ARGenerator(torch.nn.Module):
+class ARGenerator(TokenGenerator):
     """A GPT checkpoint behind the interfaces both protocols use, tokenizer ids in and out (a compact
     vocabulary is mapped; its unknown class comes back as -1). Continuation: ``generate(prompts, max_new,
     steps, cfg_scale, grid, generator)``, with ``eos_id`` suppressed until ``max_new`` tokens are out (the
@@ -23,18 +23,11 @@ class ARGenerator(torch.nn.Module):
     no ``reconstruct`` and no latent space: an AR model has no latent round trip, so the protocols have no
     reconstruction accuracy or latent-interpolation probe to report for it."""
 
-    def __init__(self, cfg, model: GPT, vocab: CompactVocab | None = None, eos_id: int | None = None):
-        super().__init__()
-        self.cfg, self.eos_id = cfg, eos_id
-        self.model = model.eval()
-        self.vocab = vocab
+    weights_name = "gpt"
 
-    @classmethod
-    def from_checkpoint(cls, cfg, checkpoint: str | Path, use_ema: bool = True, eos_id: int | None = None):
-        """The GPT stage's weights (its EMA when saved and ``use_ema``) and compact vocabulary."""
-        model = GPT(cfg.gpt)
-        model.load_state_dict(load_stage_weights(checkpoint, "gpt", use_ema))
-        return cls(cfg, model, CompactVocab.from_checkpoint(checkpoint), eos_id)
+    @staticmethod
+    def build_model(cfg) -> GPT:
+        return GPT(cfg.gpt)
 
     @property
     def device(self) -> torch.device:
@@ -46,12 +39,12 @@ class ARGenerator(torch.nn.Module):
 
     def _continue(self, prompts: torch.Tensor, max_new: int, generator: torch.Generator | None,
                   eos_allowed: bool) -> torch.Tensor:
-        ids = prompts if self.vocab is None else self.vocab.encode(prompts)
+        ids = self.model_ids(prompts)
         eos = None
         if not eos_allowed and self.eos_id is not None:
             eos = self.eos_id if self.vocab is None else int(self.vocab.to_compact[self.eos_id])
         out = self.model.generate(ids, max_new, generator=generator, min_new_tokens=max_new, eos_id=eos)
-        return out if self.vocab is None else self.vocab.decode(out)
+        return self.tokenizer_ids(out)
 
     @torch.no_grad()
     def generate(self, prompts: torch.Tensor, max_new: int, steps: int | None = None, cfg_scale: float | None = None,

@@ -7,38 +7,25 @@ from pathlib import Path
 
 import torch
 
-from latentlm.models.checkpoint import load_stage_weights, read_json
+from latentlm.models.checkpoint import read_json
 from latentlm.models.dlm import ColaDLM
-from latentlm.models.vocab import CompactVocab
 from latentlm.platform.data.windows import load_tokenizer
+from latentlm.platform.evaluation.generator import TokenGenerator
 
 
-class ColaDLMGenerator(torch.nn.Module):
+class ColaDLMGenerator(TokenGenerator):
     """A stage-2 checkpoint behind the interface the continuation protocol uses (``generate``,
     ``reconstruct``; tokenizer ids in and out, compact vocabularies mapped)."""
 
-    def __init__(self, cfg, model: ColaDLM, vocab: CompactVocab | None = None, eos_id: int | None = None):
-        super().__init__()
-        self.cfg, self.eos_id = cfg, eos_id
-        self.model = model.eval()
-        self.vocab = vocab
+    weights_name = "joint"   # the stage-2 module
 
-    @classmethod
-    def from_checkpoint(cls, cfg, checkpoint: str | Path, use_ema: bool = True, eos_id: int | None = None):
-        """The stage-2 weights (its EMA when saved and ``use_ema``) and compact vocabulary."""
-        model = ColaDLM(cfg.dlm)
-        model.load_state_dict(load_stage_weights(checkpoint, "joint", use_ema))
-        return cls(cfg, model, CompactVocab.from_checkpoint(checkpoint), eos_id)
-
-    def _in(self, tokens):
-        return tokens if self.vocab is None else self.vocab.encode(tokens)
-
-    def _out(self, ids):
-        return ids if self.vocab is None else self.vocab.decode(ids)
+    @staticmethod
+    def build_model(cfg) -> ColaDLM:
+        return ColaDLM(cfg.dlm)
 
     @torch.no_grad()
     def reconstruct(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self._out(self.model.vae.reconstruct(self._in(tokens)))
+        return self.tokenizer_ids(self.model.vae.reconstruct(self.model_ids(tokens)))
 
     @torch.no_grad()
     def generate(self, prompt: torch.Tensor, length: int, steps: int = 16, cfg_scale: float = 7.0, grid: str = "uniform",
@@ -51,10 +38,10 @@ class ColaDLMGenerator(torch.nn.Module):
             fill = self.eos_id if self.eos_id is not None else 0
             prompt = torch.cat([torch.full((prompt.shape[0], pad), fill, dtype=prompt.dtype, device=prompt.device),
                                 prompt], 1)
-        progress = None if on_step is None else (lambda i, ids: on_step(i, self._out(ids)))
-        ids = self.model.generate(self._in(prompt), length, steps, cfg_scale, generator, s.first_block, s.use_cache,
+        progress = None if on_step is None else (lambda i, ids: on_step(i, self.tokenizer_ids(ids)))
+        ids = self.model.generate(self.model_ids(prompt), length, steps, cfg_scale, generator, s.first_block, s.use_cache,
                                   on_step=progress)
-        return self._out(ids)
+        return self.tokenizer_ids(ids)
 
 
 def load_dlm(checkpoint: str, use_ema: bool = True, device="cpu") -> ColaDLMGenerator:
