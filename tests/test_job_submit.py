@@ -83,7 +83,18 @@ class LocalHead:
         self.dashboard = f"http://127.0.0.1:{self.dashboard_port}"
         self.session_id: int | None = None
 
-    def start(self) -> None:
+    def start(self, attempts: int = 2) -> None:
+        """``ray start --head``; on a loaded machine the raylet can miss Ray's node-registration timeout ("The
+        current node timed out during startup"), so a failed start is cleaned up and tried once more."""
+        for attempt in range(attempts):
+            try:
+                return self._start_once()
+            except AssertionError:
+                self.stop()
+                if attempt == attempts - 1:
+                    raise
+
+    def _start_once(self) -> None:
         # The fixed default ports (dashboard 8265, dashboard agent 52365, Ray client 10001) collide with
         # other Ray clusters on a shared machine: with the agent port taken, the head comes up but every
         # submission fails with "No available agent to submit job". So every fixed port is chosen here.
