@@ -1,11 +1,11 @@
-"""Cola DLM ablation: the VAE in stage 2 (paper Sec. 4.2): frozen after stage 1, trained jointly at the
-DiT's learning rate (x1) or at x0.01, or everything from scratch without stage 1.
+"""Cola DLM ablation: the VAE in the joint stage (paper Sec. 4.2): frozen after its pretraining stage, trained
+jointly at the DiT's learning rate (x1) or at x0.01, or everything from scratch without the VAE stage.
 
     python experiments/ablate_vae_strategy.py            # tiny preset, embedded offline assets
     ray job submit --working-dir . --runtime-env cluster/runtime_env.yaml -- \\
         python experiments/ablate_vae_strategy.py --preset small
 
-One stage-1 VAE is trained and shared by the three strategies that start from it.
+One pretrained VAE is trained and shared by the three strategies that start from it.
 """
 import sys
 

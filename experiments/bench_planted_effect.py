@@ -35,7 +35,7 @@ def scaled_overrides(family: str, preset: str, scale: int) -> dict:
     method = registry.get(family)
     cfg = method.build(preset, {})
     return {section: {"optim": {"steps": getattr(cfg, section).optim.steps * scale}}
-            for section in method.stages.values()}
+            for section in method.stage_sections.values()}
 
 
 def compare(long_run, short_run, replicates: int) -> list[dict]:

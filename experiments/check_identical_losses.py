@@ -31,14 +31,14 @@ from latentlm.platform.config import merge
 
 FAMILIES = tuple(registry.names())
 WALL_CLOCK = frozenset({"tokens_per_s", "mfu"})  # differ run to run by nature
-EXTRA = {"ldlm": {"post_decoder": {"enabled": True}, "ldlm": {"adaptive_update_every": 2}}}
+EXTRA = {"ldlm": {"train_post_decoder": {"enabled": True}, "ldlm": {"adaptive_update_every": 2}}}
 
 
 def stage_overrides(method, cfg, steps: int) -> dict:
     """Every training stage ``method`` declares, cut to ``steps`` steps and logged at every step."""
     return {section: {"optim": {"steps": steps, "log_every": 1, "checkpoint_every": 0,
                                 "warmup_steps": min(getattr(cfg, section).optim.warmup_steps, steps // 2)}}
-            for section in method.stages.values()}
+            for section in method.stage_sections.values()}
 
 
 def build(family: str, steps: int, user: dict):

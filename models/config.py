@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import types
 import typing
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -47,7 +49,7 @@ def check_fields(config: Any, owner: str) -> None:
     for f in dataclasses.fields(config):
         tp, value = hints[f.name], getattr(config, f.name)
         if _has_literal(tp) or (isinstance(value, dict) and dataclasses.is_dataclass(tp)):
-            setattr(config, f.name, _coerce(tp, value, f"{owner}.{f.name}"))
+            setattr(config, f.name, _coerce(tp, value, f"{owner}.{f.name}" if owner else f.name))
 
 
 def _has_literal(tp: Any) -> bool:
@@ -55,9 +57,23 @@ def _has_literal(tp: Any) -> bool:
         typing.get_origin(a) is typing.Literal for a in typing.get_args(tp))
 
 
+def rename_keys(cls: type, data: dict[str, Any] | None) -> dict[str, Any]:
+    """``data`` with the top-level keys ``cls.RENAMED_KEYS`` lists (old name -> new name) under their new names,
+    so a config file or checkpoint written before a rename still loads (each rename is logged once per load)."""
+    data = dict(data or {})
+    for old, new in getattr(cls, "RENAMED_KEYS", {}).items():
+        if old not in data:
+            continue
+        if new in data:
+            raise ConfigError(f"{old}: renamed to {new}, and both are set; keep {new}")
+        log.warning("config key %s is now %s", old, new)
+        data[new] = data.pop(old)
+    return data
+
+
 def from_dict(cls: type[T], data: dict[str, Any] | None, path: str = "") -> T:
     """Build dataclass ``cls`` from a (nested) dict; unknown keys raise ConfigError naming them."""
-    data = dict(data or {})
+    data = rename_keys(cls, data)
     hints = typing.get_type_hints(cls)
     # a section whose class follows another field's value (the AR baseline's eval follows its match) is built
     # as that class, on that class's defaults

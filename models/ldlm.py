@@ -256,7 +256,7 @@ class PostTrainedDecoder(nn.Module):
 
     def __init__(self, config: LDLMConfig, layers: int, source: str = "latents"):
         super().__init__()
-        require(source in ("latents", "hidden"), "post_decoder.source", "'latents' or 'hidden'", source)
+        require(source in ("latents", "hidden"), "train_post_decoder.source", "'latents' or 'hidden'", source)
         self.source = source
         in_dim = config.latent_dim if source == "latents" else config.hidden_size
         self.decoder = TokenDecoder(in_dim, config.vocab_size,

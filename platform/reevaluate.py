@@ -5,9 +5,10 @@ registry) and ``config.json`` (the config it was trained with). ``--set`` overri
 checkpoint can be scored with other sampler steps, CFG scales, seeds or datasets; the result carries the
 protocol it was scored under.
 
-Configs written before protocol v2 use the v1 names of a few eval fields. They are renamed here (and the
-renames logged), so an old checkpoint is scored, and labelled, under the current protocol; nothing in the
-result can be mistaken for a v1 number.
+Configs written before protocol v2 use the v1 names of a few eval fields, and older configs the earlier names of
+some training sections (each experiment class's ``RENAMED_KEYS``). Both are renamed here (and the renames
+logged), so an old checkpoint is scored, and labelled, under the current protocol; nothing in the result can be
+mistaken for a v1 number.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from latentlm.models.checkpoint import read_json
-from latentlm.models.config import ConfigError
+from latentlm.models.config import ConfigError, rename_keys
 
 from . import registry
 from .config import from_dict, merge
@@ -58,11 +59,11 @@ def checkpoint_method(checkpoint: Path) -> str:
 
 
 def load_config(checkpoint: Path, overrides: dict[str, Any] | None = None):
-    """The checkpoint's saved config (v1 eval names migrated) with ``overrides`` applied, as its method's
+    """The checkpoint's saved config (old names migrated) with ``overrides`` applied, as its method's
     experiment dataclass."""
-    method = registry.get(checkpoint_method(checkpoint))
-    saved = migrate_eval_section(read_json(checkpoint / "config.json"))
-    return from_dict(method.config_cls, merge(saved, overrides or {}))
+    cls = registry.get(checkpoint_method(checkpoint)).config_cls
+    saved = rename_keys(cls, migrate_eval_section(read_json(checkpoint / "config.json")))
+    return from_dict(cls, merge(saved, rename_keys(cls, overrides)))
 
 
 def evaluate_saved(checkpoint: str | Path, overrides: dict[str, Any] | None = None, out_dir: Path | None = None):

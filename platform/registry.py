@@ -75,6 +75,10 @@ def sample_unconditional(generator, request: SampleRequest):
     return generator.sample(request.num, request.steps, request.generator)
 
 
+def stage_section(stage: str) -> str:
+    return f"train_{stage}"
+
+
 def no_teacher(configs: list) -> list[int]:
     return []
 
@@ -98,8 +102,9 @@ class MethodSpec:
     config: type | Lazy
     build: Callable[[str, dict | None], Any]   # (preset, overrides) -> checked config (ConfigError names the field)
     presets: Mapping[str, Any] | Lazy          # preset name -> its overrides
-    # training stage (a key of stages.Trained.checkpoints, in training order) -> config section with its `optim`
-    stages: Mapping[str, str]
+    # training stages in order (the keys of stages.Trained.checkpoints); stage <s> is configured by the config
+    # section ``train_<s>``, which holds its ``optim``
+    stages: tuple[str, ...]
     final_stages: tuple[str, ...]    # state.json "stage" of the checkpoints it evaluates and samples from
     train: Callable[..., Any]        # (cfg, run_dir, data_root, cache_root, teacher_layers) -> stages.Trained
     run: Callable[..., RunOutput]    # the same arguments: train, then evaluate
@@ -115,6 +120,11 @@ class MethodSpec:
     @property
     def config_cls(self) -> type:
         return resolve(self.config)
+
+    @property
+    def stage_sections(self) -> dict[str, str]:
+        """Training stage -> its config section (``train_<stage>``, the one naming scheme of every family)."""
+        return {stage: stage_section(stage) for stage in self.stages}
 
     @property
     def preset_names(self) -> list[str]:

@@ -27,7 +27,7 @@ def dit_depth(matched, method) -> int:
 def test_matched_config_shares_data_protocol_size_and_token_budget(match):
     method, preset = match.split(":")
     matched = build_config(preset) if method == "textldm" else build_dlm_config(preset)
-    dit_optim = matched.train_dit.optim if method == "textldm" else matched.stage2.optim
+    dit_optim = matched.train_dit.optim if method == "textldm" else matched.train_joint.optim
     cfg = build_ar_config("tiny", {"match": match})
     assert cfg.matched_params == dit_params(method, matched) > 0
     assert abs(gpt_param_count(cfg.gpt, "non_embedding") / cfg.matched_params - 1) <= 0.05  # the stack vs the DiT
@@ -37,7 +37,7 @@ def test_matched_config_shares_data_protocol_size_and_token_budget(match):
     assert total.gpt.vocab_size == matched.data.vocab_limit + 1  # the compact vocabulary
     assert cfg.data == matched.data and cfg.eval == matched.eval and cfg.gpt.max_seq_len == matched.data.seq_len
     assert EvalProtocol.from_config(cfg).hash == EvalProtocol.from_config(matched).hash
-    tokens = cfg.train.optim.steps * cfg.train.optim.batch_size * cfg.data.seq_len
+    tokens = cfg.train_gpt.optim.steps * cfg.train_gpt.optim.batch_size * cfg.data.seq_len
     assert tokens == dit_optim.steps * dit_optim.batch_size * matched.data.seq_len
 
 
@@ -50,8 +50,8 @@ def test_matched_to_ldlm_shares_its_data_windows_unconditional_protocol_size_and
     assert cfg.data == ldlm.data and cfg.gpt.max_seq_len == ldlm.data.seq_len
     assert cfg.gpt.vocab_size == ldlm.data.vocab_limit + 1
     assert cfg.train_windows == ldlm.data.teacher_windows  # the windows LDLM's joint stage reads
-    optim = ldlm.train.optim
-    assert (cfg.train.optim.steps, cfg.train.optim.batch_size) == (optim.steps, optim.batch_size)
+    optim = ldlm.train_joint.optim
+    assert (cfg.train_gpt.optim.steps, cfg.train_gpt.optim.batch_size) == (optim.steps, optim.batch_size)
     # the eval section is LDLM's own: the same unconditional protocol, sampler fields included
     assert isinstance(cfg.eval, UnconditionalEvalConfig) and cfg.eval == ldlm.eval
     assert EvalProtocol.from_config(cfg).to_dict() == EvalProtocol.from_config(ldlm).to_dict()
@@ -72,13 +72,13 @@ def test_user_overrides_win_and_shared_sections_reach_the_matched_config():
     deeper = build_ar_config("tiny", {"gpt": {"depth": 2}})
     assert deeper.gpt.depth == 2
     assert abs(gpt_param_count(deeper.gpt, "non_embedding") / deeper.matched_params - 1) <= 0.05
-    half = build_ar_config("tiny", {"train": {"optim": {"batch_size": 16}}})
-    assert (half.train.optim.batch_size, half.train.optim.steps) == (16, 2 * base.train.optim.steps)
-    assert build_ar_config("tiny", {"train": {"optim": {"steps": 50}}}).train.optim.steps == 50
-    assert build_ar_config("tiny", {"budget": "none", "train": {"optim": {"steps": 70}}}).train.optim.steps == 70
+    half = build_ar_config("tiny", {"train_gpt": {"optim": {"batch_size": 16}}})
+    assert (half.train_gpt.optim.batch_size, half.train_gpt.optim.steps) == (16, 2 * base.train_gpt.optim.steps)
+    assert build_ar_config("tiny", {"train_gpt": {"optim": {"steps": 50}}}).train_gpt.optim.steps == 50
+    assert build_ar_config("tiny", {"budget": "none", "train_gpt": {"optim": {"steps": 70}}}).train_gpt.optim.steps == 70
     longer = build_ar_config("tiny", {"data": {"seq_len": 128}, "eval": {"num_samples": 16}})
     assert longer.gpt.max_seq_len == 128 and longer.eval.num_samples == 16  # the matched config saw them too
-    assert longer.train.optim.steps * 128 == base.train.optim.steps * 64 * 2  # its DiT stage reads 128-token windows
+    assert longer.train_gpt.optim.steps * 128 == base.train_gpt.optim.steps * 64 * 2  # its DiT stage reads 128-token windows
     sampling = build_ar_config("tiny", {"gpt": {"temperature": 0.7, "top_p": 0.9}})
     assert (sampling.gpt.temperature, sampling.gpt.top_p, sampling.gpt.hidden_dim) == (0.7, 0.9, base.gpt.hidden_dim)
     unmatched = build_ar_config("tiny", {"match": "none", "gpt": {"hidden_dim": 32}})
@@ -168,7 +168,7 @@ def ar_overrides(tiny_overrides):
     return {"match": "none", "data": base["data"],
             "eval": {**base["eval"], "sampling_seeds": [1], "human_ceiling": False},
             "gpt": {"hidden_dim": 32, "depth": 2, "n_heads": 2},
-            "train": {"optim": {"steps": 30, "batch_size": 16, "lr": 3e-3, "warmup_steps": 5, "log_every": 10}},
+            "train_gpt": {"optim": {"steps": 30, "batch_size": 16, "lr": 3e-3, "warmup_steps": 5, "log_every": 10}},
             "wandb": False}
 
 
@@ -228,7 +228,7 @@ def uncond_overrides(tiny_overrides):
     scoring = ("datasets", "batch_size", "mauve_model", "genppl_model", "mauve_kmeans_seeds")
     return {"match": "ldlm:tiny", "data": {**base["data"], "seq_len": 16},
             "eval": {**{k: base["eval"][k] for k in scoring}, "num_samples": 8, "steps": 6, "sampling_seeds": [1, 2]},
-            "train": {"optim": {"steps": 30, "batch_size": 16, "lr": 3e-3, "warmup_steps": 5, "log_every": 10}},
+            "train_gpt": {"optim": {"steps": 30, "batch_size": 16, "lr": 3e-3, "warmup_steps": 5, "log_every": 10}},
             "wandb": False}
 
 
@@ -275,7 +275,7 @@ def test_ar_stage_killed_worker_resumes_bit_identically(ar_overrides, tmp_path, 
     from latentlm.platform.data.windows import prepare_data
     from latentlm.platform.training.launch import run_stage, training_dataset
     from latentlm.platform.methods.ar.train import ar_train_loop
-    cfg = build_ar_config("tiny", merge(ar_overrides, {"train": {"optim": {
+    cfg = build_ar_config("tiny", merge(ar_overrides, {"train_gpt": {"optim": {
         "steps": 9, "log_every": 1, "checkpoint_every": 3, "warmup_steps": 2, "ema_decay": 0.9}}}))
     art = prepare_data(cfg, data_root, False)
     cfg.gpt.vocab_size = art.vocab_size

@@ -304,9 +304,9 @@ def test_section_validation_errors_carry_the_full_path():
 
 def test_the_ldlm_post_decoder_stage_refuses_an_ema_it_would_not_use():
     from latentlm.platform.methods.ldlm.config import build_ldlm_config
-    with pytest.raises(ConfigError, match=r"post_decoder\.optim\.ema_decay"):
-        build_ldlm_config("tiny", {"post_decoder": {"enabled": True, "optim": {"ema_decay": 0.99}}})
-    assert build_ldlm_config("tiny", {"post_decoder": {"enabled": True}}).post_decoder.optim.ema_decay == 0
+    with pytest.raises(ConfigError, match=r"train_post_decoder\.optim\.ema_decay"):
+        build_ldlm_config("tiny", {"train_post_decoder": {"enabled": True, "optim": {"ema_decay": 0.99}}})
+    assert build_ldlm_config("tiny", {"train_post_decoder": {"enabled": True}}).train_post_decoder.optim.ema_decay == 0
 
 
 @pytest.mark.parametrize("make, message", [
@@ -328,3 +328,20 @@ def test_literal_fields_accept_their_values_and_nested_mappings_build_their_sect
     assert REPAConfig(align_at=2).align_at == 2 and REPAConfig(align_at="latent").align_at == "latent"
     cfg = ColaDLMConfig(vae={"latent_dim": 8}, dit={"latent_dim": 8}, schedule={"kind": "uniform"})
     assert isinstance(cfg.vae, DLMVAEConfig) and cfg.vae.latent_dim == 8 and cfg.schedule.kind == "uniform"
+
+
+@pytest.mark.parametrize("family, old, new", [("dlm", "stage1", "train_vae"), ("dlm", "stage2", "train_joint"),
+                                               ("ldlm", "train", "train_joint"),
+                                               ("ldlm", "post_decoder", "train_post_decoder"), ("ar", "train", "train_gpt")])
+def test_configs_written_with_the_old_stage_section_names_still_load(family, old, new, caplog):
+    from latentlm.platform import registry
+    method = registry.get(family)
+    saved = to_dict(method.build("tiny", {}))
+    saved[old] = saved.pop(new)
+    saved[old]["optim"]["log_every"] = 7
+    assert getattr(from_dict(method.config_cls, saved), new).optim.log_every == 7  # a checkpoint's config.json
+    assert f"config key {old} is now {new}" in caplog.text
+    # a user's override under the old name lands in the new section, over the preset's
+    assert getattr(method.build("tiny", {old: {"optim": {"log_every": 9}}}), new).optim.log_every == 9
+    with pytest.raises(ConfigError, match=f"^{old}: renamed to {new}, and both are set"):
+        from_dict(method.config_cls, {**saved, new: {}})

@@ -21,8 +21,8 @@ def dlm_overrides(tiny_overrides):
     base = {"data": base["data"], "eval": {**base["eval"], "grid": "uniform", "cfg_scale": 2.0},
             "dlm": {"vae": small, "dit": {"latent_dim": 8, "hidden_dim": 32, "depth": 2, "n_heads": 2,
                                           "block_size": 4}},
-            "stage1": {"optim": {"steps": 20, "batch_size": 16, "lr": 3e-3, "log_every": 10}},
-            "stage2": {"optim": {"steps": 20, "batch_size": 16, "lr": 3e-3, "log_every": 10, "ema_decay": 0.9}},
+            "train_vae": {"optim": {"steps": 20, "batch_size": 16, "lr": 3e-3, "log_every": 10}},
+            "train_joint": {"optim": {"steps": 20, "batch_size": 16, "lr": 3e-3, "log_every": 10, "ema_decay": 0.9}},
             "wandb": False}
     return lambda **sections: merge(base, sections)
 
@@ -59,13 +59,13 @@ def test_dlm_sweeps_plan_and_collapse_equivalent_trials(dlm_overrides):
         plan_trials(SweepSpec("s", method="dlm", axes={"ldlm.decoder_noise": [0.1]}))
 
 
-def test_a_block_size_sweep_shares_the_stage1_vae_unless_the_vae_is_block_causal():
+def test_a_block_size_sweep_shares_the_pretrained_vae_unless_the_vae_is_block_causal():
     from latentlm.platform.methods.dlm.pipeline import dlm_stage_keys
     for attention, shared in (("causal", True), ("bidirectional", True), ("block_causal", False)):
         keys = [dlm_stage_keys(build_dlm_config("tiny", {"dlm": {"vae": {"attention": attention},
                                                                  "dit": {"block_size": size}}})) for size in (4, 16)]
-        assert (keys[0]["stage1"] == keys[1]["stage1"]) == shared, attention
-        assert keys[0]["stage2"] != keys[1]["stage2"]  # the prior itself differs
+        assert (keys[0]["vae"] == keys[1]["vae"]) == shared, attention
+        assert keys[0]["joint"] != keys[1]["joint"]  # the prior itself differs
 
 
 @pytest.mark.ray
@@ -84,24 +84,24 @@ def test_dlm_pipeline_end_to_end(dlm_overrides, tiny_corpus, tmp_path, ray_local
     assert progression["texts"][-1] == first["generated"] and progression["prompt"] == first["prompt"]
     logged = [json.loads(line) for line in (tmp_path / "run" / "dlm_joint_metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in logged] == [10, 20] and all("fm" in m and "logsnr" in m for m in logged)
-    stage1 = [json.loads(line) for line in (tmp_path / "run" / "dlm_vae_metrics.jsonl").read_text().splitlines()]
-    assert stage1[-1]["recon"] < stage1[0]["recon"]
+    vae_log = [json.loads(line) for line in (tmp_path / "run" / "dlm_vae_metrics.jsonl").read_text().splitlines()]
+    assert vae_log[-1]["recon"] < vae_log[0]["recon"]
     # the checkpoint generates without Ray, deterministically, KV cache or not
-    gen = load_dlm(out["stage2_checkpoint"])
+    gen = load_dlm(out["joint_checkpoint"])
     prompt = torch.randint(3, 20, (2, 5))
     a = gen.generate(prompt, 9, steps=3, cfg_scale=2.0, generator=torch.Generator().manual_seed(0))
     b = gen.generate(prompt, 9, steps=3, cfg_scale=2.0, generator=torch.Generator().manual_seed(0))
     assert a.shape == (2, 9) and torch.equal(a, b)
     from latentlm.platform import cli
-    assert cli.main(["sample", out["stage2_checkpoint"], "--prompt", "the river", "--length", "6", "--steps", "2"]) == 0
+    assert cli.main(["sample", out["joint_checkpoint"], "--prompt", "the river", "--length", "6", "--steps", "2"]) == 0
     # the saved stage-2 checkpoint is scored again with other sampler settings
-    assert cli.main(["evaluate", out["stage2_checkpoint"], "--set", "eval.steps=2", "--out", str(tmp_path / "re")]) == 0
+    assert cli.main(["evaluate", out["joint_checkpoint"], "--set", "eval.steps=2", "--out", str(tmp_path / "re")]) == 0
     scored = json.loads((tmp_path / "re" / "metrics.json").read_text())
     assert scored["protocol"]["sampler"]["steps"] == 2 and scored["results"].keys() == out["results"].keys()
     # a frozen-VAE trial reuses the stage-1 VAE (one VAE per VAE config)
     frozen = run_dlm(build_dlm_config("tiny", dlm_overrides(dlm={"vae_strategy": "frozen"})), tmp_path / "run2",
                      data_root=tmp_path, cache_root=tmp_path / "run")
-    assert frozen["stage1_checkpoint"] == out["stage1_checkpoint"] and frozen["stage_seconds"]["stage1"] == 0.0
+    assert frozen["vae_checkpoint"] == out["vae_checkpoint"] and frozen["stage_seconds"]["vae"] == 0.0
 
 
 @pytest.mark.ray
@@ -112,11 +112,11 @@ def test_dlm_joint_stage_killed_worker_resumes_bit_identically(dlm_overrides, tm
     from latentlm.platform.config import to_dict
     from latentlm.platform.data.windows import prepare_data
     from latentlm.platform.training.launch import run_stage, training_dataset
-    from latentlm.platform.methods.dlm.train import dlm_stage1_loop, dlm_stage2_loop
+    from latentlm.platform.methods.dlm.train import dlm_vae_loop, dlm_joint_loop
     cfg = build_dlm_config("tiny", dlm_overrides(
         dlm={"vae_strategy": "joint", "vae_lr_ratio": 0.01, "ref_weight": 0.1},
-        stage1={"optim": {"steps": 6, "log_every": 6, "warmup_steps": 2}},
-        stage2={"optim": {"steps": 12, "log_every": 1, "checkpoint_every": 4, "ema_decay": 0.9, "warmup_steps": 2}}))
+        train_vae={"optim": {"steps": 6, "log_every": 6, "warmup_steps": 2}},
+        train_joint={"optim": {"steps": 12, "log_every": 1, "checkpoint_every": 4, "ema_decay": 0.9, "warmup_steps": 2}}))
     art = prepare_data(cfg, tmp_path / "data", False)
     cfg.dlm.vae.vocab_size = art.vocab_size
 
@@ -128,10 +128,10 @@ def test_dlm_joint_stage_killed_worker_resumes_bit_identically(dlm_overrides, tm
         dataset = training_dataset(art.train, ["tokens", "length"], cfg.data.materialize_max_mb)
         return Path(run_stage(loop, config, dataset, name, tmp_path / "ray", cfg.resources)), run_dir
 
-    stage1, _ = run(dlm_stage1_loop, "stage1")
+    vae_checkpoint, _ = run(dlm_vae_loop, "vae")
 
     def joint(name, **extra):
-        checkpoint, run_dir = run(dlm_stage2_loop, name, stage1_checkpoint=str(stage1), **extra)
+        checkpoint, run_dir = run(dlm_joint_loop, name, vae_checkpoint=str(vae_checkpoint), **extra)
         lines = (run_dir / "dlm_joint_metrics.jsonl").read_text().splitlines()
         return checkpoint, [json.loads(line)["step"] for line in lines], {m["step"]: m for m in map(json.loads, lines)}
 

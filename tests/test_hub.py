@@ -104,14 +104,14 @@ def test_a_post_trained_ldlm_decoder_is_exported_with_its_joint_stage(tmp_path, 
     from latentlm.platform.methods.ldlm.config import build_ldlm_config
     lm = str(tiny_lm_dir)
     cfg = build_ldlm_config("tiny", {"data": {"tokenizer": lm, "seq_len": 8}, "token_encoder": {"model": lm},
-                                     "eval": {"use_ema": False}, "post_decoder": {"enabled": True}})
+                                     "eval": {"use_ema": False}, "train_post_decoder": {"enabled": True}})
     cfg.ldlm.vocab_size, cfg.ldlm.hidden_size = 40, 32
     joint, post = tmp_path / "joint_stage", tmp_path / "post_stage"
     torch.manual_seed(0)
     save_tensors(joint / "ldlm.safetensors", LDLM(cfg.ldlm).state_dict())
     save_tensors(joint / "hidden_stats.safetensors", HiddenStats(cfg.ldlm.hidden_size).state_dict())
     save_tensors(post / "post_decoder.safetensors",
-                 PostTrainedDecoder(cfg.ldlm, cfg.post_decoder.layers, cfg.post_decoder.source).state_dict())
+                 PostTrainedDecoder(cfg.ldlm, cfg.train_post_decoder.layers, cfg.train_post_decoder.source).state_dict())
     for directory, state in ((joint, {"stage": "ldlm", "step": 5}),
                              (post, {"stage": "post_decoder", "step": 5, "joint_checkpoint": str(joint)})):
         write_json(directory / "config.json", to_dict(cfg))

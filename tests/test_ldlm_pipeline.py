@@ -38,8 +38,8 @@ def ldlm_overrides(tiny_corpus, tiny_lm_dir, tiny_scorer_dir):
                  "token_decoder": {"layers": 1, "hidden_dim": 32, "n_heads": 2},
                  "denoiser": {"hidden_dim": 32, "depth": 2, "n_heads": 2}, "warmup_steps": 60,
                  "adaptive_bins": 10, "adaptive_update_every": 2, "decoder_noise": 0.05},
-        "train": {"optim": {"steps": 60, "batch_size": 16, "lr": 5e-3, "log_every": 20, "warmup_steps": 2}},
-        "post_decoder": {"enabled": True, "layers": 1,
+        "train_joint": {"optim": {"steps": 60, "batch_size": 16, "lr": 5e-3, "log_every": 20, "warmup_steps": 2}},
+        "train_post_decoder": {"enabled": True, "layers": 1,
                          "optim": {"steps": 10, "batch_size": 16, "lr": 3e-3, "log_every": 5, "warmup_steps": 1}},
         "eval": {"datasets": [str(tiny_corpus)], "num_samples": 8, "sampling_seeds": [0, 1], "steps": 6,
                  "batch_size": 8, "genppl_model": str(tiny_scorer_dir), "mauve_kmeans_seeds": [25, 26], "mauve_model": lm, "interpolation_pairs": 2,
@@ -57,9 +57,9 @@ def test_ldlm_bad_inputs_fail_before_training(ldlm_overrides, tiny_lm_dir):
         validate_ldlm(build_ldlm_config("tiny", ldlm_overrides(token_encoder={"layer": 9})))
     with pytest.raises(ConfigError, match="unknown config key ldlm.warmup"):
         build_ldlm_config("tiny", ldlm_overrides(ldlm={"warmup": 3}))
-    with pytest.raises(ConfigError, match="post_decoder.enabled"):
+    with pytest.raises(ConfigError, match="train_post_decoder.enabled"):
         build_ldlm_config("tiny", ldlm_overrides(ldlm={"train_token_decoder": False},
-                                                 post_decoder={"enabled": False}))
+                                                 train_post_decoder={"enabled": False}))
     with pytest.raises(ConfigError, match="ldlm.seq_len"):
         build_ldlm_config("tiny", ldlm_overrides(ldlm={"seq_len": 8}))
 
@@ -166,7 +166,7 @@ def test_ldlm_killed_worker_resumes_bit_identically(ldlm_overrides, tmp_path, ra
     from latentlm.platform.methods.ldlm.train import train_ldlm_loop
     from latentlm.models.checkpoint import load_tensors
     cfg = build_ldlm_config("tiny", ldlm_overrides(
-        train={"optim": {"steps": 12, "log_every": 1, "checkpoint_every": 4, "ema_decay": 0.9}},
+        train_joint={"optim": {"steps": 12, "log_every": 1, "checkpoint_every": 4, "ema_decay": 0.9}},
         ldlm={"adaptive_update_every": 3}))
     art = prepare_data(cfg, tmp_path / "data", True)
     cfg.ldlm.vocab_size, cfg.ldlm.hidden_size = art.vocab_size, art.teacher_dim

@@ -35,7 +35,7 @@ class ToyConfig:
     repeat: bool = True    # continue with the prompt's last token ...
     token: int = 0         # ... or with this id (ignored while repeat: a knob that cannot act)
     data: DataConfig = field(default_factory=DataConfig)
-    train: StageConfig = field(default_factory=StageConfig)
+    train_toy: StageConfig = field(default_factory=StageConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
 
@@ -64,7 +64,7 @@ class ToyGenerator(torch.nn.Module):
 def train_toy(cfg, run_dir, data_root=None, cache_root=None, teacher_layers=None) -> Trained:
     checkpoint = Path(run_dir) / "toy"
     write_json(checkpoint / "config.json", to_dict(cfg))
-    write_json(checkpoint / "state.json", {"stage": "toy", "step": cfg.train.optim.steps})
+    write_json(checkpoint / "state.json", {"stage": "toy", "step": cfg.train_toy.optim.steps})
     return Trained({"toy": str(checkpoint)}, {"toy": 0.0}, {}, None, None)
 
 
@@ -90,7 +90,7 @@ def toy_effective(config: dict) -> dict:
 
 TOY = registry.MethodSpec(
     name="toy", label="Toy", summary="repeats the prompt's last token", config=ToyConfig, build=build_toy,
-    presets=TOY_PRESETS, stages={"toy": "train"}, final_stages=("toy",), train=train_toy, run=run_toy,
+    presets=TOY_PRESETS, stages=("toy",), final_stages=("toy",), train=train_toy, run=run_toy,
     load_generator=load_toy, evaluate=evaluate_toy, effective=toy_effective)
 
 
@@ -176,8 +176,11 @@ def test_the_builtin_declarations_resolve_and_agree_with_their_code():
                 value.resolve()  # a typo in a "module:attribute" fails here, not in the first user's run
         cfg = method.build(method.preset_names[0], {})
         assert isinstance(cfg, method.config_cls)
-        for section in method.stages.values():  # every declared stage section holds its optimiser
+        for section in method.stage_sections.values():  # every declared stage section holds its optimiser
             assert getattr(cfg, section).optim.steps > 0, (method.name, section)
+        # one naming scheme: every section that holds an optimiser is a declared stage's train_<stage>
+        optimised = {f.name for f in dataclasses.fields(cfg) if hasattr(getattr(cfg, f.name), "optim")}
+        assert optimised == set(method.stage_sections.values()), (method.name, optimised)
     assert registry.get("ar").baseline_of == tuple(MATCHABLE)
     assert registry.baseline_for("dlm").name == registry.baseline_for("ldlm").name == "ar"
     assert registry.baseline_for("ar") is None

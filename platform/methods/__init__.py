@@ -16,7 +16,7 @@ def lazy(family: str, **targets: str) -> dict[str, Lazy]:
 
 register(MethodSpec(
     name="textldm", label="TextLDM", summary="VAE then DiT (continuation)",
-    stages={"vae": "train_vae", "dit": "train_dit"}, final_stages=("dit",),
+    stages=("vae", "dit"), final_stages=("dit",),
     **lazy("textldm", config="config:TextLDMConfig", build="config:build_config", presets="presets:PRESETS",
            train="pipeline:train_textldm", run="pipeline:run_textldm", load_generator="generator:load_textldm",
            evaluate="pipeline:evaluate_saved_textldm", sample="pipeline:sample_textldm",
@@ -24,7 +24,7 @@ register(MethodSpec(
 
 register(MethodSpec(
     name="ldlm", label="LDLM", summary="joint encoder/diffusion/decoder (unconditional)",
-    stages={"joint": "train", "post_decoder": "post_decoder"}, final_stages=("ldlm", "post_decoder"),
+    stages=("joint", "post_decoder"), final_stages=("ldlm", "post_decoder"),
     **lazy("ldlm", config="config:LDLMExperimentConfig", build="config:build_ldlm_config",
            presets="config:LDLM_PRESETS", train="pipeline:train_ldlm", run="pipeline:run_ldlm",
            load_generator="generator:load_ldlm", evaluate="pipeline:evaluate_saved_ldlm",
@@ -33,7 +33,7 @@ register(MethodSpec(
 
 register(MethodSpec(
     name="dlm", label="Cola DLM", summary="Cola DLM (Text VAE, then joint VAE + block-causal DiT)",
-    stages={"stage1": "stage1", "stage2": "stage2"}, final_stages=("dlm_joint",),
+    stages=("vae", "joint"), final_stages=("dlm_joint",),
     **lazy("dlm", config="config:DLMExperimentConfig", build="config:build_dlm_config", presets="config:DLM_PRESETS",
            train="pipeline:train_dlm", run="pipeline:run_dlm", load_generator="generator:load_dlm",
            evaluate="pipeline:evaluate_saved_dlm", effective="config:dlm_effective")))
@@ -42,7 +42,7 @@ register(MethodSpec(
 register(MethodSpec(
     name="ar", label="AR (GPT)",
     summary="the GPT baseline matched to a diffusion config's DiT (size, data, token budget, protocol)",
-    stages={"ar": "train"}, final_stages=("ar",), baseline_of=("textldm", "dlm", "ldlm"),
+    stages=("gpt",), final_stages=("ar",), baseline_of=("textldm", "dlm", "ldlm"),
     **lazy("ar", config="config:ARExperimentConfig", build="config:build_ar_config", presets="config:AR_PRESETS",
            train="pipeline:train_ar", run="pipeline:run_ar", load_generator="generator:load_ar",
            evaluate="pipeline:evaluate_saved_ar", sample="pipeline:sample_ar")))

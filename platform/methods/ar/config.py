@@ -16,12 +16,12 @@ overrides)`` then:
   in the VAE or token decoder); ``total`` = every GPT parameter, token embedding included (at the tiny
   preset the 16k x 64 embedding is then 84% of the GPT and its stack a sixth of the DiT's);
 * with ``budget: tokens`` (default), gives it the same training budget as the stage that trains that
-  network (TextLDM's ``train_dit``, Cola DLM's joint ``stage2``, LDLM's joint ``train``), counted in window
+  network (TextLDM's ``train_dit``, Cola DLM's and LDLM's ``train_joint``), counted in window
   positions: steps x global batch x seq_len. Same data and same seq_len, so this is that stage's batch
   size and step count (a user batch size gets steps = budget / (batch x seq_len)). It is *not* equal
   FLOPs: the diffusion method also trains a VAE (LDLM: latent encoder and decoders, in the same joint
   stage, plus an optional post-decoder stage) and encodes every window with it, and a GPT step costs ~6 x
-  params FLOPs per token while the DiT also runs the encoder. ``budget: none`` keeps ``train.optim`` as
+  params FLOPs per token while the DiT also runs the encoder. ``budget: none`` keeps ``train_gpt.optim`` as
   given;
 * reads the training windows that stage reads (``train_windows``): every window for the DiTs, the first
   ``data.teacher_windows`` for LDLM (the windows with token-encoder features), so both see the same
@@ -36,12 +36,12 @@ from __future__ import annotations
 import copy
 import functools
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar, Literal
 
 import torch
 
-from latentlm.models.config import ConfigError, require
-from latentlm.models.gpt import COUNTS, GPTConfig, count_params, matched_gpt_config
+from latentlm.models.config import ConfigError, check_fields, rename_keys, require
+from latentlm.models.gpt import GPTConfig, count_params, matched_gpt_config
 from latentlm.platform.config import from_dict, merge, to_dict
 from latentlm.platform.evaluation.protocol import UnconditionalEvalConfig
 from latentlm.platform.methods.dlm.config import DLM_PRESETS, StageConfig, build_dlm_config
@@ -67,7 +67,7 @@ def _textldm_dit(cfg) -> MatchedNet:
 
 def _dlm_dit(cfg) -> MatchedNet:
     from latentlm.models.block_dit import BlockCausalDiT
-    return MatchedNet(lambda: BlockCausalDiT(cfg.dlm.dit), cfg.dlm.dit, cfg.stage2.optim)
+    return MatchedNet(lambda: BlockCausalDiT(cfg.dlm.dit), cfg.dlm.dit, cfg.train_joint.optim)
 
 
 def _ldlm_denoiser(cfg) -> MatchedNet:
@@ -75,14 +75,13 @@ def _ldlm_denoiser(cfg) -> MatchedNet:
     token-encoder features, the first ``data.teacher_windows``."""
     from latentlm.models.ldlm import LatentDenoiser
     return MatchedNet(lambda: LatentDenoiser(cfg.ldlm.latent_dim, cfg.ldlm.denoiser), cfg.ldlm.denoiser,
-                      cfg.train.optim, cfg.data.teacher_windows)
+                      cfg.train_joint.optim, cfg.data.teacher_windows)
 
 
 # method -> (config builder, its presets, config -> its diffusion network)
 MATCHABLE = {"textldm": (build_config, PRESETS, _textldm_dit), "dlm": (build_dlm_config, DLM_PRESETS, _dlm_dit),
              "ldlm": (build_ldlm_config, LDLM_PRESETS, _ldlm_denoiser)}
 UNCONDITIONAL = ("ldlm",)  # matched methods scored by the unconditional protocol
-BUDGETS = ("tokens", "none")
 
 
 def parse_match(match: str) -> tuple[str, str] | None:
@@ -103,34 +102,35 @@ def eval_class(match: str) -> type:
 
 @dataclass
 class ARExperimentConfig:
+    # old config keys still accepted in files and checkpoints (models.config.rename_keys)
+    RENAMED_KEYS: ClassVar[dict[str, str]] = {"train": "train_gpt"}
     name: str = "ar"
     preset: str = "tiny"
     run_dir: str = "runs"
     seed: int = 0
     match: str = "textldm:tiny"     # diffusion config whose DiT sets the size / budget, or "none"
-    budget: str = "tokens"          # "tokens": the DiT stage's training tokens | "none": train.optim as given
-    match_count: str = "non_embedding"  # GPT count matched to the DiT's: "non_embedding" | "total"
+    budget: Literal["tokens", "none"] = "tokens"  # the DiT stage's training tokens | train_gpt.optim as given
+    match_count: Literal["non_embedding", "total"] = "non_embedding"  # GPT count matched to the DiT's
     matched_params: int = 0         # set by build_ar_config: the matched DiT's parameter count (0: unmatched)
     train_windows: int | None = None  # read only the first N training windows (None: all); set by the match
     data: DataConfig = field(default_factory=DataConfig)
     gpt: GPTConfig = field(default_factory=GPTConfig)
-    train: StageConfig = field(default_factory=StageConfig)
+    train_gpt: StageConfig = field(default_factory=StageConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)  # the match's protocol section (see eval_class)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     wandb: bool = True
 
     def __post_init__(self):
+        check_fields(self, "")
         require(self.preset in AR_PRESETS, "preset", f"one of {sorted(AR_PRESETS)}", self.preset)
         kind = eval_class(self.match)
         require(isinstance(self.eval, kind), "eval", f"{kind.__name__} (the protocol of match {self.match})",
                 type(self.eval).__name__)
         if isinstance(self.eval, EvalConfig):
             self.eval.check_window(self.data.seq_len)
-        require(self.budget in BUDGETS, "budget", f"one of {BUDGETS}", self.budget)
         require(self.train_windows is None or self.train_windows > 0, "train_windows", "a positive count or null",
                 self.train_windows)
-        require(self.match_count in COUNTS, "match_count", f"one of {COUNTS}", self.match_count)
         require(self.gpt.max_seq_len >= self.data.seq_len, "gpt.max_seq_len", f">= data.seq_len ({self.data.seq_len})",
                 self.gpt.max_seq_len)
 
@@ -148,14 +148,14 @@ AR_PRESETS: dict[str, dict[str, Any]] = {
     # data / eval below apply with match "none"; a match copies the matched config's sections instead.
     "tiny": {"match": "textldm:tiny", "data": PRESETS["tiny"]["data"], "eval": PRESETS["tiny"]["eval"],
              "gpt": {"hidden_dim": 64, "depth": 4, "n_heads": 4},
-             "train": {"optim": {**_OPTIM, "steps": 600, "batch_size": 32}}},
+             "train_gpt": {"optim": {**_OPTIM, "steps": 600, "batch_size": 32}}},
     "small": {"match": "textldm:small", "data": PRESETS["small"]["data"], "eval": PRESETS["small"]["eval"],
               "gpt": {"hidden_dim": 512, "depth": 12, "n_heads": 8},
-              "train": {"optim": {**_OPTIM, "lr": 3e-4, "warmup_steps": 1000, "steps": 50000, "batch_size": 128,
+              "train_gpt": {"optim": {**_OPTIM, "lr": 3e-4, "warmup_steps": 1000, "steps": 50000, "batch_size": 128,
                                   "checkpoint_every": 5000}}},
     "paper": {"match": "textldm:paper", "data": PRESETS["paper"]["data"], "eval": PRESETS["paper"]["eval"],
               "gpt": {"hidden_dim": 1024, "depth": 24, "n_heads": 16},
-              "train": {"optim": {**_OPTIM, "lr": 3e-4, "warmup_steps": 2000, "steps": 1_000_000, "batch_size": 256,
+              "train_gpt": {"optim": {**_OPTIM, "lr": 3e-4, "warmup_steps": 2000, "steps": 1_000_000, "batch_size": 256,
                                   "checkpoint_every": 10_000}},
               "resources": {"num_workers": 8, "use_gpu": "true"}},
 }
@@ -194,13 +194,13 @@ def build_ar_config(preset: str = "tiny", overrides: dict[str, Any] | None = Non
     """Preset, then the matched config's data / eval / size / budget, then ``overrides`` (see the module doc)."""
     if preset not in AR_PRESETS:
         raise ConfigError(f"preset: expected one of {sorted(AR_PRESETS)}, got {preset!r}")
-    overrides = overrides or {}
+    overrides = rename_keys(ARExperimentConfig, overrides)
     data = merge(copy.deepcopy(AR_PRESETS[preset]), overrides)
     data["preset"] = preset
     target = parse_match(data.get("match", "textldm:tiny"))
     gpt = data.setdefault("gpt", {})
     user_gpt = overrides.get("gpt") or {}
-    user_optim = (overrides.get("train") or {}).get("optim") or {}
+    user_optim = (overrides.get("train_gpt") or {}).get("optim") or {}
     if target is None:
         gpt.setdefault("max_seq_len", data.get("data", {}).get("seq_len", DataConfig().seq_len))
         return from_dict(ARExperimentConfig, data)
@@ -227,7 +227,7 @@ def build_ar_config(preset: str = "tiny", overrides: dict[str, Any] | None = Non
     except ConfigError as err:
         raise ConfigError(f"match {data['match']}: {err}") from None
     if data.get("budget", "tokens") == "tokens":
-        optim = data.setdefault("train", {}).setdefault("optim", {})
+        optim = data.setdefault("train_gpt", {}).setdefault("optim", {})
         tokens = net.optim.steps * net.optim.batch_size * matched.data.seq_len
         optim["batch_size"] = user_optim.get("batch_size", net.optim.batch_size)
         optim["steps"] = user_optim.get("steps", max(1, round(tokens / (optim["batch_size"] * matched.data.seq_len))))

@@ -36,7 +36,7 @@ def ar_stage_key(cfg) -> str:
     # a window limit enters the key only when set: runs on every window keep their keys
     limit = {} if cfg.train_windows is None else {"train_windows": cfg.train_windows}
     return artifact_key(data=to_dict(cfg.data), seed=cfg.seed, deepspeed=to_dict(cfg.deepspeed), gpt=to_dict(cfg.gpt),
-                        train=to_dict(cfg.train), **limit)
+                        train_gpt=to_dict(cfg.train_gpt), **limit)
 
 
 def evaluate_ar(cfg, checkpoint: str, out_dir: Path, eos_id: int, ceiling_cache: Path | None = None,

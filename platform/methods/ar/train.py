@@ -23,7 +23,7 @@ class NextTokenOutput:
 
 class NextTokenStep(torch.nn.Module):
     """What the engine wraps: the GPT and its loss in one forward (DeepSpeed calls ``forward``). Weights are
-    saved under ``model.`` like Cola DLM's stage 2."""
+    saved under ``model.`` like Cola DLM's joint stage."""
 
     def __init__(self, model: GPT):
         super().__init__()
@@ -46,4 +46,4 @@ def ar_train_loop(config: dict) -> None:
     def step(engine, micro, _step):
         return engine(*window_tokens(micro, vocab, wc.device))
 
-    train_stage(config, cfg, wc, Stage("ar", "gpt", model, cfg.train.optim, METRICS, step, vocab=vocab))
+    train_stage(config, cfg, wc, Stage("ar", "gpt", model, cfg.train_gpt.optim, METRICS, step, vocab=vocab))

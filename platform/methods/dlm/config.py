@@ -1,5 +1,5 @@
-"""The Cola DLM experiment config: data, the model (Text VAE + block-causal DiT), stage 1 (VAE
-pretraining), stage 2 (joint VAE + DiT), the continuation evaluation, resources.
+"""The Cola DLM experiment config: data, the model (Text VAE + block-causal DiT), the VAE stage (VAE
+pretraining), the joint stage (VAE + DiT), the continuation evaluation, resources.
 
 ``build_dlm_config(preset, overrides)`` mirrors TextLDM's ``build_config``. The evaluation section is
 TextLDM's continuation protocol (same fields, same protocol hash), so both methods rank in one table;
@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from latentlm.models.config import ConfigError, check_fields, require
+from latentlm.models.config import ConfigError, check_fields, rename_keys, require
 from latentlm.models.dlm import ColaDLMConfig
 from latentlm.platform.config import from_dict, merge
 from latentlm.platform.training.sections import DataConfig, DeepSpeedConfig, EvalConfig, OptimConfig, ResourcesConfig
@@ -34,14 +34,16 @@ class DLMSamplerConfig:
 
 @dataclass
 class DLMExperimentConfig:
+    # old config keys still accepted in files and checkpoints (models.config.rename_keys)
+    RENAMED_KEYS: ClassVar[dict[str, str]] = {"stage1": "train_vae", "stage2": "train_joint"}
     name: str = "dlm"
     preset: str = "tiny"
     run_dir: str = "runs"
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
     dlm: ColaDLMConfig = field(default_factory=ColaDLMConfig)
-    stage1: StageConfig = field(default_factory=StageConfig)
-    stage2: StageConfig = field(default_factory=StageConfig)
+    train_vae: StageConfig = field(default_factory=StageConfig)
+    train_joint: StageConfig = field(default_factory=StageConfig)
     sampler: DLMSamplerConfig = field(default_factory=DLMSamplerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
@@ -63,13 +65,13 @@ _TINY_VAE = {"latent_dim": 16, "hidden_dim": 128, "n_heads": 4, "encoder_layers"
 DLM_PRESETS: dict[str, dict[str, Any]] = {
     # Embedded offline default: ~3M-param VAE, ~1M-param DiT, 64-token windows, batch 16. The VAE predicts
     # over the 8,191 most used ids + unknown (TextLDM's tiny keeps 16,383): the output head dominates a step
-    # on CPU, and this budget lets all seven sweeps (9 stage-2 trainings) run in about an hour on 2 cores.
+    # on CPU, and this budget lets all seven sweeps (9 joint-stage trainings) run in about an hour on 2 cores.
     "tiny": {
         "data": {"seq_len": 64, "max_train_windows": 6000, "vocab_limit": 8191},
         "dlm": {"vae": _TINY_VAE, "dit": {"latent_dim": 16, "hidden_dim": 128, "depth": 4, "n_heads": 4,
                                           "block_size": 16}},
-        "stage1": {"optim": {"steps": 300, "batch_size": 16, "lr": 2e-3, "log_every": 50}},
-        "stage2": {"optim": {"steps": 400, "batch_size": 16, "lr": 1e-3, "log_every": 50, "ema_decay": 0.995}},
+        "train_vae": {"optim": {"steps": 300, "batch_size": 16, "lr": 2e-3, "log_every": 50}},
+        "train_joint": {"optim": {"steps": 400, "batch_size": 16, "lr": 1e-3, "log_every": 50, "ema_decay": 0.995}},
         "eval": {"num_samples": 64, "steps": 16, "cfg_scale": 7.0, "grid": "uniform", "datasets": ["embedded:wiki"]},
     },
     "small": {
@@ -77,8 +79,8 @@ DLM_PRESETS: dict[str, dict[str, Any]] = {
         "dlm": {"vae": {"latent_dim": 16, "hidden_dim": 512, "n_heads": 8, "encoder_layers": 4,
                         "decoder_layers": 4, "block_size": 16},
                 "dit": {"latent_dim": 16, "hidden_dim": 512, "depth": 12, "n_heads": 8, "block_size": 16}},
-        "stage1": {"optim": {"steps": 20000, "batch_size": 64, "lr": 3e-4, "checkpoint_every": 2000}},
-        "stage2": {"optim": {"steps": 50000, "batch_size": 128, "lr": 3e-4, "checkpoint_every": 5000,
+        "train_vae": {"optim": {"steps": 20000, "batch_size": 64, "lr": 3e-4, "checkpoint_every": 2000}},
+        "train_joint": {"optim": {"steps": 50000, "batch_size": 128, "lr": 3e-4, "checkpoint_every": 5000,
                              "ema_decay": 0.9999}},
         "eval": {"num_samples": 1000, "steps": 16, "grid": "uniform"},
     },
@@ -90,8 +92,8 @@ DLM_PRESETS: dict[str, dict[str, Any]] = {
                         "encoder_layers": 4, "decoder_layers": 4, "block_size": 16},
                 "dit": {"latent_dim": 16, "hidden_dim": 2048, "depth": 24, "n_heads": 16, "block_size": 16},
                 "schedule": {"kind": "logit_normal", "loc": -1.0, "scale": 1.0}},
-        "stage1": {"optim": {"steps": 100_000, "batch_size": 256, "lr": 3e-4, "checkpoint_every": 5000}},
-        "stage2": {"optim": {"steps": 500_000, "batch_size": 256, "lr": 3e-4, "checkpoint_every": 10_000,
+        "train_vae": {"optim": {"steps": 100_000, "batch_size": 256, "lr": 3e-4, "checkpoint_every": 5000}},
+        "train_joint": {"optim": {"steps": 500_000, "batch_size": 256, "lr": 3e-4, "checkpoint_every": 10_000,
                              "ema_decay": 0.9999}},
         "eval": {"num_samples": 1000, "steps": 16, "grid": "uniform", "bertscore_model": "roberta-large",
                  "bertscore_num_layers": 17, "mauve_model": "gpt2-large", "mauve_max_length": 1024, "genppl_model": "gpt2-large",
@@ -106,12 +108,13 @@ def build_dlm_config(preset: str = "tiny", overrides: dict[str, Any] | None = No
     block size follows the VAE's unless set explicitly."""
     if preset not in DLM_PRESETS:
         raise ConfigError(f"preset: expected one of {sorted(DLM_PRESETS)}, got {preset!r}")
-    data = merge(copy.deepcopy(DLM_PRESETS[preset]), overrides or {})
+    overrides = rename_keys(DLMExperimentConfig, overrides)
+    data = merge(copy.deepcopy(DLM_PRESETS[preset]), overrides)
     data["preset"] = preset
     model = data.setdefault("dlm", {})
     vae, dit = model.setdefault("vae", {}), model.setdefault("dit", {})
-    user_dit = ((overrides or {}).get("dlm") or {}).get("dit") or {}
-    user_vae = ((overrides or {}).get("dlm") or {}).get("vae") or {}
+    user_dit = (overrides.get("dlm") or {}).get("dit") or {}
+    user_vae = (overrides.get("dlm") or {}).get("vae") or {}
     if "latent_dim" in user_vae and "latent_dim" not in user_dit:
         dit["latent_dim"] = vae["latent_dim"]
     if "block_size" in user_dit and "block_size" not in user_vae:

@@ -1,5 +1,5 @@
 """A trained Cola DLM for inference (``ColaDLMGenerator``, the continuation protocol's interface) and its
-loader from a stage-2 checkpoint (``load_dlm``); plain PyTorch, no Ray.
+loader from a joint-stage checkpoint (``load_dlm``); plain PyTorch, no Ray.
 """
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ from latentlm.platform.evaluation.generator import TokenGenerator
 
 
 class ColaDLMGenerator(TokenGenerator):
-    """A stage-2 checkpoint behind the interface the continuation protocol uses (``generate``,
+    """A joint-stage checkpoint behind the interface the continuation protocol uses (``generate``,
     ``reconstruct``; tokenizer ids in and out, compact vocabularies mapped)."""
 
-    weights_name = "joint"   # the stage-2 module
+    weights_name = "joint"   # the joint-stage module
 
     @staticmethod
     def build_model(cfg) -> ColaDLM:
@@ -45,7 +45,7 @@ class ColaDLMGenerator(TokenGenerator):
 
 
 def load_dlm(checkpoint: str, use_ema: bool = True, device="cpu") -> ColaDLMGenerator:
-    """A stage-2 checkpoint directory -> generator, without Ray."""
+    """A joint-stage checkpoint directory -> generator, without Ray."""
     from latentlm.platform.config import from_dict
 
     from .config import DLMExperimentConfig

@@ -1,7 +1,7 @@
-"""One Cola DLM run end to end: validate -> tokenize -> stage 1 (Text VAE) -> stage 2 (joint VAE + block
+"""One Cola DLM run end to end: validate -> tokenize -> VAE stage (Text VAE) -> joint stage (VAE + block
 DiT) -> TextLDM's continuation protocol (the same harness and protocol hash, so both rank together).
 
-Stages are content-addressed like TextLDM's: one stage-1 VAE per VAE config, shared by every stage-2
+Stages are content-addressed like TextLDM's: one pretrained VAE per VAE config, shared by every joint
 strategy that starts from it; sampling-time axes (steps, CFG, first-block handling) retrain nothing.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ from latentlm.platform.training.launch import init_ray, run_stage, training_data
 from latentlm.platform.training.stages import StageCache, Trained
 
 from .generator import ColaDLMGenerator
-from .train import dlm_stage1_loop, dlm_stage2_loop
+from .train import dlm_joint_loop, dlm_vae_loop
 
 
 def validate_dlm(cfg) -> dict:
@@ -33,24 +33,24 @@ def validate_dlm(cfg) -> dict:
 
 
 def dlm_stage_keys(cfg) -> dict[str, str]:
-    """Content keys of the two stages. The VAE's ``block_size`` enters stage 1's key only for a block-causal
-    VAE: a causal or bidirectional one trains identically at any block size (it only sets the streaming
-    decoder's chunk), so a block-size sweep shares one stage-1 VAE."""
+    """Content keys of the two stages. The VAE's ``block_size`` enters the VAE stage's key only for a
+    block-causal VAE: a causal or bidirectional one trains identically at any block size (it only sets the streaming
+    decoder's chunk), so a block-size sweep shares one pretrained VAE."""
     common = {"data": to_dict(cfg.data), "seed": cfg.seed, "deepspeed": to_dict(cfg.deepspeed)}
     vae = to_dict(cfg.dlm.vae)
     if vae["attention"] != "block_causal":
         vae["block_size"] = None
-    stage1 = artifact_key(**common, vae=vae, stage1=to_dict(cfg.stage1))
+    vae_key = artifact_key(**common, vae=vae, train_vae=to_dict(cfg.train_vae))
     model = {k: v for k, v in to_dict(cfg.dlm).items()}
-    stage2 = artifact_key(**common, stage1=stage1 if cfg.dlm.vae_strategy != "scratch" else None, dlm=model,
-                          stage2=to_dict(cfg.stage2))
-    return {"stage1": stage1, "stage2": stage2}
+    joint_key = artifact_key(**common, train_vae=vae_key if cfg.dlm.vae_strategy != "scratch" else None,
+                             dlm=model, train_joint=to_dict(cfg.train_joint))
+    return {"vae": vae_key, "joint": joint_key}
 
 
 def train_dlm(cfg, run_dir: Path, data_root: Path | None = None, cache_root: Path | None = None,
               teacher_layers: list[int] | None = None) -> Trained:
-    """Validate, prepare the data and train (stage 1 unless scratch, stage 2) one Cola DLM config; no
-    evaluation."""
+    """Validate, prepare the data and train (the VAE stage unless scratch, the joint stage) one Cola DLM
+    config; no evaluation."""
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     facts = validate_dlm(cfg)
@@ -67,36 +67,35 @@ def train_dlm(cfg, run_dir: Path, data_root: Path | None = None, cache_root: Pat
     def dataset():
         return training_dataset(artifacts.train, ["tokens", "length"], cfg.data.materialize_max_mb)
 
-    stage1_ckpt, stage1_seconds = None, 0.0
+    vae_ckpt, vae_seconds = None, 0.0
     if cfg.dlm.vae_strategy != "scratch":
-        stage1_ckpt, stage1_seconds = cache.get_or_run("dlm_stage1", keys["stage1"], lambda: run_stage(
-            dlm_stage1_loop, common, dataset(), f"dlm_stage1-{keys['stage1']}", storage, cfg.resources))
-    stage2_ckpt, stage2_seconds = cache.get_or_run("dlm_stage2", keys["stage2"], lambda: run_stage(
-        dlm_stage2_loop, {**common, "stage1_checkpoint": stage1_ckpt}, dataset(), f"dlm_stage2-{keys['stage2']}",
+        vae_ckpt, vae_seconds = cache.get_or_run("dlm_vae", keys["vae"], lambda: run_stage(
+            dlm_vae_loop, common, dataset(), f"dlm_vae-{keys['vae']}", storage, cfg.resources))
+    joint_ckpt, joint_seconds = cache.get_or_run("dlm_joint", keys["joint"], lambda: run_stage(
+        dlm_joint_loop, {**common, "vae_checkpoint": vae_ckpt}, dataset(), f"dlm_joint-{keys['joint']}",
         storage, cfg.resources))
-    return Trained({"stage1": stage1_ckpt, "stage2": stage2_ckpt}, {"stage1": stage1_seconds,
-                                                                    "stage2": stage2_seconds},
+    return Trained({"vae": vae_ckpt, "joint": joint_ckpt}, {"vae": vae_seconds, "joint": joint_seconds},
                    facts, artifacts, cache)
 
 
 def run_dlm(cfg, run_dir: Path, data_root: Path | None = None, cache_root: Path | None = None,
             teacher_layers: list[int] | None = None) -> dict:
-    """Train (stage 1, stage 2) and evaluate one Cola DLM config."""
+    """Train (VAE stage, joint stage) and evaluate one Cola DLM config."""
     trained = train_dlm(cfg, run_dir, data_root, cache_root, teacher_layers)
-    stage2_ckpt = trained.checkpoints["stage2"]
+    joint_ckpt = trained.checkpoints["joint"]
     t0 = time.time()
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = ColaDLMGenerator.from_checkpoint(cfg, stage2_ckpt, cfg.eval.use_ema, trained.artifacts.eos_id).to(device)
+    model = ColaDLMGenerator.from_checkpoint(cfg, joint_ckpt, cfg.eval.use_ema, trained.artifacts.eos_id).to(device)
     evaluation = evaluate_continuations(cfg, model, Path(run_dir).resolve() / "eval",
                                         ceiling_cache=trained.cache.ceiling_dir,
                                         token_counts=trained.artifacts.token_counts)
-    return {"results": evaluation.results, "evaluation": evaluation, "stage1_checkpoint": trained.checkpoints["stage1"],
-            "stage2_checkpoint": stage2_ckpt, "checkpoint": stage2_ckpt, "facts": trained.facts,
+    return {"results": evaluation.results, "evaluation": evaluation, "vae_checkpoint": trained.checkpoints["vae"],
+            "joint_checkpoint": joint_ckpt, "checkpoint": joint_ckpt, "facts": trained.facts,
             "stage_seconds": {**trained.stage_seconds, "eval": round(time.time() - t0, 1)}}
 
 
 def evaluate_saved_dlm(cfg, checkpoint: str | Path, out_dir: Path):
-    """Score a saved stage-2 checkpoint under ``cfg``, its sampler section included (``latentlm evaluate``)."""
+    """Score a saved joint-stage checkpoint under ``cfg``, its sampler section included (``latentlm evaluate``)."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     eos = load_tokenizer(cfg.data.tokenizer).eos_token_id
     model = ColaDLMGenerator.from_checkpoint(cfg, checkpoint, cfg.eval.use_ema, eos).to(device)

@@ -1,9 +1,9 @@
 """Cola DLM stages as Ray Train functions.
 
-* ``dlm_stage1_loop``: Text VAE pretraining (reconstruction + KL + masking loss), the measured VAE logSNR
+* ``dlm_vae_loop``: Text VAE pretraining (reconstruction + KL + masking loss), the measured VAE logSNR
   in every log line.
-* ``dlm_stage2_loop``: joint VAE + block-causal DiT. ``dlm.vae_strategy``: ``joint`` starts from the stage-1
-  VAE and trains it at ``vae_lr_ratio`` x the DiT's learning rate, regularised towards the frozen stage-1
+* ``dlm_joint_loop``: joint VAE + block-causal DiT. ``dlm.vae_strategy``: ``joint`` starts from the pretrained
+  VAE and trains it at ``vae_lr_ratio`` x the DiT's learning rate, regularised towards the frozen pretrained
   encoder; ``frozen`` trains the DiT only; ``scratch`` trains everything from random initialisation.
 """
 from __future__ import annotations
@@ -19,8 +19,8 @@ from latentlm.platform.config import from_dict
 from latentlm.platform.training.loop import Stage, train_stage
 from latentlm.platform.training.parts import load_vocab, seed_everything, window_tokens, worker_context
 
-STAGE1_METRICS = ("loss", "recon", "kl", "mask", "accuracy", "logsnr")
-STAGE2_METRICS = ("loss", "fm", "vae", "recon", "kl", "mask", "ref", "accuracy", "logsnr")
+VAE_METRICS = ("loss", "recon", "kl", "mask", "accuracy", "logsnr")
+JOINT_METRICS = ("loss", "fm", "vae", "recon", "kl", "mask", "ref", "accuracy", "logsnr")
 
 
 def _experiment(config: dict):
@@ -28,7 +28,7 @@ def _experiment(config: dict):
     return from_dict(DLMExperimentConfig, config["experiment"])
 
 
-def load_stage1_vae(cfg, checkpoint: str, device) -> DLMTextVAE:
+def load_pretrained_vae(cfg, checkpoint: str, device) -> DLMTextVAE:
     vae = DLMTextVAE(cfg.dlm.vae)
     vae.load_state_dict(load_tensors(Path(checkpoint) / "vae.safetensors"))
     return vae.to(device)
@@ -46,19 +46,19 @@ def _train(config: dict, cfg, wc, stage: str, model: torch.nn.Module, optim, met
 
     train_stage(config, cfg, wc, Stage(f"dlm_{stage}", stage, model, optim, metrics, step, vocab=vocab,
                                        generators={"noise": noise_rng}, lr_multiplier=lr_multiplier,
-                                       state={"stage1_checkpoint": config.get("stage1_checkpoint")}))
+                                       state={"vae_checkpoint": config.get("vae_checkpoint")}))
 
 
-def dlm_stage1_loop(config: dict) -> None:
+def dlm_vae_loop(config: dict) -> None:
     """Ray Train function: Text VAE pretraining."""
     cfg = _experiment(config)
     wc = worker_context(cfg.resources)
     seed_everything(cfg.seed)
-    _train(config, cfg, wc, "vae", DLMTextVAE(cfg.dlm.vae), cfg.stage1.optim, STAGE1_METRICS, seed_offset=0)
+    _train(config, cfg, wc, "vae", DLMTextVAE(cfg.dlm.vae), cfg.train_vae.optim, VAE_METRICS, seed_offset=0)
 
 
 class _JointStep(torch.nn.Module):
-    """What the engine wraps in stage 2: the model plus a frozen reference encoder (not trained, not saved)."""
+    """What the engine wraps in the joint stage: the model plus a frozen reference encoder (not trained, not saved)."""
 
     def __init__(self, model: ColaDLM, reference: DLMTextVAE | None):
         super().__init__()
@@ -69,20 +69,20 @@ class _JointStep(torch.nn.Module):
         return self.model.joint_loss(tokens, mask, self._reference[0], generator)
 
 
-def dlm_stage2_loop(config: dict) -> None:
-    """Ray Train function: joint VAE + block-causal DiT (``config["stage1_checkpoint"]`` unless scratch)."""
+def dlm_joint_loop(config: dict) -> None:
+    """Ray Train function: joint VAE + block-causal DiT (``config["vae_checkpoint"]`` unless scratch)."""
     cfg = _experiment(config)
     wc = worker_context(cfg.resources)
     seed_everything(cfg.seed + 17)
     model = ColaDLM(cfg.dlm)
     strategy, reference = cfg.dlm.vae_strategy, None
     if strategy != "scratch":
-        model.vae = load_stage1_vae(cfg, config["stage1_checkpoint"], "cpu")
+        model.vae = load_pretrained_vae(cfg, config["vae_checkpoint"], "cpu")
         if strategy == "frozen" or cfg.dlm.vae_lr_ratio == 0:
             model.vae.requires_grad_(False)
         elif cfg.dlm.ref_weight > 0:
-            reference = load_stage1_vae(cfg, config["stage1_checkpoint"], wc.device).eval().requires_grad_(False)
+            reference = load_pretrained_vae(cfg, config["vae_checkpoint"], wc.device).eval().requires_grad_(False)
     vae_ids = {id(p) for p in model.vae.parameters()}
     ratio = cfg.dlm.vae_lr_ratio if strategy == "joint" else 1.0
-    _train(config, cfg, wc, "joint", _JointStep(model, reference), cfg.stage2.optim, STAGE2_METRICS, seed_offset=1,
+    _train(config, cfg, wc, "joint", _JointStep(model, reference), cfg.train_joint.optim, JOINT_METRICS, seed_offset=1,
            lr_multiplier=lambda p: ratio if id(p) in vae_ids else 1.0)

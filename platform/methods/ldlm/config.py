@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from latentlm.models.config import ConfigError, check_fields, require
+from latentlm.models.config import ConfigError, check_fields, rename_keys, require
 from latentlm.models.ldlm import LDLMConfig
 from latentlm.platform.config import from_dict, merge
 from latentlm.platform.evaluation.protocol import UnconditionalEvalConfig
@@ -42,17 +42,19 @@ class PostDecoderConfig:
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(steps=300, batch_size=32, lr=1e-3))
 
     def __post_init__(self):
-        require(self.layers >= 0, "post_decoder.layers", ">= 0", self.layers)
-        check_fields(self, "post_decoder")
-        require(self.decoder_noise is None or self.decoder_noise >= 0, "post_decoder.decoder_noise", ">= 0 or null",
-                self.decoder_noise)
+        require(self.layers >= 0, "train_post_decoder.layers", ">= 0", self.layers)
+        check_fields(self, "train_post_decoder")
+        require(self.decoder_noise is None or self.decoder_noise >= 0, "train_post_decoder.decoder_noise",
+                ">= 0 or null", self.decoder_noise)
         # the generator reads post_decoder.safetensors as trained: an EMA of it would be computed and never used
-        require(self.optim.ema_decay == 0, "post_decoder.optim.ema_decay", "0 (the post-decoder stage keeps no EMA)",
-                self.optim.ema_decay)
+        require(self.optim.ema_decay == 0, "train_post_decoder.optim.ema_decay",
+                "0 (the post-decoder stage keeps no EMA)", self.optim.ema_decay)
 
 
 @dataclass
 class LDLMExperimentConfig:
+    # old config keys still accepted in files and checkpoints (models.config.rename_keys)
+    RENAMED_KEYS: ClassVar[dict[str, str]] = {"train": "train_joint", "post_decoder": "train_post_decoder"}
     name: str = "ldlm"
     preset: str = "tiny"
     run_dir: str = "runs"
@@ -60,8 +62,8 @@ class LDLMExperimentConfig:
     data: DataConfig = field(default_factory=DataConfig)
     token_encoder: TokenEncoderConfig = field(default_factory=TokenEncoderConfig)
     ldlm: LDLMConfig = field(default_factory=LDLMConfig)
-    train: JointTrainConfig = field(default_factory=JointTrainConfig)
-    post_decoder: PostDecoderConfig = field(default_factory=PostDecoderConfig)
+    train_joint: JointTrainConfig = field(default_factory=JointTrainConfig)
+    train_post_decoder: PostDecoderConfig = field(default_factory=PostDecoderConfig)
     eval: UnconditionalEvalConfig = field(default_factory=UnconditionalEvalConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
@@ -73,11 +75,11 @@ class LDLMExperimentConfig:
                 self.ldlm.seq_len)
         require(self.token_encoder.stats_windows <= self.data.teacher_windows, "token_encoder.stats_windows",
                 f"<= data.teacher_windows ({self.data.teacher_windows})", self.token_encoder.stats_windows)
-        require(not self.post_decoder.enabled or self.train.optim.steps > 0, "post_decoder.enabled",
-                "a joint stage to post-train after", self.post_decoder.enabled)
-        if not self.ldlm.train_token_decoder and not self.post_decoder.enabled:
-            raise ConfigError("post_decoder.enabled: ldlm.train_token_decoder is false, so the token decoder must "
-                              "be post-trained (set post_decoder.enabled: true)")
+        require(not self.train_post_decoder.enabled or self.train_joint.optim.steps > 0, "train_post_decoder.enabled",
+                "a joint stage to post-train after", self.train_post_decoder.enabled)
+        if not self.ldlm.train_token_decoder and not self.train_post_decoder.enabled:
+            raise ConfigError("train_post_decoder.enabled: ldlm.train_token_decoder is false, so the token decoder "
+                              "must be post-trained (set train_post_decoder.enabled: true)")
 
     def teacher_request(self) -> tuple[str, int]:
         """(model, layer) whose hidden states the data stage precomputes for this method."""
@@ -93,7 +95,7 @@ LDLM_PRESETS: dict[str, dict[str, Any]] = {
                  "token_decoder": {"layers": 1, "hidden_dim": 128, "n_heads": 4},
                  "denoiser": {"hidden_dim": 128, "depth": 4, "n_heads": 4},
                  "warmup_steps": 250, "adaptive_bins": 50, "adaptive_update_every": 10, "decoder_noise": 0.1},
-        "train": {"optim": {"steps": 500, "batch_size": 16, "lr": 2e-3, "warmup_steps": 20, "min_lr_ratio": 1.0,
+        "train_joint": {"optim": {"steps": 500, "batch_size": 16, "lr": 2e-3, "warmup_steps": 20, "min_lr_ratio": 1.0,
                             "log_every": 50, "ema_decay": 0.995}},
         "eval": {"num_samples": 64, "sampling_seeds": [0, 1], "steps": 100, "interpolation_pairs": 4},
     },
@@ -104,7 +106,7 @@ LDLM_PRESETS: dict[str, dict[str, Any]] = {
                  "token_decoder": {"layers": 2, "hidden_dim": 512, "n_heads": 8},
                  "denoiser": {"hidden_dim": 512, "depth": 8, "n_heads": 8}, "warmup_steps": 5000,
                  "adaptive_update_every": 100},
-        "train": {"optim": {"steps": 100_000, "batch_size": 128, "lr": 3e-4, "warmup_steps": 2000,
+        "train_joint": {"optim": {"steps": 100_000, "batch_size": 128, "lr": 3e-4, "warmup_steps": 2000,
                             "min_lr_ratio": 1.0, "log_every": 100, "checkpoint_every": 5000, "ema_decay": 0.9999}},
         "eval": {"num_samples": 500, "sampling_seeds": [0, 1, 2, 3, 4], "steps": 256},
     },
@@ -115,7 +117,7 @@ LDLM_PRESETS: dict[str, dict[str, Any]] = {
                  "teacher_windows": 5_000_000, "teacher_batch_size": 64},
         "token_encoder": {"model": "gpt2", "layer": -3, "stats_windows": 100_000},
         "ldlm": {"latent_dim": 768, "hidden_size": 768, "vocab_size": 50257, "warmup_steps": 10_000},
-        "train": {"optim": {"steps": 500_000, "batch_size": 512, "lr": 3e-4, "warmup_steps": 5000,
+        "train_joint": {"optim": {"steps": 500_000, "batch_size": 512, "lr": 3e-4, "warmup_steps": 5000,
                             "min_lr_ratio": 1.0, "log_every": 100, "checkpoint_every": 10_000, "ema_decay": 0.9999}},
         "eval": {"num_samples": 1000, "sampling_seeds": [0, 1, 2, 3, 4], "steps": 1024, "genppl_model": "gpt2-large",
                  "mauve_model": "gpt2-large", "mauve_max_length": 1024, "datasets": ["hf:Skylion007/openwebtext"]},
@@ -129,7 +131,7 @@ def build_ldlm_config(preset: str = "tiny", overrides: dict[str, Any] | None = N
     unless set explicitly."""
     if preset not in LDLM_PRESETS:
         raise ConfigError(f"preset: expected one of {sorted(LDLM_PRESETS)}, got {preset!r}")
-    data = merge(copy.deepcopy(LDLM_PRESETS[preset]), overrides or {})
+    data = merge(copy.deepcopy(LDLM_PRESETS[preset]), rename_keys(LDLMExperimentConfig, overrides))
     data["preset"] = preset
     model = data.setdefault("ldlm", {})
     seq_len = data.get("data", {}).get("seq_len", DataConfig.seq_len)

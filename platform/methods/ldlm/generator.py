@@ -42,7 +42,7 @@ class LDLMGenerator:
         stats.load_state_dict(load_tensors(d / "hidden_stats.safetensors"))
         post = None
         if post_checkpoint is not None:
-            post = PostTrainedDecoder(cfg.ldlm, cfg.post_decoder.layers, cfg.post_decoder.source)
+            post = PostTrainedDecoder(cfg.ldlm, cfg.train_post_decoder.layers, cfg.train_post_decoder.source)
             post.load_state_dict(load_tensors(Path(post_checkpoint) / "post_decoder.safetensors"))
         model = load_joint_model(str(joint_checkpoint), cfg, device, use_ema=cfg.eval.use_ema)
         return cls(cfg, model, stats, CompactVocab.from_checkpoint(d), post, device)

@@ -52,8 +52,8 @@ def validate_ldlm(cfg) -> dict:
 def ldlm_stage_keys(cfg) -> dict[str, str]:
     common = {"data": to_dict(cfg.data), "seed": cfg.seed, "deepspeed": to_dict(cfg.deepspeed),
               "token_encoder": to_dict(cfg.token_encoder)}
-    joint = artifact_key(**common, ldlm=to_dict(cfg.ldlm), train=to_dict(cfg.train))
-    post = artifact_key(joint=joint, post_decoder=to_dict(cfg.post_decoder), use_ema=cfg.eval.use_ema)
+    joint = artifact_key(**common, ldlm=to_dict(cfg.ldlm), train=to_dict(cfg.train_joint))
+    post = artifact_key(joint=joint, post_decoder=to_dict(cfg.train_post_decoder), use_ema=cfg.eval.use_ema)
     return {"joint": joint, "post_decoder": post}
 
 
@@ -84,7 +84,7 @@ def train_ldlm(cfg, run_dir: Path, data_root: Path | None = None, cache_root: Pa
     joint_ckpt, joint_seconds = cache.get_or_run("ldlm", keys["joint"], lambda: run_stage(
         train_ldlm_loop, common, dataset(), f"ldlm-{keys['joint']}", storage, cfg.resources))
     post_ckpt, post_seconds = None, 0.0
-    if cfg.post_decoder.enabled:
+    if cfg.train_post_decoder.enabled:
         post_ckpt, post_seconds = cache.get_or_run("post_decoder", keys["post_decoder"], lambda: run_stage(
             post_decoder_loop, {**common, "joint_checkpoint": joint_ckpt}, dataset(),
             f"post_decoder-{keys['post_decoder']}", storage, cfg.resources))

@@ -93,7 +93,7 @@ def train_ldlm_loop(config: dict) -> None:
             sampler.load_state_dict(load_tensors(d / "timestep_sampler.safetensors"))
 
     train_stage(config, cfg, wc, Stage(
-        "ldlm", "ldlm", model, cfg.train.optim, JOINT_METRICS, step, vocab=vocab,
+        "ldlm", "ldlm", model, cfg.train_joint.optim, JOINT_METRICS, step, vocab=vocab,
         generators={"noise": noise_rng, "time": time_rng},
         after_step=None if sampler is None else (lambda: sampler.step(reduce)), modules=modules, restore=restore))
 
@@ -119,7 +119,7 @@ def post_decoder_loop(config: dict) -> None:
     """Ray Train function: a fresh ``PostTrainedDecoder`` learns tokens from noisy latents of the frozen joint
     model (LDLM App. B.2). ``config``: as the joint stage plus ``joint_checkpoint``."""
     cfg = _experiment(config)
-    post, dim = cfg.post_decoder, cfg.ldlm.hidden_size
+    post, dim = cfg.train_post_decoder, cfg.ldlm.hidden_size
     sigma = cfg.ldlm.decoder_noise if post.decoder_noise is None else post.decoder_noise
     wc = worker_context(cfg.resources)
     seed_everything(cfg.seed + 101 + wc.rank)

@@ -1,4 +1,4 @@
-"""Stage 2: TextDiT flow matching on the frozen VAE's latents, as a Ray Train function."""
+"""The DiT stage: TextDiT flow matching on the frozen VAE's latents, as a Ray Train function."""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,4 +1,4 @@
-"""Stage 1: TextVAE training (with or without REPA) as a Ray Train function."""
+"""The VAE stage: TextVAE training (with or without REPA) as a Ray Train function."""
 from __future__ import annotations
 
 import numpy as np
