@@ -45,6 +45,12 @@ def test_same_generations_scored_twice_give_identical_numbers(tiny_corpus, tiny_
     first = harness.score(e, harness.Scorers(e), word_tokenizer, gens, refs, paired=True)
     second = harness.score(e, harness.Scorers(e), word_tokenizer, gens, refs, paired=True)  # fresh scorers
     assert first.row == second.row and first.evidence == second.evidence
+    # rows scored against the same references featurize them once per Scorers, to the same numbers
+    scorers, featurized = harness.Scorers(e), []
+    featurizer = scorers.featurizer
+    scorers.featurizer = lambda texts: featurized.append(len(texts)) or featurizer(texts)
+    again = [harness.score(e, scorers, word_tokenizer, gens, refs, paired=True) for _ in range(2)]
+    assert featurized == [len(refs)] and all(a.row == first.row for a in again)
     row = first.row
     for name in ("rouge1", "rouge2", "rougeL", "bertscore", "gen_ppl", "entropy", "diversity", "gen_tokens"):
         assert name in row and f"{name}_std" in row, name

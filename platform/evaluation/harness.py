@@ -76,6 +76,7 @@ class Scorers:
 
     def __init__(self, e: ScoringConfig, device: str = "cpu"):
         self.e, self.device = e, device
+        self._reference_features: dict[str, np.ndarray] = {}  # key of the references -> their features
         if e.scorer_dtype == "bfloat16" and not native_bf16(device):
             log.warning("eval.scorer_dtype bfloat16 on %s, which has no bf16 units: the scorers run emulated bf16, "
                         "several times slower than float32", device)
@@ -110,21 +111,27 @@ class Scorers:
         return nll, counts, self.featurizer(texts)
 
     def reference_features(self, texts: list[str], cache_dir: Path | None = None) -> np.ndarray:
-        """MAUVE features of the references; with ``cache_dir`` stored under a key of the featurizer settings
-        and the texts, so the trials of a sweep (which share their references) featurize them once."""
-        if cache_dir is None:
-            return self.featurizer(texts)
+        """MAUVE features of the references, computed once per ``Scorers`` (every row scored against the same
+        references reuses them: the model row, the ceiling, each floor); with ``cache_dir`` also stored under a
+        key of the featurizer settings and the texts, so the trials of a sweep featurize them once."""
         e = self.e
         blob = json.dumps([e.mauve_model, e.mauve_pooling, e.mauve_max_length, e.scorer_dtype, texts])
-        path = Path(cache_dir) / f"features-{hashlib.sha256(blob.encode()).hexdigest()[:24]}.npy"
-        if path.is_file():
+        key = hashlib.sha256(blob.encode()).hexdigest()[:24]
+        if key not in self._reference_features:
+            self._reference_features[key] = self._reference_features_from(texts, cache_dir, key)
+        return self._reference_features[key]
+
+    def _reference_features_from(self, texts: list[str], cache_dir: Path | None, key: str) -> np.ndarray:
+        path = None if cache_dir is None else Path(cache_dir) / f"features-{key}.npy"
+        if path is not None and path.is_file():
             return np.load(path)
-        log.info("MAUVE features of %d reference texts (%s)", len(texts), e.mauve_model)
+        log.info("MAUVE features of %d reference texts (%s)", len(texts), self.e.mauve_model)
         features = self.featurizer(texts)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
-        np.save(tmp, features)
-        os.replace(tmp, path)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
+            np.save(tmp, features)
+            os.replace(tmp, path)
         return features
 
     def bertscore(self, predictions: list[str], references: list[str]) -> np.ndarray:
