@@ -76,7 +76,10 @@ def record(configs: dict, steps: int, work: Path, data_root: Path) -> dict:
     result = {"steps": steps, "families": {}}
     for family, cfg in configs.items():
         run_dir = work / family
-        trained = registry.get(family).train(cfg, run_dir, data_root=data_root, cache_root=run_dir)
+        method = registry.get(family)
+        trained = method.train(cfg, run_dir, data_root=data_root, cache_root=run_dir)
+        if list(trained.checkpoints) != list(method.stages):
+            raise ConfigError(f"{family}: trained stages {list(trained.checkpoints)}, declared {list(method.stages)}")
         result["families"][family] = {
             "losses": trajectories(run_dir),
             "weights": {stage: weights_digest(Path(ckpt)) for stage, ckpt in trained.checkpoints.items() if ckpt}}

@@ -74,14 +74,14 @@ def train_ar(cfg, run_dir: Path, data_root: Path | None = None, cache_root: Path
         ar_train_loop, common, training_dataset(artifacts.train, ["tokens", "length"], cfg.data.materialize_max_mb,
                                                 cfg.train_windows),
         f"ar-{key}", storage, cfg.resources))
-    return Trained({"ar": checkpoint}, {"ar": seconds}, facts, artifacts, cache)
+    return Trained({"gpt": checkpoint}, {"gpt": seconds}, facts, artifacts, cache)
 
 
 def run_ar(cfg, run_dir: Path, data_root: Path | None = None, cache_root: Path | None = None,
            teacher_layers: list[int] | None = None) -> dict:
     """Train and evaluate one AR-baseline config."""
     trained = train_ar(cfg, run_dir, data_root, cache_root, teacher_layers)
-    checkpoint = trained.checkpoints["ar"]
+    checkpoint = trained.checkpoints["gpt"]
     t0 = time.time()
     evaluation = evaluate_ar(cfg, checkpoint, Path(run_dir).resolve() / "eval", trained.artifacts.eos_id,
                              trained.cache.ceiling_dir, trained.artifacts.token_counts)
