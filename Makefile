@@ -42,8 +42,11 @@ $(VENV)/.installed: pyproject.toml Makefile
 ablate: setup
 	$(BIN)/python experiments/ablate_repa.py $(ARGS)
 
+# two pytest-xdist workers, a test module on one of them (tests/conftest.py says why)
+TEST_WORKERS ?= 2
+
 test: setup
-	$(BIN)/python -m pytest $(ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup $(ARGS)
 
 clean:
 	rm -rf runs .pytest_cache

@@ -10,6 +10,10 @@ from pathlib import Path
 
 import pytest
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # one intra-op thread per pytest-xdist worker (set before torch loads): two workers with a thread per core each
+    # oversubscribe the machine, and OpenMP's spin-waiting then makes a tiny model's test several times slower
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 for key, value in {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1", "RAY_AUTH_MODE": "disabled",
                    "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                    "WANDB_MODE": "offline", "TOKENIZERS_PARALLELISM": "false"}.items():
@@ -21,6 +25,18 @@ WORDS = ("the a river city music people king war science old new small large ear
 
 def _sentence(rng: random.Random) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(rng.randint(6, 14))) + " ."
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (``make test``: two workers, ``--dist loadgroup``) a test module runs on one worker, so
+    its module-scoped fixtures (a trained run shared by several tests) are built once; the ``assets`` tests share
+    one worker too, so the session's GGUF conversions happen once. Each worker starts its own ``ray_local``."""
+    if not config.pluginmanager.hasplugin("xdist"):
+        return
+    for item in items:
+        group = "assets" if item.get_closest_marker("assets") else item.path.stem
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(scope="session")
@@ -98,6 +114,15 @@ def tiny_overrides(tiny_corpus, tiny_lm_dir):
     return lambda **sections: merge(base, sections)
 
 
+@pytest.fixture(scope="session")
+def micro_overrides(tiny_overrides):
+    """``tiny_overrides`` with both TextLDM stages cut to 12 steps: for tests of the machinery around training
+    (sweeps, their restore, job submission), not of what training learns."""
+    from latentlm.platform.config import merge
+    short = {"optim": {"steps": 12, "log_every": 6, "warmup_steps": 2}}
+    return lambda **sections: tiny_overrides(**merge({"train_vae": short, "train_dit": short}, sections))
+
+
 @pytest.fixture(scope="module")
 def single_thread():
     """Tiny models: one intra-op thread is fastest and immune to OpenMP spin-waits on a busy machine."""
@@ -109,10 +134,16 @@ def single_thread():
 
 
 @pytest.fixture(scope="session")
-def ray_local(tmp_path_factory):
-    """One in-process local Ray cluster for the whole session, in its own temp dir; shut down after."""
+def ray_local():
+    """One in-process local Ray cluster for the whole session, in its own temp dir; shut down and removed after.
+    The dir is short and directly under /tmp: Ray's Unix sockets live in it and a socket path may not exceed 107
+    bytes (pytest's temp dirs under pytest-xdist are too deep)."""
+    import shutil
+    import tempfile
     import ray
     from latentlm.platform.training.launch import init_ray
-    init_ray(num_cpus=2, temp_dir=str(tmp_path_factory.mktemp("ray")))
+    temp_dir = tempfile.mkdtemp(prefix="lray-", dir="/tmp")
+    init_ray(num_cpus=2, temp_dir=temp_dir)
     yield ray
     ray.shutdown()
+    shutil.rmtree(temp_dir, ignore_errors=True)

@@ -163,12 +163,14 @@ def test_unconditional_ar_windows_are_full_seq_len_windows_after_one_eos(tmp_pat
 
 @pytest.fixture(scope="module")
 def ar_overrides(tiny_overrides):
-    """A micro GPT (match none) on the tiny corpus and tokenizer: trains in seconds."""
+    """A micro GPT (match none) on the tiny corpus and tokenizer: trains in seconds. Logged at every step and
+    checkpointed every 10 (with an EMA), so its run is also the resume test's uninterrupted reference."""
     base = tiny_overrides()
     return {"match": "none", "data": base["data"],
             "eval": {**base["eval"], "sampling_seeds": [1], "human_ceiling": False},
             "gpt": {"hidden_dim": 32, "depth": 2, "n_heads": 2},
-            "train_gpt": {"optim": {"steps": 30, "batch_size": 16, "lr": 3e-3, "warmup_steps": 5, "log_every": 10}},
+            "train_gpt": {"optim": {"steps": 30, "batch_size": 16, "lr": 3e-3, "warmup_steps": 5, "log_every": 1,
+                                    "checkpoint_every": 10, "ema_decay": 0.9}},
             "wandb": False}
 
 
@@ -178,27 +180,35 @@ def data_root(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("ar-data")
 
 
+@pytest.fixture(scope="module")
+def ar_run(ar_overrides, data_root, tmp_path_factory, ray_local):
+    """The AR pipeline, trained and evaluated once: (config, run output, run dir). The end-to-end test checks
+    it; the resume test compares an interrupted run of the same stage with it."""
+    from latentlm.platform.methods.ar.pipeline import run_ar
+    cfg = build_ar_config("tiny", ar_overrides)
+    run_dir = tmp_path_factory.mktemp("ar-run") / "run"
+    return cfg, run_ar(cfg, run_dir, data_root=data_root), run_dir
+
+
 @pytest.mark.ray
-def test_ar_pipeline_end_to_end(ar_overrides, tiny_corpus, tmp_path, data_root, ray_local):
+def test_ar_pipeline_end_to_end(ar_run, tiny_corpus, tmp_path):
     from latentlm.platform import cli
     from latentlm.platform.methods.ar.generator import load_ar
-    from latentlm.platform.methods.ar.pipeline import run_ar
     from latentlm.platform.reevaluate import evaluate_saved
-    cfg = build_ar_config("tiny", ar_overrides)
-    out = run_ar(cfg, tmp_path / "run", data_root=data_root)
+    cfg, out, run_dir = ar_run
     row = out["results"][str(tiny_corpus)]
     for key in ("rouge1", "rougeL", "bertscore", "mauve"):
         assert 0.0 <= row[key] <= 1.0, (key, row[key])
     assert "recon_acc" not in row  # an AR model has no reconstruction
     assert out["evaluation"].protocol.hash == EvalProtocol.from_config(cfg).hash
     assert out["facts"]["gpt_params"] == gpt_param_count(cfg.gpt) and cfg.gpt.vocab_size < 40  # the compact vocab
-    logged = [json.loads(line) for line in (tmp_path / "run" / "ar_metrics.jsonl").read_text().splitlines()]
+    logged = [json.loads(line) for line in (run_dir / "ar_metrics.jsonl").read_text().splitlines()]
     # it learned: below uniform guessing (ln vocab; the corpus' words are uniform draws, so the floor is close)
-    assert [m["step"] for m in logged] == [10, 20, 30] and logged[-1]["loss"] < math.log(cfg.gpt.vocab_size) - 0.1
+    assert [m["step"] for m in logged] == list(range(1, 31)) and logged[-1]["loss"] < math.log(cfg.gpt.vocab_size) - 0.1
     assert logged[-1]["accuracy"] > 2 / cfg.gpt.vocab_size
     checkpoint = Path(out["checkpoint"])
     files = {p.name for p in checkpoint.iterdir()}
-    assert {"gpt.safetensors", "vocab.safetensors", "config.json", "state.json"} <= files
+    assert {"gpt.safetensors", "ema.safetensors", "vocab.safetensors", "config.json", "state.json"} <= files
     # the checkpoint samples without Ray, deterministically, in tokenizer ids
     model = load_ar(out["checkpoint"])
     prompt = torch.tensor([[5, 6, 7, 8]] * 2)
@@ -267,18 +277,17 @@ def test_ar_baseline_under_ldlms_protocol_ranks_beside_its_reference_rows(uncond
 
 
 @pytest.mark.ray
-def test_ar_stage_killed_worker_resumes_bit_identically(ar_overrides, tmp_path, data_root, ray_local):
-    """Killed after step 8 (tied embedding/head under DeepSpeed ZeRO-1), the GPT stage resumes from its step-6
-    checkpoint (weights, optimizer, EMA, data position) and ends exactly like an uninterrupted run."""
+def test_ar_stage_killed_worker_resumes_bit_identically(ar_run, tmp_path, data_root):
+    """Killed at step 28 (tied embedding/head under DeepSpeed ZeRO-1), the GPT stage resumes from its step-20
+    checkpoint (weights, optimizer, EMA, data position) and ends exactly like the uninterrupted run of the same
+    config and data: the pipeline's run in ``ar_run``."""
     from latentlm.models.checkpoint import load_tensors
-    from latentlm.platform.config import merge, to_dict
+    from latentlm.platform.config import to_dict
     from latentlm.platform.data.windows import prepare_data
     from latentlm.platform.training.launch import run_stage, training_dataset
     from latentlm.platform.methods.ar.train import ar_train_loop
-    cfg = build_ar_config("tiny", merge(ar_overrides, {"train_gpt": {"optim": {
-        "steps": 9, "log_every": 1, "checkpoint_every": 3, "warmup_steps": 2, "ema_decay": 0.9}}}))
-    art = prepare_data(cfg, data_root, False)
-    cfg.gpt.vocab_size = art.vocab_size
+    cfg, out, clean_run = ar_run
+    art = prepare_data(cfg, data_root, False)  # prepared by the pipeline: found, not redone
 
     def run(name, **extra):
         run_dir = tmp_path / name
@@ -290,10 +299,11 @@ def test_ar_stage_killed_worker_resumes_bit_identically(ar_overrides, tmp_path, 
         lines = [json.loads(line) for line in (run_dir / "ar_metrics.jsonl").read_text().splitlines()]
         return checkpoint, [m["step"] for m in lines], {m["step"]: m["loss"] for m in lines}
 
-    clean_checkpoint, _, clean = run("clean")
+    clean_checkpoint = Path(out["checkpoint"])
+    clean = {m["step"]: m["loss"] for m in map(json.loads, (clean_run / "ar_metrics.jsonl").read_text().splitlines())}
     marker = tmp_path / "fault-injected"
-    checkpoint, steps, resumed = run("faulty", inject_fault={"step": 8, "marker": str(marker)})
-    assert marker.exists() and steps == [*range(1, 8), *range(7, 10)]  # died before logging 8, resumed at 7
+    checkpoint, steps, resumed = run("faulty", inject_fault={"step": 28, "marker": str(marker)})
+    assert marker.exists() and steps == [*range(1, 28), *range(21, 31)]  # died before logging 28, resumed at 21
     assert resumed == clean
     for name in ("gpt", "ema"):
         got = load_tensors(checkpoint / f"{name}.safetensors")

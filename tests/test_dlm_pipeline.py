@@ -22,7 +22,9 @@ def dlm_overrides(tiny_overrides):
             "dlm": {"vae": small, "dit": {"latent_dim": 8, "hidden_dim": 32, "depth": 2, "n_heads": 2,
                                           "block_size": 4}},
             "train_vae": {"optim": {"steps": 20, "batch_size": 16, "lr": 3e-3, "log_every": 10}},
-            "train_joint": {"optim": {"steps": 20, "batch_size": 16, "lr": 3e-3, "log_every": 10, "ema_decay": 0.9}},
+            # logged at every step and checkpointed every 8: the resume test's uninterrupted reference
+            "train_joint": {"optim": {"steps": 20, "batch_size": 16, "lr": 3e-3, "log_every": 1, "ema_decay": 0.9,
+                                      "checkpoint_every": 8}},
             "wandb": False}
     return lambda **sections: merge(base, sections)
 
@@ -68,23 +70,34 @@ def test_a_block_size_sweep_shares_the_pretrained_vae_unless_the_vae_is_block_ca
         assert keys[0]["joint"] != keys[1]["joint"]  # the prior itself differs
 
 
+@pytest.fixture(scope="module")
+def dlm_run(dlm_overrides, tmp_path_factory, ray_local):
+    """The Cola DLM pipeline (joint VAE x0.01 with the reference encoder on), trained and evaluated once:
+    (config, run output, run dir; its parent is the data root). The end-to-end test checks it; the resume test
+    compares an interrupted joint stage with it."""
+    from latentlm.platform.methods.dlm.pipeline import run_dlm
+    cfg = build_dlm_config("tiny", dlm_overrides(dlm={"vae_strategy": "joint", "vae_lr_ratio": 0.01,
+                                                      "ref_weight": 0.1}))
+    run_dir = tmp_path_factory.mktemp("dlm-run") / "run"
+    return cfg, run_dlm(cfg, run_dir), run_dir
+
+
 @pytest.mark.ray
-def test_dlm_pipeline_end_to_end(dlm_overrides, tiny_corpus, tmp_path, ray_local):
+def test_dlm_pipeline_end_to_end(dlm_run, dlm_overrides, tiny_corpus, tmp_path):
     from latentlm.platform.methods.dlm.generator import load_dlm
     from latentlm.platform.methods.dlm.pipeline import run_dlm
-    cfg = build_dlm_config("tiny", dlm_overrides(dlm={"vae_strategy": "joint", "vae_lr_ratio": 0.01}))
-    out = run_dlm(cfg, tmp_path / "run")
+    cfg, out, run_dir = dlm_run
     row = out["results"][str(tiny_corpus)]
     for key in ("rouge1", "bertscore", "mauve", "recon_acc"):
         assert 0.0 <= row[key] <= 1.0, key
     # the denoising progression of sample 0: the configured steps that exist, ending at its generated text
     progression = out["evaluation"].progressions[str(tiny_corpus)]
     assert progression["steps"] == [1, cfg.eval.steps] and len(progression["texts"]) == 2
-    first = json.loads(next(iter((tmp_path / "run" / "eval").glob("samples_*.jsonl"))).read_text().splitlines()[0])
+    first = json.loads(next(iter((run_dir / "eval").glob("samples_*.jsonl"))).read_text().splitlines()[0])
     assert progression["texts"][-1] == first["generated"] and progression["prompt"] == first["prompt"]
-    logged = [json.loads(line) for line in (tmp_path / "run" / "dlm_joint_metrics.jsonl").read_text().splitlines()]
-    assert [m["step"] for m in logged] == [10, 20] and all("fm" in m and "logsnr" in m for m in logged)
-    vae_log = [json.loads(line) for line in (tmp_path / "run" / "dlm_vae_metrics.jsonl").read_text().splitlines()]
+    logged = [json.loads(line) for line in (run_dir / "dlm_joint_metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in logged] == list(range(1, 21)) and all("fm" in m and "logsnr" in m for m in logged)
+    vae_log = [json.loads(line) for line in (run_dir / "dlm_vae_metrics.jsonl").read_text().splitlines()]
     assert vae_log[-1]["recon"] < vae_log[0]["recon"]
     # the checkpoint generates without Ray, deterministically, KV cache or not
     gen = load_dlm(out["joint_checkpoint"])
@@ -94,54 +107,43 @@ def test_dlm_pipeline_end_to_end(dlm_overrides, tiny_corpus, tmp_path, ray_local
     assert a.shape == (2, 9) and torch.equal(a, b)
     from latentlm.platform import cli
     assert cli.main(["sample", out["joint_checkpoint"], "--prompt", "the river", "--length", "6", "--steps", "2"]) == 0
-    # the saved stage-2 checkpoint is scored again with other sampler settings
+    # the saved joint-stage checkpoint is scored again with other sampler settings
     assert cli.main(["evaluate", out["joint_checkpoint"], "--set", "eval.steps=2", "--out", str(tmp_path / "re")]) == 0
     scored = json.loads((tmp_path / "re" / "metrics.json").read_text())
     assert scored["protocol"]["sampler"]["steps"] == 2 and scored["results"].keys() == out["results"].keys()
-    # a frozen-VAE trial reuses the stage-1 VAE (one VAE per VAE config)
-    frozen = run_dlm(build_dlm_config("tiny", dlm_overrides(dlm={"vae_strategy": "frozen"})), tmp_path / "run2",
-                     data_root=tmp_path, cache_root=tmp_path / "run")
+    # a frozen-VAE trial reuses the pretrained VAE (one VAE per VAE config)
+    frozen = run_dlm(build_dlm_config("tiny", dlm_overrides(dlm={"vae_strategy": "frozen"})), run_dir.parent / "run2",
+                     data_root=run_dir.parent, cache_root=run_dir)
     assert frozen["vae_checkpoint"] == out["vae_checkpoint"] and frozen["stage_seconds"]["vae"] == 0.0
 
 
 @pytest.mark.ray
-def test_dlm_joint_stage_killed_worker_resumes_bit_identically(dlm_overrides, tmp_path, ray_local):
-    """Stage 2 (joint VAE x0.01 + DiT, reference encoder on) killed at step 10 resumes from its step-8 checkpoint
-    (weights, optimizer, EMA, noise stream, data position) and ends exactly like an uninterrupted run."""
+def test_dlm_joint_stage_killed_worker_resumes_bit_identically(dlm_run, tmp_path):
+    """The joint stage (VAE x0.01 + DiT, reference encoder on) killed at step 18 resumes from its step-16
+    checkpoint (weights, optimizer, EMA, noise stream, data position) and ends exactly like the uninterrupted run
+    of the same config, data and pretrained VAE: the pipeline's joint stage in ``dlm_run``."""
     from latentlm.models.checkpoint import load_tensors
     from latentlm.platform.config import to_dict
     from latentlm.platform.data.windows import prepare_data
     from latentlm.platform.training.launch import run_stage, training_dataset
-    from latentlm.platform.methods.dlm.train import dlm_vae_loop, dlm_joint_loop
-    cfg = build_dlm_config("tiny", dlm_overrides(
-        dlm={"vae_strategy": "joint", "vae_lr_ratio": 0.01, "ref_weight": 0.1},
-        train_vae={"optim": {"steps": 6, "log_every": 6, "warmup_steps": 2}},
-        train_joint={"optim": {"steps": 12, "log_every": 1, "checkpoint_every": 4, "ema_decay": 0.9, "warmup_steps": 2}}))
-    art = prepare_data(cfg, tmp_path / "data", False)
-    cfg.dlm.vae.vocab_size = art.vocab_size
+    from latentlm.platform.methods.dlm.train import dlm_joint_loop
+    cfg, out, clean_run = dlm_run
+    art = prepare_data(cfg, clean_run.parent, False)  # prepared by the pipeline: found, not redone
 
-    def run(loop, name, **extra):
-        run_dir = tmp_path / name
-        run_dir.mkdir()
-        config = {"experiment": to_dict(cfg), "run_dir": str(run_dir), "run_name": "resume", "vocab": art.vocab,
-                  **extra}
-        dataset = training_dataset(art.train, ["tokens", "length"], cfg.data.materialize_max_mb)
-        return Path(run_stage(loop, config, dataset, name, tmp_path / "ray", cfg.resources)), run_dir
-
-    vae_checkpoint, _ = run(dlm_vae_loop, "vae")
-
-    def joint(name, **extra):
-        checkpoint, run_dir = run(dlm_joint_loop, name, vae_checkpoint=str(vae_checkpoint), **extra)
-        lines = (run_dir / "dlm_joint_metrics.jsonl").read_text().splitlines()
-        return checkpoint, [json.loads(line)["step"] for line in lines], {m["step"]: m for m in map(json.loads, lines)}
-
-    clean_checkpoint, _, clean = joint("clean")
-    marker = tmp_path / "fault-injected"
-    checkpoint, steps, resumed = joint("faulty", inject_fault={"step": 10, "marker": str(marker)})
-    assert marker.exists() and steps == [*range(1, 10), *range(9, 13)]  # died after 10, resumed at 9
-    assert all(clean[s]["ref"] > 0 for s in range(2, 13))  # the reference regulariser acts
+    clean_checkpoint = Path(out["joint_checkpoint"])
+    clean = {m["step"]: m for m in map(json.loads, (clean_run / "dlm_joint_metrics.jsonl").read_text().splitlines())}
+    marker, run_dir = tmp_path / "fault-injected", tmp_path / "faulty"
+    run_dir.mkdir()
+    config = {"experiment": to_dict(cfg), "run_dir": str(run_dir), "run_name": "resume", "vocab": art.vocab,
+              "vae_checkpoint": out["vae_checkpoint"], "inject_fault": {"step": 18, "marker": str(marker)}}
+    dataset = training_dataset(art.train, ["tokens", "length"], cfg.data.materialize_max_mb)
+    checkpoint = Path(run_stage(dlm_joint_loop, config, dataset, "faulty", tmp_path / "ray", cfg.resources))
+    lines = [json.loads(line) for line in (run_dir / "dlm_joint_metrics.jsonl").read_text().splitlines()]
+    steps, resumed = [m["step"] for m in lines], {m["step"]: m for m in lines}
+    assert marker.exists() and steps == [*range(1, 18), *range(17, 21)]  # died before logging 18, resumed at 17
+    assert all(clean[s]["ref"] > 0 for s in range(2, 21))  # the reference regulariser acts
     for name in ("loss", "fm", "recon", "ref"):
-        assert [resumed[s][name] for s in range(1, 13)] == [clean[s][name] for s in range(1, 13)], name
+        assert [resumed[s][name] for s in range(1, 21)] == [clean[s][name] for s in range(1, 21)], name
     for name in ("joint", "ema"):
         got, want = load_tensors(checkpoint / f"{name}.safetensors"), load_tensors(clean_checkpoint / f"{name}.safetensors")
         assert all(torch.equal(got[k], want[k]) for k in want), name

@@ -189,10 +189,10 @@ def _result_rows(run_dir: Path) -> list[dict]:
     return pq.read_table(boards[0]).to_pylist()
 
 
-def test_ray_job_submit_runs_the_main_job(tiny_overrides, tmp_path):
+def test_ray_job_submit_runs_the_main_job(micro_overrides, tmp_path):
     t0 = time.time()
     run_dir, cfg_path = tmp_path / "run", tmp_path / "micro.yaml"
-    cfg_path.write_text(yaml.safe_dump(tiny_overrides()))
+    cfg_path.write_text(yaml.safe_dump(micro_overrides()))
     # The same runtime_env a user submits with (cluster/runtime_env.yaml); the working dir is this repo.
     runtime_env = yaml.safe_load((REPO / "cluster" / "runtime_env.yaml").read_text())
     # Caches go where `make` puts them, not to ~/.cache; set on the head (not in the runtime_env: init_ray
@@ -251,7 +251,7 @@ def test_ray_job_submit_runs_the_main_job(tiny_overrides, tmp_path):
     axes = [json.loads(row["axes"]) for row in rows]
     assert {a.get("vae.repa.enabled") for a in axes} == {False, True}, axes  # REPA off and on
     assert len({row["trial"] for row in rows}) == len(rows), rows  # one dataset: one row per trial
-    assert {row["dataset"] for row in rows} == set(tiny_overrides()["eval"]["datasets"]), rows
+    assert {row["dataset"] for row in rows} == set(micro_overrides()["eval"]["datasets"]), rows
     for row in rows:
         for key in ("rouge1", "mauve"):
             assert 0.0 <= float(row[key]) <= 1.0, (key, row)

@@ -38,7 +38,9 @@ def ldlm_overrides(tiny_corpus, tiny_lm_dir, tiny_scorer_dir):
                  "token_decoder": {"layers": 1, "hidden_dim": 32, "n_heads": 2},
                  "denoiser": {"hidden_dim": 32, "depth": 2, "n_heads": 2}, "warmup_steps": 60,
                  "adaptive_bins": 10, "adaptive_update_every": 2, "decoder_noise": 0.05},
-        "train_joint": {"optim": {"steps": 60, "batch_size": 16, "lr": 5e-3, "log_every": 20, "warmup_steps": 2}},
+        # logged at every step, checkpointed every 20, with an EMA: the resume test's uninterrupted reference
+        "train_joint": {"optim": {"steps": 60, "batch_size": 16, "lr": 5e-3, "log_every": 1, "warmup_steps": 2,
+                                  "checkpoint_every": 20, "ema_decay": 0.9}},
         "train_post_decoder": {"enabled": True, "layers": 1,
                          "optim": {"steps": 10, "batch_size": 16, "lr": 3e-3, "log_every": 5, "warmup_steps": 1}},
         "eval": {"datasets": [str(tiny_corpus)], "num_samples": 8, "sampling_seeds": [0, 1], "steps": 6,
@@ -76,12 +78,21 @@ def test_every_preset_builds():
         assert cfg.ldlm.seq_len == cfg.data.seq_len == cfg.ldlm.num_latents
 
 
-@pytest.mark.ray
-def test_ldlm_pipeline_end_to_end(ldlm_overrides, tiny_corpus, tmp_path, ray_local):
-    from latentlm.platform.methods.ldlm.generator import LDLMGenerator
+@pytest.fixture(scope="module")
+def ldlm_run(ldlm_overrides, tmp_path_factory, ray_local):
+    """The LDLM pipeline, trained and evaluated once: (config, run output, run dir; its parent is the data root).
+    The end-to-end test checks it; the resume test compares an interrupted joint stage with it."""
     from latentlm.platform.methods.ldlm.pipeline import run_ldlm
     cfg = build_ldlm_config("tiny", ldlm_overrides())
-    out = run_ldlm(cfg, tmp_path / "run")
+    run_dir = tmp_path_factory.mktemp("ldlm-run") / "run"
+    return cfg, run_ldlm(cfg, run_dir), run_dir
+
+
+@pytest.mark.ray
+def test_ldlm_pipeline_end_to_end(ldlm_run, ldlm_overrides, tiny_corpus):
+    from latentlm.platform.methods.ldlm.generator import LDLMGenerator
+    from latentlm.platform.methods.ldlm.pipeline import run_ldlm
+    cfg, out, run_dir = ldlm_run
     row = out["results"][str(tiny_corpus)]
     for key in ("gen_ppl", "gen_ppl_std", "mauve", "mauve_std", "mauve_kmeans_std", "mauve_sampling_std", "entropy",
                 "diversity", "reference_gen_ppl"):
@@ -89,7 +100,7 @@ def test_ldlm_pipeline_end_to_end(ldlm_overrides, tiny_corpus, tmp_path, ray_loc
     assert "interp_ppl_mean" in row  # NaN when every decoded point is empty (an untrained decoder emits EOS)
     assert 0 < row["mauve"] <= 1 and 0 <= row["diversity"] <= 1 and row["entropy"] >= 0
     assert row["seeds"] == 2 and row["samples"] == 8
-    metrics = json.loads((tmp_path / "run" / "eval" / "metrics.json").read_text())
+    metrics = json.loads((run_dir / "eval" / "metrics.json").read_text())
     assert metrics["protocol"]["name"] == "unconditional/v3" and len(metrics["per_seed"][str(tiny_corpus)]) == 2
     assert metrics["protocol"]["hash"] == out["evaluation"].protocol.hash
     steps = out["evaluation"].progressions[str(tiny_corpus)]["steps"]
@@ -102,12 +113,12 @@ def test_ldlm_pipeline_end_to_end(ldlm_overrides, tiny_corpus, tmp_path, ray_loc
     joint = Path(out["joint_checkpoint"])
     for name in ("ldlm.safetensors", "timestep_sampler.safetensors", "hidden_stats.safetensors", "vocab.safetensors"):
         assert (joint / name).is_file(), name
-    logged = [json.loads(line) for line in (tmp_path / "run" / "ldlm_metrics.jsonl").read_text().splitlines()]
-    assert [m["step"] for m in logged] == [20, 40, 60]
+    logged = [json.loads(line) for line in (run_dir / "ldlm_metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in logged] == list(range(1, 61))
     assert all(k in logged[-1] for k in ("mse", "diffusion", "ce", "tokens_per_s", "latent_norm"))
     assert logged[-1]["diffusion"] < logged[0]["diffusion"]  # (the models' tests show every loss falling)
     assert all(m["mse"] == m["mse"] and m["ce"] == m["ce"] for m in logged)
-    assert (tmp_path / "run" / "post_decoder_metrics.jsonl").is_file()
+    assert (run_dir / "post_decoder_metrics.jsonl").is_file()
     assert out["post_decoder_checkpoint"] and out["checkpoint"] == out["post_decoder_checkpoint"]
 
     # The checkpoint samples without Ray, deterministically given the seed, through the post-trained decoder.
@@ -122,8 +133,8 @@ def test_ldlm_pipeline_end_to_end(ldlm_overrides, tiny_corpus, tmp_path, ray_loc
     assert cli.main(["sample", out["joint_checkpoint"], "--prompt", "the river"]) == 2  # unconditional only
 
     # A second run of the same config reuses both stages; an eval-only change retrains nothing.
-    again = run_ldlm(build_ldlm_config("tiny", ldlm_overrides(eval={"steps": 3})), tmp_path / "run2",
-                     data_root=tmp_path, cache_root=tmp_path / "run")
+    again = run_ldlm(build_ldlm_config("tiny", ldlm_overrides(eval={"steps": 3})), run_dir.parent / "run2",
+                     data_root=run_dir.parent, cache_root=run_dir)
     assert again["stage_seconds"]["joint"] == 0.0 and again["stage_seconds"]["post_decoder"] == 0.0
     assert again["joint_checkpoint"] == out["joint_checkpoint"]
 
@@ -157,19 +168,17 @@ def test_ldlm_experiment_scripts_plan_on_the_tiny_preset():
 
 
 @pytest.mark.ray
-def test_ldlm_killed_worker_resumes_bit_identically(ldlm_overrides, tmp_path, ray_local):
-    """The joint stage killed at step 10 resumes from its step-8 checkpoint (weights, optimizer, EMA, RNG
-    streams, data position and the adaptive sampler's statistics) and ends exactly like an uninterrupted run."""
+def test_ldlm_killed_worker_resumes_bit_identically(ldlm_run, tmp_path):
+    """The joint stage killed at step 50 resumes from its step-40 checkpoint (weights, optimizer, EMA, RNG
+    streams, data position and the adaptive sampler's statistics) and ends exactly like the uninterrupted run of
+    the same config and data: the pipeline's joint stage in ``ldlm_run``."""
     from latentlm.platform.config import to_dict
     from latentlm.platform.data.windows import feature_stats, prepare_data
     from latentlm.platform.training.launch import run_stage, training_dataset
     from latentlm.platform.methods.ldlm.train import train_ldlm_loop
     from latentlm.models.checkpoint import load_tensors
-    cfg = build_ldlm_config("tiny", ldlm_overrides(
-        train_joint={"optim": {"steps": 12, "log_every": 1, "checkpoint_every": 4, "ema_decay": 0.9}},
-        ldlm={"adaptive_update_every": 3}))
-    art = prepare_data(cfg, tmp_path / "data", True)
-    cfg.ldlm.vocab_size, cfg.ldlm.hidden_size = art.vocab_size, art.teacher_dim
+    cfg, out, clean_run = ldlm_run
+    art = prepare_data(cfg, clean_run.parent, True)  # prepared by the pipeline: found, not redone
     stats = feature_stats(art.vae_train, art.teacher_layer, art.teacher_dim, cfg.token_encoder.stats_windows)
 
     def run(name, **extra):
@@ -177,22 +186,23 @@ def test_ldlm_killed_worker_resumes_bit_identically(ldlm_overrides, tmp_path, ra
         run_dir.mkdir()
         loop = {"experiment": to_dict(cfg), "run_dir": str(run_dir), "run_name": "resume", "vocab": art.vocab,
                 "hidden_stats": stats, **extra}
-        dataset = training_dataset(art.vae_train, ["tokens", "length", art.teacher_column], 256, art.vae_windows,
-                                   {art.teacher_column: "hidden"})
+        dataset = training_dataset(art.vae_train, ["tokens", "length", art.teacher_column],
+                                   cfg.data.materialize_max_mb, art.vae_windows, {art.teacher_column: "hidden"})
         checkpoint = Path(run_stage(train_ldlm_loop, loop, dataset, name, tmp_path / "ray", cfg.resources))
         lines = (run_dir / "ldlm_metrics.jsonl").read_text().splitlines()
         return checkpoint, [json.loads(line)["step"] for line in lines], {m["step"]: m for m in map(json.loads, lines)}
 
-    clean_checkpoint, _, clean = run("clean")
+    clean_checkpoint = Path(out["joint_checkpoint"])
+    clean = {m["step"]: m for m in map(json.loads, (clean_run / "ldlm_metrics.jsonl").read_text().splitlines())}
     marker = tmp_path / "fault-injected"
-    checkpoint, steps, resumed = run("faulty", inject_fault={"step": 10, "marker": str(marker)})
-    assert marker.exists() and steps == [*range(1, 10), *range(9, 13)]  # died after 10, resumed at 9
-    assert [resumed[s]["loss"] for s in range(1, 13)] == [clean[s]["loss"] for s in range(1, 13)]
+    checkpoint, steps, resumed = run("faulty", inject_fault={"step": 50, "marker": str(marker)})
+    assert marker.exists() and steps == [*range(1, 50), *range(41, 61)]  # died before logging 50, resumed at 41
+    assert [resumed[s]["loss"] for s in range(1, 61)] == [clean[s]["loss"] for s in range(1, 61)]
     for name in ("ldlm", "ema", "timestep_sampler"):
         got, want = load_tensors(checkpoint / f"{name}.safetensors"), load_tensors(clean_checkpoint / f"{name}.safetensors")
         assert all(torch.equal(got[k], want[k]) for k in want), name
     sampler = load_tensors(checkpoint / "timestep_sampler.safetensors")
-    assert int(sampler["updates"]) == 12 and bool(sampler["edge_seen"].any())
+    assert int(sampler["updates"]) == 60 and bool(sampler["edge_seen"].any())
 
 
 def test_reference_windows_are_full_packed_windows_and_the_ceilings_share_no_document(tiny_lm_dir):

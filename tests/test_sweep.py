@@ -80,10 +80,9 @@ def test_an_ldlm_sweeps_baseline_is_scored_under_ldlms_unconditional_protocol():
     assert EvalProtocol.from_config(ar).hash == EvalProtocol.from_config(ldlm).hash
 
 
-def _micro_config(tmp_path: Path, tiny_overrides) -> Path:
+def _micro_config(tmp_path: Path, micro_overrides) -> Path:
     path = tmp_path / "micro.yaml"
-    short = {"steps": 12, "log_every": 6, "warmup_steps": 2}
-    path.write_text(yaml.safe_dump(tiny_overrides(train_vae={"optim": short}, train_dit={"optim": short})))
+    path.write_text(yaml.safe_dump(micro_overrides()))
     return path
 
 
@@ -132,9 +131,9 @@ def test_a_script_sets_its_default_concurrency_and_the_command_line_overrides_it
 
 
 @pytest.mark.ray
-def test_cfg_sweep_trains_once_and_fills_the_leaderboard(tiny_overrides, tmp_path, ray_local):
+def test_cfg_sweep_trains_once_and_fills_the_leaderboard(micro_overrides, tmp_path, ray_local):
     import pandas as pd
-    config = _micro_config(tmp_path, tiny_overrides)
+    config = _micro_config(tmp_path, micro_overrides)
     code = sweep_main("cfg", lambda preset: {"eval.cfg_scale": [1.0, 5.0]}, "CFG sweep",
                       ["--config", str(config), "--run-dir", str(tmp_path / "runs")])
     assert code == 0
@@ -158,10 +157,10 @@ def test_cfg_sweep_trains_once_and_fills_the_leaderboard(tiny_overrides, tmp_pat
 
 
 @pytest.mark.ray
-def test_interrupted_sweep_is_restored_and_each_trial_lands_once(tiny_overrides, tmp_path):
+def test_interrupted_sweep_is_restored_and_each_trial_lands_once(micro_overrides, tmp_path):
     """Kill the sweep driver after its first trial; running it again finishes the rest via Tuner.restore."""
     import pandas as pd
-    config = _micro_config(tmp_path, tiny_overrides)
+    config = _micro_config(tmp_path, micro_overrides)
     runs = tmp_path / "runs"
     cmd = [sys.executable, str(REPO / "experiments" / "ablate_latent_dim.py"), "--config", str(config),
            "--run-dir", str(runs), "--axis", "vae.latent_dim=4,8"]
