@@ -162,8 +162,10 @@ def test_interrupted_sweep_is_restored_and_each_trial_lands_once(micro_overrides
     import pandas as pd
     config = _micro_config(tmp_path, micro_overrides)
     runs = tmp_path / "runs"
+    # one trial at a time: the first run is killed once its first trial lands, so a second trial running beside
+    # it would be trained twice
     cmd = [sys.executable, str(REPO / "experiments" / "ablate_latent_dim.py"), "--config", str(config),
-           "--run-dir", str(runs), "--axis", "vae.latent_dim=4,8"]
+           "--run-dir", str(runs), "--axis", "vae.latent_dim=4,8", "--max-concurrent-trials", "1"]
     # its own short Ray temp dir (Unix socket paths must stay under 107 bytes), removed with the test
     ray_tmp = tempfile.mkdtemp(prefix="lr-", dir="/tmp")
     env = {**os.environ, "RAY_TMPDIR": ray_tmp}
