@@ -41,9 +41,8 @@ def dlm_stage_keys(cfg) -> dict[str, str]:
     if vae["attention"] != "block_causal":
         vae["block_size"] = None
     vae_key = artifact_key(**common, vae=vae, train_vae=to_dict(cfg.train_vae))
-    model = {k: v for k, v in to_dict(cfg.dlm).items()}
-    joint_key = artifact_key(**common, train_vae=vae_key if cfg.dlm.vae_strategy != "scratch" else None,
-                             dlm=model, train_joint=to_dict(cfg.train_joint))
+    joint_key = artifact_key(**common, vae_stage=vae_key if cfg.dlm.vae_strategy != "scratch" else None,
+                             dlm=to_dict(cfg.dlm), train_joint=to_dict(cfg.train_joint))
     return {"vae": vae_key, "joint": joint_key}
 
 
