@@ -345,3 +345,11 @@ def test_configs_written_with_the_old_stage_section_names_still_load(family, old
     assert getattr(method.build("tiny", {old: {"optim": {"log_every": 9}}}), new).optim.log_every == 9
     with pytest.raises(ConfigError, match=f"^{old}: renamed to {new}, and both are set"):
         from_dict(method.config_cls, {**saved, new: {}})
+
+
+@pytest.mark.parametrize("family", ["textldm", "ldlm", "dlm", "ar"])
+def test_a_negative_seed_is_refused_naming_the_field(family):
+    """Every random stream is derived from the seed by numpy's SeedSequence, which takes no negative entropy."""
+    from latentlm.platform import registry
+    with pytest.raises(ConfigError, match=r"^seed: expected an integer >= 0"):
+        registry.get(family).build("tiny", {"seed": -1})

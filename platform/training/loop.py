@@ -19,17 +19,18 @@ from latentlm.models.checkpoint import load_tensors
 from latentlm.platform.config import to_dict
 
 from .engine import build_engine
-from .parts import (EMA, Throughput, WorkerContext, inject_fault, log_and_checkpoint, mean_over_workers, micro_batches,
-                    resume, should_log, stream_batches, write_checkpoint)
+from .parts import (EMA, Throughput, WorkerContext, derive_seed, inject_fault, log_and_checkpoint, mean_over_workers,
+                    micro_batches, resume, should_log, stream_batches, write_checkpoint)
 from .tracking import start_tracking
 
 
 @dataclass
 class Stage:
     """One training stage. ``label`` names it in logs, in ``<run_dir>/<label>_metrics.jsonl`` and in the
-    checkpoint's ``state.json``; ``engine_name`` names the weights file. ``step(engine, micro, step)`` runs the
-    forward pass of one micro-batch at optimiser step ``step`` (1-based) and returns an object with a scalar
-    tensor attribute per name in ``metrics`` (``loss`` is back-propagated)."""
+    checkpoint's ``state.json``; ``engine_name`` names the weights file and the stage's random streams
+    (``parts.derive_seed``). ``step(engine, micro, step)`` runs the forward pass of one micro-batch at optimiser
+    step ``step`` (1-based) and returns an object with a scalar tensor attribute per name in ``metrics`` (``loss``
+    is back-propagated)."""
     label: str
     engine_name: str
     model: torch.nn.Module
@@ -39,7 +40,6 @@ class Stage:
     vocab: Any = None                        # CompactVocab or None: checkpointed with the weights
     generators: dict[str, torch.Generator] = field(default_factory=dict)  # checkpointed RNG streams
     ema: bool = True                         # keep an EMA when optim.ema_decay > 0
-    stream_seed: int | None = None           # data order seed (default: the experiment's seed)
     lr_multiplier: Callable | None = None    # parameter -> learning-rate factor
     prepare_batch: Callable[[dict], None] | None = None  # on each global batch, before it is split
     after_step: Callable[[], None] | None = None         # after each optimiser step's micro-batches
@@ -76,8 +76,7 @@ def train_stage(config: dict, cfg, wc: WorkerContext, stage: Stage) -> None:
     shard = ray.train.get_dataset_shard("train")
     if stage.on_start is not None:
         stage.on_start(shard, start_step)
-    seed = cfg.seed if stage.stream_seed is None else stage.stream_seed
-    stream = stream_batches(shard, optim.batch_size, seed, epoch, skip)
+    stream = stream_batches(shard, optim.batch_size, derive_seed(cfg.seed, stage.engine_name, "data"), epoch, skip)
     meter = Throughput(engine.num_params, wc.device, wc.world_size)
     tracker = start_tracking(cfg.wandb, wc.is_main, project="latentlm", group=config["run_name"],
                              name=f"{config.get('trial', 'run')}-{stage.label.replace('_', '-')}",

@@ -11,6 +11,7 @@ import os
 import random
 import tempfile
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -56,7 +57,23 @@ def model_ids(tokens: torch.Tensor, vocab) -> torch.Tensor:
     return tokens if vocab is None else vocab.encode(tokens)
 
 
+# How derive_seed turns a run's seed into its streams. Stage cache keys name it with the seed: a stage trained under
+# another derivation drew other random numbers, so it is not reused.
+SEED_SCHEME = "numpy SeedSequence(seed, spawn_key=crc32 of each stream name)"
+
+
+def derive_seed(seed: int, *stream: str | int) -> int:
+    """The seed of one random stream of a run, e.g. ``derive_seed(cfg.seed, "dit", "splits")`` or
+    ``(cfg.seed, "vae", "torch", rank)``: a ``numpy.random.SeedSequence`` with the run's seed as entropy and the
+    stream's name (strings by CRC-32) as spawn key. Streams of one run are independent, and no stream of one run
+    reuses a stream of another run (``seed + 17`` for a second stage would replay the first stage of seed 17)."""
+    key = tuple(zlib.crc32(part.encode()) if isinstance(part, str) else int(part) for part in stream)
+    return int(np.random.SeedSequence(seed, spawn_key=key).generate_state(1, np.uint64)[0])
+
+
 def seed_everything(seed: int) -> None:
+    """Python's, NumPy's and torch's global generators, for code that draws from them (``torch.randn`` in a model,
+    parameter initialisation)."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -114,12 +131,13 @@ def stream_batches(dataset, batch_size: int, seed: int, start_epoch: int = 0,
     bit-identically. The price: each worker reads every row (cheap next to the model's compute for token
     windows; it multiplies the I/O of large teacher features by the worker count).
 
-    ``skip`` batches of ``start_epoch`` are dropped: this restores the data position after a resume."""
+    ``skip`` batches of ``start_epoch`` are dropped: this restores the data position after a resume. Each epoch's
+    shuffle is seeded by ``derive_seed(seed, epoch)``."""
     epoch = start_epoch
     while True:
         for index, batch in enumerate(dataset.iter_batches(batch_size=batch_size, batch_format="numpy",
                                                            drop_last=True, local_shuffle_buffer_size=4 * batch_size,
-                                                           local_shuffle_seed=seed + epoch)):
+                                                           local_shuffle_seed=derive_seed(seed, epoch))):
             if epoch == start_epoch and index < skip:
                 continue
             yield epoch, index, batch

@@ -123,6 +123,7 @@ class ARExperimentConfig:
 
     def __post_init__(self):
         check_fields(self, "")
+        require(self.seed >= 0, "seed", "an integer >= 0 (the entropy of every derived random stream)", self.seed)
         require(self.preset in AR_PRESETS, "preset", f"one of {sorted(AR_PRESETS)}", self.preset)
         kind = eval_class(self.match)
         require(isinstance(self.eval, kind), "eval", f"{kind.__name__} (the protocol of match {self.match})",

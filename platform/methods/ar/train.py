@@ -10,7 +10,7 @@ import torch
 from latentlm.models.gpt import GPT, next_token_loss
 from latentlm.platform.config import from_dict
 from latentlm.platform.training.loop import Stage, train_stage
-from latentlm.platform.training.parts import load_vocab, seed_everything, window_tokens, worker_context
+from latentlm.platform.training.parts import derive_seed, load_vocab, seed_everything, window_tokens, worker_context
 
 METRICS = ("loss", "accuracy")
 
@@ -39,7 +39,7 @@ def ar_train_loop(config: dict) -> None:
     from .config import ARExperimentConfig
     cfg = from_dict(ARExperimentConfig, config["experiment"])
     wc = worker_context(cfg.resources)
-    seed_everything(cfg.seed + 31)
+    seed_everything(derive_seed(cfg.seed, "gpt", "torch"))
     model = NextTokenStep(GPT(cfg.gpt))
     vocab = load_vocab(config.get("vocab"), wc.device)
 

@@ -51,6 +51,7 @@ class DLMExperimentConfig:
     wandb: bool = True
 
     def __post_init__(self):
+        require(self.seed >= 0, "seed", "an integer >= 0 (the entropy of every derived random stream)", self.seed)
         require(self.preset in DLM_PRESETS, "preset", f"one of {sorted(DLM_PRESETS)}", self.preset)
         self.eval.check_window(self.data.seq_len)
         require(self.eval.grid == "uniform", "eval.grid", "'uniform' (Cola DLM integrates each block on a "

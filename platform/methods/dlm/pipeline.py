@@ -18,6 +18,7 @@ from latentlm.platform.data.corpus import CorpusSpec, load_documents
 from latentlm.platform.data.windows import artifact_key, load_tokenizer, prepare_data
 from latentlm.platform.evaluation.continuation import evaluate_continuations
 from latentlm.platform.training.launch import init_ray, run_stage, training_dataset
+from latentlm.platform.training.parts import SEED_SCHEME
 from latentlm.platform.training.stages import StageCache, Trained
 
 from .generator import ColaDLMGenerator
@@ -36,7 +37,7 @@ def dlm_stage_keys(cfg) -> dict[str, str]:
     """Content keys of the two stages. The VAE's ``block_size`` enters the VAE stage's key only for a
     block-causal VAE: a causal or bidirectional one trains identically at any block size (it only sets the streaming
     decoder's chunk), so a block-size sweep shares one pretrained VAE."""
-    common = {"data": to_dict(cfg.data), "seed": cfg.seed, "deepspeed": to_dict(cfg.deepspeed)}
+    common = {"data": to_dict(cfg.data), "seed": [cfg.seed, SEED_SCHEME], "deepspeed": to_dict(cfg.deepspeed)}
     vae = to_dict(cfg.dlm.vae)
     if vae["attention"] != "block_causal":
         vae["block_size"] = None

@@ -17,7 +17,7 @@ from latentlm.models.dlm import ColaDLM
 from latentlm.models.dlm_vae import DLMTextVAE
 from latentlm.platform.config import from_dict
 from latentlm.platform.training.loop import Stage, train_stage
-from latentlm.platform.training.parts import load_vocab, seed_everything, window_tokens, worker_context
+from latentlm.platform.training.parts import derive_seed, load_vocab, seed_everything, window_tokens, worker_context
 
 VAE_METRICS = ("loss", "recon", "kl", "mask", "accuracy", "logsnr")
 JOINT_METRICS = ("loss", "fm", "vae", "recon", "kl", "mask", "ref", "accuracy", "logsnr")
@@ -34,11 +34,11 @@ def load_pretrained_vae(cfg, checkpoint: str, device) -> DLMTextVAE:
     return vae.to(device)
 
 
-def _train(config: dict, cfg, wc, stage: str, model: torch.nn.Module, optim, metrics, seed_offset: int,
+def _train(config: dict, cfg, wc, stage: str, model: torch.nn.Module, optim, metrics,
            lr_multiplier=None) -> None:
     """Both stages: ``model(tokens, mask, noise generator)`` on each micro-batch of token windows."""
     vocab = load_vocab(config.get("vocab"), wc.device)
-    noise_rng = torch.Generator(wc.device).manual_seed(cfg.seed * 1000 + seed_offset + 10 * wc.rank)
+    noise_rng = torch.Generator(wc.device).manual_seed(derive_seed(cfg.seed, stage, "noise", wc.rank))
 
     def step(engine, micro, _step):
         tokens, mask = window_tokens(micro, vocab, wc.device)
@@ -53,8 +53,8 @@ def dlm_vae_loop(config: dict) -> None:
     """Ray Train function: Text VAE pretraining."""
     cfg = _experiment(config)
     wc = worker_context(cfg.resources)
-    seed_everything(cfg.seed)
-    _train(config, cfg, wc, "vae", DLMTextVAE(cfg.dlm.vae), cfg.train_vae.optim, VAE_METRICS, seed_offset=0)
+    seed_everything(derive_seed(cfg.seed, "vae", "torch"))
+    _train(config, cfg, wc, "vae", DLMTextVAE(cfg.dlm.vae), cfg.train_vae.optim, VAE_METRICS)
 
 
 class _JointStep(torch.nn.Module):
@@ -73,7 +73,7 @@ def dlm_joint_loop(config: dict) -> None:
     """Ray Train function: joint VAE + block-causal DiT (``config["vae_checkpoint"]`` unless scratch)."""
     cfg = _experiment(config)
     wc = worker_context(cfg.resources)
-    seed_everything(cfg.seed + 17)
+    seed_everything(derive_seed(cfg.seed, "joint", "torch"))
     model = ColaDLM(cfg.dlm)
     strategy, reference = cfg.dlm.vae_strategy, None
     if strategy != "scratch":
@@ -84,5 +84,5 @@ def dlm_joint_loop(config: dict) -> None:
             reference = load_pretrained_vae(cfg, config["vae_checkpoint"], wc.device).eval().requires_grad_(False)
     vae_ids = {id(p) for p in model.vae.parameters()}
     ratio = cfg.dlm.vae_lr_ratio if strategy == "joint" else 1.0
-    _train(config, cfg, wc, "joint", _JointStep(model, reference), cfg.train_joint.optim, JOINT_METRICS, seed_offset=1,
+    _train(config, cfg, wc, "joint", _JointStep(model, reference), cfg.train_joint.optim, JOINT_METRICS,
            lr_multiplier=lambda p: ratio if id(p) in vae_ids else 1.0)

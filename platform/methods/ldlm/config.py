@@ -70,6 +70,7 @@ class LDLMExperimentConfig:
     wandb: bool = True
 
     def __post_init__(self):
+        require(self.seed >= 0, "seed", "an integer >= 0 (the entropy of every derived random stream)", self.seed)
         require(self.preset in LDLM_PRESETS, "preset", f"one of {sorted(LDLM_PRESETS)}", self.preset)
         require(self.ldlm.seq_len == self.data.seq_len, "ldlm.seq_len", f"data.seq_len ({self.data.seq_len})",
                 self.ldlm.seq_len)

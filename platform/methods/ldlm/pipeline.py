@@ -26,6 +26,7 @@ from latentlm.platform.evaluation import harness
 from latentlm.platform.evaluation.continuation import Evaluation
 from latentlm.platform.evaluation.unconditional import evaluate_windows
 from latentlm.platform.training.launch import init_ray, run_stage, training_dataset
+from latentlm.platform.training.parts import SEED_SCHEME
 from latentlm.platform.training.stages import StageCache, Trained
 
 from .generator import LDLMGenerator, saved_checkpoints
@@ -50,7 +51,7 @@ def validate_ldlm(cfg) -> dict:
 
 
 def ldlm_stage_keys(cfg) -> dict[str, str]:
-    common = {"data": to_dict(cfg.data), "seed": cfg.seed, "deepspeed": to_dict(cfg.deepspeed),
+    common = {"data": to_dict(cfg.data), "seed": [cfg.seed, SEED_SCHEME], "deepspeed": to_dict(cfg.deepspeed),
               "token_encoder": to_dict(cfg.token_encoder)}
     joint = artifact_key(**common, ldlm=to_dict(cfg.ldlm), train=to_dict(cfg.train_joint))
     post = artifact_key(joint=joint, post_decoder=to_dict(cfg.train_post_decoder), use_ema=cfg.eval.use_ema)

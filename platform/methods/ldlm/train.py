@@ -21,7 +21,8 @@ from latentlm.models.ldlm import LDLM, PostTrainedDecoder
 from latentlm.models.token_encoder import HiddenStats
 from latentlm.platform.config import from_dict
 from latentlm.platform.training.loop import Stage, train_stage
-from latentlm.platform.training.parts import load_vocab, seed_everything, stack_column, window_tokens, worker_context
+from latentlm.platform.training.parts import (derive_seed, load_vocab, seed_everything, stack_column,
+                                              window_tokens, worker_context)
 
 JOINT_METRICS = ("loss", "mse", "ce", "diffusion", "accuracy", "latent_norm")
 
@@ -64,13 +65,14 @@ def train_ldlm_loop(config: dict) -> None:
     cfg = _experiment(config)
     dim = cfg.ldlm.hidden_size
     wc = worker_context(cfg.resources)
-    seed_everything(cfg.seed + wc.rank)
+    seed_everything(derive_seed(cfg.seed, "ldlm", "torch", wc.rank))
     vocab = load_vocab(config.get("vocab"), wc.device)
     stats = load_stats(config["hidden_stats"], dim, wc.device)
     model = LDLM(cfg.ldlm)
     sampler = cfg.ldlm.make_timestep_sampler()
-    noise_rng = torch.Generator(wc.device).manual_seed(cfg.seed * 1000 + wc.rank)  # per-rank noise, like per-sample
-    time_rng = torch.Generator().manual_seed(cfg.seed * 7919 + wc.rank)
+    # per-rank noise, like per-sample noise
+    noise_rng = torch.Generator(wc.device).manual_seed(derive_seed(cfg.seed, "ldlm", "noise", wc.rank))
+    time_rng = torch.Generator().manual_seed(derive_seed(cfg.seed, "ldlm", "timesteps", wc.rank))
     reduce = all_reduce_sum(wc.world_size)
 
     def step(engine, micro, global_step: int):
@@ -122,12 +124,12 @@ def post_decoder_loop(config: dict) -> None:
     post, dim = cfg.train_post_decoder, cfg.ldlm.hidden_size
     sigma = cfg.ldlm.decoder_noise if post.decoder_noise is None else post.decoder_noise
     wc = worker_context(cfg.resources)
-    seed_everything(cfg.seed + 101 + wc.rank)
+    seed_everything(derive_seed(cfg.seed, "post_decoder", "torch", wc.rank))
     vocab = load_vocab(config.get("vocab"), wc.device)
     stats = load_stats(config["hidden_stats"], dim, wc.device)
     joint = load_joint_model(config["joint_checkpoint"], cfg, wc.device, use_ema=cfg.eval.use_ema)
     decoder = PostTrainedDecoder(cfg.ldlm, post.layers, post.source)
-    noise_rng = torch.Generator(wc.device).manual_seed(cfg.seed * 1000 + 7 + wc.rank)
+    noise_rng = torch.Generator(wc.device).manual_seed(derive_seed(cfg.seed, "post_decoder", "noise", wc.rank))
 
     def step(engine, micro, _step):
         hidden, ids, mask = micro_inputs(micro, dim, stats, vocab, wc.device)
@@ -142,5 +144,5 @@ def post_decoder_loop(config: dict) -> None:
     # the decoder is exported as trained (the LDLM generator reads post_decoder.safetensors): no EMA
     train_stage(config, cfg, wc, Stage(
         "post_decoder", "post_decoder", decoder, post.optim, ("ce", "accuracy"), step, vocab=vocab,
-        generators={"noise": noise_rng}, ema=False, stream_seed=cfg.seed + 5,
+        generators={"noise": noise_rng}, ema=False,
         state={"joint_checkpoint": config["joint_checkpoint"]}))

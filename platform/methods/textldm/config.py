@@ -65,6 +65,7 @@ class TextLDMConfig:
 
     def __post_init__(self):
         require(self.preset in PRESETS, "preset", f"one of {sorted(PRESETS)}", self.preset)
+        require(self.seed >= 0, "seed", "an integer >= 0 (the entropy of every derived random stream)", self.seed)
         self.eval.check_window(self.data.seq_len)
         # The DiT works in the VAE's latent space over the same windows.
         require(self.dit.latent_dim == self.vae.latent_dim, "dit.latent_dim",

@@ -22,6 +22,7 @@ from latentlm.platform.data.windows import artifact_key, load_tokenizer, prepare
 from latentlm.platform.evaluation.continuation import Evaluation, evaluate_continuations
 from latentlm.platform.registry import SampleRequest, continue_prompt
 from latentlm.platform.training.launch import init_ray, run_stage, training_dataset
+from latentlm.platform.training.parts import SEED_SCHEME
 from latentlm.platform.training.stages import StageCache, Trained
 
 from .generator import load_textldm
@@ -45,7 +46,7 @@ def validate(cfg) -> dict:
 
 def stage_keys(cfg) -> dict[str, str]:
     """Content keys of the training stages (what each stage's output depends on)."""
-    common = {"data": to_dict(cfg.data), "seed": cfg.seed, "deepspeed": to_dict(cfg.deepspeed)}
+    common = {"data": to_dict(cfg.data), "seed": [cfg.seed, SEED_SCHEME], "deepspeed": to_dict(cfg.deepspeed)}
     vae = artifact_key(**common, vae=to_dict(cfg.vae), train_vae=to_dict(cfg.train_vae))
     dit = artifact_key(vae=vae, dit=to_dict(cfg.dit), train_dit=to_dict(cfg.train_dit), **common)
     return {"vae": vae, "dit": dit}

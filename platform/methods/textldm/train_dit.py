@@ -11,7 +11,7 @@ from latentlm.models.dit import TextDiT
 from latentlm.models.text_vae import TextVAE
 from latentlm.platform.config import from_dict
 from latentlm.platform.training.loop import Stage, train_stage
-from latentlm.platform.training.parts import (load_vocab, seed_everything, stream_batches, window_tokens,
+from latentlm.platform.training.parts import (derive_seed, load_vocab, seed_everything, stream_batches, window_tokens,
                                               worker_context, worker_rows)
 
 from .generator import LatentNormalizer, flow_matching_loss
@@ -86,16 +86,18 @@ def train_dit_loop(config: dict) -> None:
     cfg = from_dict(TextLDMConfig, config["experiment"])
     optim = cfg.train_dit.optim
     wc = worker_context(cfg.resources)
-    seed_everything(cfg.seed + 17 + wc.rank)
+    seed_everything(derive_seed(cfg.seed, "dit", "torch", wc.rank))
     vae = load_frozen_vae(cfg, config["vae_checkpoint"], wc.device)
     vocab = load_vocab(config.get("vocab"), wc.device)
     dit = TextDiT(cfg.dit)
-    split_rng = torch.Generator().manual_seed(cfg.seed * 7919)  # every rank draws the global batch's splits
+    # every rank draws the splits of the whole global batch
+    split_rng = torch.Generator().manual_seed(derive_seed(cfg.seed, "dit", "splits"))
     normalizer = LatentNormalizer(cfg.dit.latent_dim).to(wc.device)
 
     def fit(shard, start_step: int) -> None:
         if start_step == 0:  # a resumed run reads the fitted normalizer from its checkpoint
-            windows = worker_rows(stream_batches(shard, optim.batch_size, cfg.seed + 99), wc)
+            order = derive_seed(cfg.seed, "dit", "normalizer")
+            windows = worker_rows(stream_batches(shard, optim.batch_size, order), wc)
             normalizer.load_state_dict(fit_normalizer(vae, windows, cfg.train_dit.normalizer_windows,
                                                       cfg.dit.latent_dim, wc.device, wc.world_size,
                                                       vocab).state_dict())

@@ -7,7 +7,8 @@ import torch
 from latentlm.models.text_vae import TextVAE
 from latentlm.platform.config import from_dict
 from latentlm.platform.training.loop import Stage, train_stage
-from latentlm.platform.training.parts import load_vocab, model_ids, seed_everything, stack_column, worker_context
+from latentlm.platform.training.parts import (derive_seed, load_vocab, model_ids, seed_everything, stack_column,
+                                              worker_context)
 
 METRICS = ("loss", "recon", "kl", "repa", "accuracy")
 
@@ -31,10 +32,10 @@ def train_vae_loop(config: dict) -> None:
     cfg = from_dict(TextLDMConfig, config["experiment"])
     teacher_dim = config.get("teacher_dim")
     wc = worker_context(cfg.resources)
-    seed_everything(cfg.seed + wc.rank)  # the posterior noise differs per rank, like per sample
+    seed_everything(derive_seed(cfg.seed, "vae", "torch", wc.rank))  # posterior noise per rank, like per sample
     vocab = load_vocab(config.get("vocab"), wc.device)
     vae = TextVAE(cfg.vae, teacher_dim=teacher_dim if cfg.vae.repa.enabled else None)
-    crop_rng = torch.Generator().manual_seed(cfg.seed * 1000)  # the same crops on every rank
+    crop_rng = torch.Generator().manual_seed(derive_seed(cfg.seed, "vae", "crops"))  # the same crops on every rank
     repa_on = cfg.vae.repa.enabled
 
     def step(engine, micro, _step):
