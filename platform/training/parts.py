@@ -66,7 +66,8 @@ def derive_seed(seed: int, *stream: str | int) -> int:
     """The seed of one random stream of a run, e.g. ``derive_seed(cfg.seed, "dit", "splits")`` or
     ``(cfg.seed, "vae", "torch", rank)``: a ``numpy.random.SeedSequence`` with the run's seed as entropy and the
     stream's name (strings by CRC-32) as spawn key. Streams of one run are independent, and no stream of one run
-    reuses a stream of another run (``seed + 17`` for a second stage would replay the first stage of seed 17)."""
+    reuses a stream of another run (a second stage seeded at an offset of 17 would replay the first stage of
+    the run whose seed is 17 higher)."""
     key = tuple(zlib.crc32(part.encode()) if isinstance(part, str) else int(part) for part in stream)
     return int(np.random.SeedSequence(seed, spawn_key=key).generate_state(1, np.uint64)[0])
 
