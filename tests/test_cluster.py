@@ -200,6 +200,30 @@ def test_init_ray_under_a_job_forwards_only_variables_the_job_does_not_set(monke
     assert os.environ["HF_HUB_OFFLINE"] == "0"  # the job's value wins
 
 
+def test_only_a_local_cluster_turns_off_ray_trains_preemption_watcher(monkeypatch):
+    """One machine never drains a node, so the local cluster init_ray starts runs no preemption-watcher actor per
+    stage; a cluster (RAY_ADDRESS) keeps Ray's default, and a value the user sets wins."""
+    import ray
+    from latentlm.platform.training import launch
+    calls = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kwargs: calls.append(kwargs))
+    for key in (*launch.RAY_ENV_DEFAULTS, "RAY_ADDRESS", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"):
+        monkeypatch.setenv(key, "")  # recorded, so what init_ray sets is undone after the test
+        monkeypatch.delenv(key)
+    launch.init_ray(num_cpus=1)
+    assert calls[-1]["runtime_env"]["env_vars"]["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] == "0"
+    assert os.environ["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] == "0"  # read by the controller TorchTrainer starts
+    monkeypatch.setenv("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "1")
+    launch.init_ray(num_cpus=1)
+    assert calls[-1]["runtime_env"]["env_vars"]["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] == "1"
+    monkeypatch.delenv("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER")
+    monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:1")
+    launch.init_ray()
+    assert "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER" not in calls[-1]["runtime_env"]["env_vars"]
+    assert "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER" not in os.environ
+
+
 def test_runtime_env_pythonpath_imports_the_uploaded_copy(tmp_path):
     """PYTHONPATH=cluster/pythonpath makes latentlm importable from a bare copy of the repo (as unpacked by
     Ray), ahead of any installed latentlm; the stdlib's `platform` stays the stdlib's."""

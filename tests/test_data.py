@@ -393,3 +393,27 @@ def test_prepare_data_empty_corpus(tmp_path, tiny_lm_dir):
     with pytest.raises(ConfigError, match="blank.jsonl"):
         prepare_data(build_config("tiny", overrides(blank, tiny_lm_dir)), tmp_path / "root", need_teacher=True)
     assert not (tmp_path / "root" / "data").exists() or not any((tmp_path / "root" / "data").rglob("*.parquet"))
+
+
+@pytest.mark.ray
+def test_a_small_training_set_is_held_in_memory_with_the_rows_a_streamed_one_has(tmp_path, ray_local):
+    """``training_dataset`` reads shards under ``materialize_max_mb`` into one Arrow table in the driver and streams
+    larger ones with ``read_parquet``: the same rows, columns, names and order either way (limit and rename too)."""
+    from latentlm.platform.training.launch import training_dataset
+    rng = np.random.default_rng(0)
+    for shard, start in (("part-0.parquet", 0), ("part-1.parquet", 25)):
+        pq.write_table(pa.table({
+            "tokens": pa.array([list(rng.integers(0, 50, 8)) for _ in range(25)], type=pa.list_(pa.int32())),
+            "length": pa.array(np.arange(start, start + 25)),
+            "teacher": pa.array([list(rng.standard_normal(4)) for _ in range(25)], type=pa.list_(pa.float16())),
+            "doc_id": pa.array(np.arange(25))}), tmp_path / shard)
+
+    def rows(max_mb):
+        dataset = training_dataset(str(tmp_path), ["tokens", "length", "teacher"], max_mb, limit=40,
+                                   rename={"teacher": "features"})
+        return [{name: np.asarray(value).tolist() for name, value in row.items()} for row in dataset.iter_rows()]
+
+    held, streamed = rows(max_mb=1), rows(max_mb=0)
+    assert held == streamed
+    assert len(held) == 40 and [row["length"] for row in held] == list(range(40))  # shard order, first 40 rows
+    assert list(held[0]) == ["tokens", "length", "features"]

@@ -21,6 +21,11 @@ RAY_ENV_DEFAULTS = {
 }
 
 
+# Only for the local cluster init_ray starts itself: one machine whose node never drains, so Ray Train's per-run
+# preemption-watcher actor (a process of its own, ~2 CPU-seconds a stage) has nothing to watch.
+LOCAL_CLUSTER_ENV_DEFAULTS = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+
+
 def worker_env() -> dict[str, str]:
     env = {k: os.environ.get(k, v) for k, v in RAY_ENV_DEFAULTS.items()}
     if os.environ.get("WANDB_API_KEY") and "WANDB_MODE" not in os.environ:
@@ -45,6 +50,8 @@ def init_ray(num_cpus: int | None = None, temp_dir: str | None = None) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(runtime_env={"env_vars": missing})  # an existing cluster refuses num_cpus/num_gpus
     else:
+        for key, value in LOCAL_CLUSTER_ENV_DEFAULTS.items():
+            runtime_env["env_vars"][key] = os.environ.setdefault(key, value)
         # The dashboard (loopback only) also serves the state API that Ray Train's placement-group
         # cleaner polls; without it that actor logs a warning every second.
         ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", runtime_env=runtime_env,
@@ -62,19 +69,29 @@ def use_gpu(setting: str) -> bool:
 
 def training_dataset(path: str, columns: list[str], materialize_max_mb: int, limit: int | None = None,
                      rename: dict[str, str] | None = None):
-    """Parquet shards as a Ray Dataset of ``columns`` (first ``limit`` rows, columns renamed): streamed to
-    the workers, or materialized once when small (re-reading a small file every epoch costs more than the
-    epoch itself)."""
+    """Parquet shards as a Ray Dataset of ``columns`` (first ``limit`` rows, columns renamed), rows in shard order.
+
+    Large shards are streamed to the workers (``read_parquet``). Shards of at most ``materialize_max_mb`` are
+    read once, here, into one in-memory Arrow table (``from_arrow``): re-reading a small file every epoch costs
+    more than the epoch itself, and a ``read_parquet(...).materialize()`` schedules read tasks (about 3 CPU-seconds
+    a stage; while a sweep's trials hold every core, a long wait for a free one)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
     import ray.data
     ray.data.DataContext.get_current().execution_options.preserve_order = True
+    shards = sorted(Path(path).rglob("*.parquet")) if Path(path).is_dir() else [Path(path)]
+    if sum(f.stat().st_size for f in shards) <= materialize_max_mb * 2**20:
+        table = pa.concat_tables([pq.read_table(f, columns=columns) for f in shards])
+        if limit is not None:
+            table = table.slice(0, limit)
+        if rename:
+            table = table.rename_columns([rename.get(name, name) for name in table.column_names])
+        return ray.data.from_arrow(table)
     dataset = ray.data.read_parquet(path, columns=columns)
     if limit is not None:
         dataset = dataset.limit(limit)
     if rename:
         dataset = dataset.rename_columns(rename)
-    size = sum(f.stat().st_size for f in Path(path).rglob("*.parquet"))
-    if size <= materialize_max_mb * 2**20:
-        dataset = dataset.materialize()
     return dataset
 
 
