@@ -189,10 +189,12 @@ def _result_rows(run_dir: Path) -> list[dict]:
     return pq.read_table(boards[0]).to_pylist()
 
 
-def test_ray_job_submit_runs_the_main_job(micro_overrides, tmp_path):
+def test_ray_job_submit_runs_the_main_job(cfg_sweep, tmp_path):
+    """The job finds the REPA-on stages trained (the CFG sweep's stage records: same config) and trains REPA-off."""
     t0 = time.time()
-    run_dir, cfg_path = tmp_path / "run", tmp_path / "micro.yaml"
-    cfg_path.write_text(yaml.safe_dump(micro_overrides()))
+    _, cfg_path, trained = cfg_sweep
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained / "artifacts", run_dir / "artifacts")
     # The same runtime_env a user submits with (cluster/runtime_env.yaml); the working dir is this repo.
     runtime_env = yaml.safe_load((REPO / "cluster" / "runtime_env.yaml").read_text())
     # Caches go where `make` puts them, not to ~/.cache; set on the head (not in the runtime_env: init_ray
@@ -251,7 +253,14 @@ def test_ray_job_submit_runs_the_main_job(micro_overrides, tmp_path):
     axes = [json.loads(row["axes"]) for row in rows]
     assert {a.get("vae.repa.enabled") for a in axes} == {False, True}, axes  # REPA off and on
     assert len({row["trial"] for row in rows}) == len(rows), rows  # one dataset: one row per trial
-    assert {row["dataset"] for row in rows} == set(micro_overrides()["eval"]["datasets"]), rows
+    assert {row["dataset"] for row in rows} == set(yaml.safe_load(cfg_path.read_text())["eval"]["datasets"]), rows
+    # REPA on scores the CFG sweep's model; REPA off was trained by the job, on the cluster
+    import pyarrow.parquet as pq
+    cfg_board = pq.read_table(trained / "cfg" / "leaderboard.parquet").to_pylist()
+    on = {row["checkpoint"] for row, a in zip(rows, axes) if a["vae.repa.enabled"]}
+    assert on == {row["checkpoint"] for row in cfg_board if row["method"] == "textldm"}, on
+    records = sorted(p.name.split("-")[0] for p in (run_dir / "artifacts").glob("*.json"))
+    assert records == ["dit", "dit", "vae", "vae"], records
     for row in rows:
         for key in ("rouge1", "mauve"):
             assert 0.0 <= float(row[key]) <= 1.0, (key, row)

@@ -80,12 +80,6 @@ def test_an_ldlm_sweeps_baseline_is_scored_under_ldlms_unconditional_protocol():
     assert EvalProtocol.from_config(ar).hash == EvalProtocol.from_config(ldlm).hash
 
 
-def _micro_config(tmp_path: Path, micro_overrides) -> Path:
-    path = tmp_path / "micro.yaml"
-    path.write_text(yaml.safe_dump(micro_overrides()))
-    return path
-
-
 @pytest.mark.ray
 def test_a_changed_grid_is_a_new_tune_experiment_and_the_same_grid_restores():
     from latentlm.platform.sweep import experiment_name
@@ -131,45 +125,45 @@ def test_a_script_sets_its_default_concurrency_and_the_command_line_overrides_it
 
 
 @pytest.mark.ray
-def test_cfg_sweep_trains_once_and_fills_the_leaderboard(micro_overrides, tmp_path, ray_local):
+def test_cfg_sweep_trains_once_and_fills_the_leaderboard(cfg_sweep):
     import pandas as pd
-    config = _micro_config(tmp_path, micro_overrides)
-    code = sweep_main("cfg", lambda preset: {"eval.cfg_scale": [1.0, 5.0]}, "CFG sweep",
-                      ["--config", str(config), "--run-dir", str(tmp_path / "runs")])
+    code, config, runs = cfg_sweep
     assert code == 0
-    root = tmp_path / "runs" / "cfg"
-    records = sorted(p.name.split("-")[0] for p in (tmp_path / "runs" / "artifacts").glob("*.json"))
+    records = sorted(p.name.split("-")[0] for p in (runs / "artifacts").glob("*.json"))
     assert records == ["dit", "vae"]  # CFG is a sampling-time axis: one VAE, one DiT, two evaluations
-    board = pd.read_parquet(root / "leaderboard.parquet")
+    board = pd.read_parquet(runs / "cfg" / "leaderboard.parquet")
     models, humans = board[board["method"] == "textldm"], board[board["method"] == "human"]
     assert sorted(models["trial"]) == ["eval.cfg_scale=1.0", "eval.cfg_scale=5.0"]
     assert board["row_id"].is_unique and models["checkpoint"].nunique() == 1
     # CFG is part of the protocol: two protocol hashes, each with its human-ceiling row
     assert models["protocol_hash"].nunique() == 2 and set(humans["protocol_hash"]) == set(models["protocol_hash"])
     assert all(json.loads(text)["hash"] == h for text, h in zip(board["protocol_json"], board["protocol_hash"]))
-    assert (root / "leaderboard.md").is_file() and (root / "leaderboard.html").is_file()
+    assert (runs / "cfg" / "leaderboard.md").is_file() and (runs / "cfg" / "leaderboard.html").is_file()
     # a second sweep under the same --run-dir evaluates the model the first one trained
     assert sweep_main("steps", lambda preset: {"eval.steps": [3]}, "steps sweep",
-                      ["--config", str(config), "--run-dir", str(tmp_path / "runs")]) == 0
-    assert sorted(p.name.split("-")[0] for p in (tmp_path / "runs" / "artifacts").glob("*.json")) == records
-    steps = pd.read_parquet(tmp_path / "runs" / "steps" / "leaderboard.parquet")
+                      ["--config", str(config), "--run-dir", str(runs)]) == 0
+    assert sorted(p.name.split("-")[0] for p in (runs / "artifacts").glob("*.json")) == records
+    steps = pd.read_parquet(runs / "steps" / "leaderboard.parquet")
     assert set(steps.loc[steps["method"] == "textldm", "checkpoint"]) == set(models["checkpoint"])
 
 
 @pytest.mark.ray
-def test_interrupted_sweep_is_restored_and_each_trial_lands_once(micro_overrides, tmp_path):
-    """Kill the sweep driver after its first trial; running it again finishes the rest via Tuner.restore."""
+def test_interrupted_sweep_is_restored_and_each_trial_lands_once(cfg_sweep, tmp_path):
+    """Kill the sweep driver after its first trial; running it again finishes the rest via Tuner.restore. The
+    trials differ in a sampling knob and find their data prepared and their stages trained (the CFG sweep's)."""
     import pandas as pd
-    config = _micro_config(tmp_path, micro_overrides)
+    _, config, trained = cfg_sweep
     runs = tmp_path / "runs"
+    for cached in ("artifacts", "data"):  # stage records, and the tokenized windows with teacher features
+        shutil.copytree(trained / cached, runs / cached)
     # one trial at a time: the first run is killed once its first trial lands, so a second trial running beside
-    # it would be trained twice
-    cmd = [sys.executable, str(REPO / "experiments" / "ablate_latent_dim.py"), "--config", str(config),
-           "--run-dir", str(runs), "--axis", "vae.latent_dim=4,8", "--max-concurrent-trials", "1"]
+    # it would be evaluated twice
+    cmd = [sys.executable, str(REPO / "experiments" / "ablate_cfg.py"), "--config", str(config),
+           "--run-dir", str(runs), "--axis", "eval.cfg_scale=2.0,3.0", "--max-concurrent-trials", "1"]
     # its own short Ray temp dir (Unix socket paths must stay under 107 bytes), removed with the test
     ray_tmp = tempfile.mkdtemp(prefix="lr-", dir="/tmp")
     env = {**os.environ, "RAY_TMPDIR": ray_tmp}
-    board_path = runs / "ablate_latent_dim" / "leaderboard.parquet"
+    board_path = runs / "ablate_cfg" / "leaderboard.parquet"
     log = open(tmp_path / "first.log", "w")
     first = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -185,10 +179,17 @@ def test_interrupted_sweep_is_restored_and_each_trial_lands_once(micro_overrides
     second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     board = pd.read_parquet(board_path)
-    assert sorted(board.loc[board["method"] == "textldm", "trial"]) == ["vae.latent_dim=4", "vae.latent_dim=8"]
-    # one protocol, one dataset: one ceiling row and one row per floor, however many trials
-    assert (board["method"] == "human").sum() == 1 and (board["method"] == "floor").sum() == 4
+    models = board[board["method"] == "textldm"]
+    assert sorted(models["trial"]) == ["eval.cfg_scale=2.0", "eval.cfg_scale=3.0"]
+    # no stage was trained again: both rows score the CFG sweep's checkpoint
+    assert sorted(p.name for p in (runs / "artifacts").glob("*.json")) == \
+        sorted(p.name for p in (trained / "artifacts").glob("*.json"))
+    cfg_board = pd.read_parquet(trained / "cfg" / "leaderboard.parquet")
+    assert set(models["checkpoint"]) == set(cfg_board.loc[cfg_board["method"] == "textldm", "checkpoint"])
+    # one ceiling row and one row per floor for each protocol (CFG is part of it), however many runs scored them
+    for _, rows in board.groupby("protocol_hash"):
+        assert (rows["method"] == "human").sum() == 1 and (rows["method"] == "floor").sum() == 4
     assert board["row_id"].is_unique
-    sweep = json.loads((runs / "ablate_latent_dim" / "sweep.json").read_text())
-    assert sweep["trials"] == ["vae.latent_dim=4", "vae.latent_dim=8"]
+    sweep = json.loads((runs / "ablate_cfg" / "sweep.json").read_text())
+    assert sweep["trials"] == ["eval.cfg_scale=2.0", "eval.cfg_scale=3.0"]
     shutil.rmtree(ray_tmp, ignore_errors=True)
