@@ -14,9 +14,9 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # one intra-op thread per pytest-xdist worker (set before torch loads): two workers with a thread per core each
     # oversubscribe the machine, and OpenMP's spin-waiting then makes a tiny model's test several times slower
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-for key, value in {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1", "RAY_AUTH_MODE": "disabled",
-                   "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-                   "WANDB_MODE": "offline", "TOKENIZERS_PARALLELISM": "false"}.items():
+# (Ray Train's health-check interval is left to init_ray: its local-cluster default)
+for key, value in {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1",
+                   "TRANSFORMERS_OFFLINE": "1", "WANDB_MODE": "offline", "TOKENIZERS_PARALLELISM": "false"}.items():
     os.environ.setdefault(key, value)
 
 WORDS = ("the a river city music people king war science old new small large early later north south "

@@ -200,7 +200,7 @@ def test_init_ray_under_a_job_forwards_only_variables_the_job_does_not_set(monke
     assert os.environ["HF_HUB_OFFLINE"] == "0"  # the job's value wins
 
 
-def test_only_a_local_cluster_turns_off_ray_trains_preemption_watcher(monkeypatch):
+def test_only_a_local_cluster_turns_off_the_preemption_watcher_and_polls_workers_often(monkeypatch):
     """One machine never drains a node, so the local cluster init_ray starts runs no preemption-watcher actor per
     stage; a cluster (RAY_ADDRESS) keeps Ray's default, and a value the user sets wins."""
     import ray
@@ -214,14 +214,17 @@ def test_only_a_local_cluster_turns_off_ray_trains_preemption_watcher(monkeypatc
     launch.init_ray(num_cpus=1)
     assert calls[-1]["runtime_env"]["env_vars"]["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] == "0"
     assert os.environ["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] == "0"  # read by the controller TorchTrainer starts
+    assert os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == "0.02"  # few workers on one machine: poll often
     monkeypatch.setenv("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "1")
     launch.init_ray(num_cpus=1)
     assert calls[-1]["runtime_env"]["env_vars"]["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] == "1"
-    monkeypatch.delenv("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER")
+    for key in ("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"):
+        monkeypatch.delenv(key)
     monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:1")
     launch.init_ray()
     assert "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER" not in calls[-1]["runtime_env"]["env_vars"]
     assert "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER" not in os.environ
+    assert os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == "0.1"  # a cluster's many workers: Ray's cost per poll
 
 
 def test_runtime_env_pythonpath_imports_the_uploaded_copy(tmp_path):

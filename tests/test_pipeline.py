@@ -51,6 +51,7 @@ def test_textldm_pipeline_end_to_end(tiny_overrides, tiny_corpus, tmp_path, ray_
     b = model.generate(prompt, 10, steps=3, generator=torch.Generator().manual_seed(0))
     assert a.shape == (2, 10) and torch.equal(a, b)
 
-    # Re-running the finished pipeline reuses both stages instead of retraining.
-    again = run_textldm(cfg, tmp_path / "run")
-    assert again["dit_checkpoint"] == out["dit_checkpoint"]
+    # Re-running the finished pipeline's training reuses both stages instead of retraining.
+    from latentlm.platform.methods.textldm.pipeline import train_textldm
+    again = train_textldm(cfg, tmp_path / "run")
+    assert again.checkpoints["dit"] == out["dit_checkpoint"]

@@ -21,9 +21,12 @@ RAY_ENV_DEFAULTS = {
 }
 
 
-# Only for the local cluster init_ray starts itself: one machine whose node never drains, so Ray Train's per-run
-# preemption-watcher actor (a process of its own, ~2 CPU-seconds a stage) has nothing to watch.
-LOCAL_CLUSTER_ENV_DEFAULTS = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+# Only for the local cluster init_ray starts itself, one machine: its node never drains, so Ray Train's per-run
+# preemption-watcher actor (a process of its own, ~2 CPU-seconds a stage) has nothing to watch; and polling its few
+# workers every 20 ms costs no measurable CPU, while every ray.train.report waits one poll (50 reports: 1.1 s
+# instead of 5.0 s at 0.1 s).
+LOCAL_CLUSTER_ENV_DEFAULTS = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+                              "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.02"}
 
 
 def worker_env() -> dict[str, str]:
@@ -40,6 +43,10 @@ def init_ray(num_cpus: int | None = None, temp_dir: str | None = None) -> None:
     """Connect to the cluster in RAY_ADDRESS (``ray job submit`` sets it) or start a local one."""
     # A job's own runtime_env may set some of these already; naming them again makes ray.init refuse to
     # merge the two, so only forward what the environment does not set.
+    local = not os.environ.get("RAY_ADDRESS")
+    if local:
+        for key, value in LOCAL_CLUSTER_ENV_DEFAULTS.items():
+            os.environ.setdefault(key, value)
     missing = {k: v for k, v in worker_env().items() if k not in os.environ}
     for key, value in worker_env().items():
         os.environ.setdefault(key, value)
@@ -47,11 +54,10 @@ def init_ray(num_cpus: int | None = None, temp_dir: str | None = None) -> None:
     if ray.is_initialized():
         return
     runtime_env = {"env_vars": worker_env()}
-    if os.environ.get("RAY_ADDRESS"):
+    if not local:
         ray.init(runtime_env={"env_vars": missing})  # an existing cluster refuses num_cpus/num_gpus
     else:
-        for key, value in LOCAL_CLUSTER_ENV_DEFAULTS.items():
-            runtime_env["env_vars"][key] = os.environ.setdefault(key, value)
+        runtime_env["env_vars"].update({key: os.environ[key] for key in LOCAL_CLUSTER_ENV_DEFAULTS})
         # The dashboard (loopback only) also serves the state API that Ray Train's placement-group
         # cleaner polls; without it that actor logs a warning every second.
         ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", runtime_env=runtime_env,
