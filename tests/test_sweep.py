@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from latentlm.models.config import ConfigError
 from latentlm.platform.sweep import SweepSpec, parse_axis, plan_trials, sweep_main

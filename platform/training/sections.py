@@ -11,6 +11,12 @@ from latentlm.models.config import check_fields, require, require_fraction, requ
 from latentlm.platform.evaluation.protocol import ContinuationEvalConfig
 
 
+
+def require_seed(seed: int) -> None:
+    """An experiment's ``seed`` is the entropy every random stream is derived from (``parts.derive_seed``: numpy's
+    SeedSequence, which takes no negative entropy)."""
+    require(seed >= 0, "seed", "an integer >= 0 (the entropy of every derived random stream)", seed)
+
 @dataclass
 class DataConfig:
     corpus: str = "embedded:wiki"          # embedded:wiki | local file/folder | hf:<dataset>

@@ -48,7 +48,8 @@ from latentlm.platform.methods.dlm.config import DLM_PRESETS, StageConfig, build
 from latentlm.platform.methods.ldlm.config import LDLM_PRESETS, build_ldlm_config
 from latentlm.platform.methods.textldm.config import build_config
 from latentlm.platform.methods.textldm.presets import PRESETS
-from latentlm.platform.training.sections import DataConfig, DeepSpeedConfig, EvalConfig, OptimConfig, ResourcesConfig
+from latentlm.platform.training.sections import (DataConfig, DeepSpeedConfig, EvalConfig, OptimConfig,
+                                                     ResourcesConfig, require_seed)
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,7 @@ class ARExperimentConfig:
 
     def __post_init__(self):
         check_fields(self, "")
-        require(self.seed >= 0, "seed", "an integer >= 0 (the entropy of every derived random stream)", self.seed)
+        require_seed(self.seed)
         require(self.preset in AR_PRESETS, "preset", f"one of {sorted(AR_PRESETS)}", self.preset)
         kind = eval_class(self.match)
         require(isinstance(self.eval, kind), "eval", f"{kind.__name__} (the protocol of match {self.match})",

@@ -14,7 +14,8 @@ from typing import Any, ClassVar, Literal
 from latentlm.models.config import ConfigError, check_fields, rename_keys, require
 from latentlm.models.dlm import ColaDLMConfig
 from latentlm.platform.config import from_dict, merge
-from latentlm.platform.training.sections import DataConfig, DeepSpeedConfig, EvalConfig, OptimConfig, ResourcesConfig
+from latentlm.platform.training.sections import (DataConfig, DeepSpeedConfig, EvalConfig, OptimConfig,
+                                                     ResourcesConfig, require_seed)
 
 
 @dataclass
@@ -51,7 +52,7 @@ class DLMExperimentConfig:
     wandb: bool = True
 
     def __post_init__(self):
-        require(self.seed >= 0, "seed", "an integer >= 0 (the entropy of every derived random stream)", self.seed)
+        require_seed(self.seed)
         require(self.preset in DLM_PRESETS, "preset", f"one of {sorted(DLM_PRESETS)}", self.preset)
         self.eval.check_window(self.data.seq_len)
         require(self.eval.grid == "uniform", "eval.grid", "'uniform' (Cola DLM integrates each block on a "

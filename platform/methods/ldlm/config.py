@@ -15,7 +15,8 @@ from latentlm.models.config import ConfigError, check_fields, rename_keys, requi
 from latentlm.models.ldlm import LDLMConfig
 from latentlm.platform.config import from_dict, merge
 from latentlm.platform.evaluation.protocol import UnconditionalEvalConfig
-from latentlm.platform.training.sections import DataConfig, DeepSpeedConfig, OptimConfig, ResourcesConfig
+from latentlm.platform.training.sections import (DataConfig, DeepSpeedConfig, OptimConfig,
+                                                     ResourcesConfig, require_seed)
 
 
 @dataclass
@@ -70,7 +71,7 @@ class LDLMExperimentConfig:
     wandb: bool = True
 
     def __post_init__(self):
-        require(self.seed >= 0, "seed", "an integer >= 0 (the entropy of every derived random stream)", self.seed)
+        require_seed(self.seed)
         require(self.preset in LDLM_PRESETS, "preset", f"one of {sorted(LDLM_PRESETS)}", self.preset)
         require(self.ldlm.seq_len == self.data.seq_len, "ldlm.seq_len", f"data.seq_len ({self.data.seq_len})",
                 self.ldlm.seq_len)

@@ -15,7 +15,8 @@ from latentlm.models.flow import TimestepSchedule
 from latentlm.models.repa import REPAConfig
 from latentlm.models.text_vae import TextVAEConfig
 from latentlm.platform.config import from_dict, merge
-from latentlm.platform.training.sections import DataConfig, DeepSpeedConfig, EvalConfig, OptimConfig, ResourcesConfig
+from latentlm.platform.training.sections import (DataConfig, DeepSpeedConfig, EvalConfig, OptimConfig,
+                                                     ResourcesConfig, require_seed)
 
 from .presets import PRESETS, preset_overrides
 
@@ -65,7 +66,7 @@ class TextLDMConfig:
 
     def __post_init__(self):
         require(self.preset in PRESETS, "preset", f"one of {sorted(PRESETS)}", self.preset)
-        require(self.seed >= 0, "seed", "an integer >= 0 (the entropy of every derived random stream)", self.seed)
+        require_seed(self.seed)
         self.eval.check_window(self.data.seq_len)
         # The DiT works in the VAE's latent space over the same windows.
         require(self.dit.latent_dim == self.vae.latent_dim, "dit.latent_dim",
