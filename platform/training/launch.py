@@ -41,12 +41,12 @@ def worker_env() -> dict[str, str]:
 
 def init_ray(num_cpus: int | None = None, temp_dir: str | None = None) -> None:
     """Connect to the cluster in RAY_ADDRESS (``ray job submit`` sets it) or start a local one."""
-    # A job's own runtime_env may set some of these already; naming them again makes ray.init refuse to
-    # merge the two, so only forward what the environment does not set.
     local = not os.environ.get("RAY_ADDRESS")
     if local:
         for key, value in LOCAL_CLUSTER_ENV_DEFAULTS.items():
             os.environ.setdefault(key, value)
+    # A job's own runtime_env may set some of these already; naming them again makes ray.init refuse to
+    # merge the two, so only forward what the environment does not set.
     missing = {k: v for k, v in worker_env().items() if k not in os.environ}
     for key, value in worker_env().items():
         os.environ.setdefault(key, value)
