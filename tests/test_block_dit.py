@@ -123,21 +123,102 @@ def test_block_flow_matching_loss_falls_and_history_is_stop_gradient():
     assert z.grad is not None  # through the noisy stream and the target, not the clean history
 
 
-def test_prompt_not_a_block_multiple_repaint_and_partial():
-    """A 6-latent prompt with blocks of 4: repaint keeps the prompt's last 2 latents inside the first block
-    (block-aligned like training, so the cache still matches recomputation); "partial" commits them as a short
-    block instead and generates from position 6."""
+def test_prompt_not_a_block_multiple_every_first_block_mode_matches_recomputation():
+    """A 6-latent prompt with blocks of 4: the prompt's last 2 latents lie inside the first generated block
+    (block-aligned like training), and under every conditioning mode the KV cache matches recomputing the
+    history; the modes differ from each other."""
     m = model(block_size=4, depth=2).double()
     prefix = torch.randn(1, 6, 6, dtype=torch.float64)
     noise = torch.randn(1, 10, 6, dtype=torch.float64)
-    torch.manual_seed(5)
-    cached = sample_blocks(m, prefix, noise, steps=4, cfg_scale=2.0)
-    torch.manual_seed(5)
-    uncached = sample_blocks(m, prefix, noise, steps=4, cfg_scale=2.0, use_cache=False)
-    assert cached.shape == (1, 10, 6)
-    torch.testing.assert_close(cached, uncached, rtol=1e-9, atol=1e-9)
-    partial = sample_blocks(m, prefix, noise, steps=4, cfg_scale=2.0, first_block="partial")
-    assert partial.shape == (1, 10, 6) and not torch.allclose(partial, cached)
+    outs = {}
+    for mode, r, gamma in [("clean", 1, 1.0), ("partial_repaint", 1, 1.0), ("partial_repaint", 2, 0.5)]:
+        runs = [sample_blocks(m, prefix, noise, steps=4, cfg_scale=2.0, first_block=mode, repaint_repeats=r,
+                              repaint_fraction=gamma, use_cache=cache, generator=torch.Generator().manual_seed(5))
+                for cache in (True, False)]
+        torch.testing.assert_close(runs[0], runs[1], rtol=1e-9, atol=1e-9)
+        assert runs[0].shape == (1, 10, 6)
+        outs[(mode, r, gamma)] = runs[0]
+    values = list(outs.values())
+    assert all(not torch.allclose(a, b) for i, a in enumerate(values) for b in values[i + 1:])
+
+
+class CallLog:
+    """Wraps a model's ``block_velocity`` and records every call's (noisy block, t, known) without changing it."""
+
+    def __init__(self, m):
+        self.calls, self._inner = [], m.block_velocity
+        m.block_velocity = self
+
+    def __call__(self, noisy_block, t, cache, known=0):
+        self.calls.append((noisy_block.clone(), t.clone(), known, cache is None))
+        return self._inner(noisy_block, t, cache, known)
+
+
+def test_clean_condition_keeps_the_known_latents_exactly_clean_at_every_step():
+    """Clean-condition: every network call of the first block sees the prompt's tail latents exactly, tagged
+    as clean (known = 2), on both CFG branches, and they come back unchanged; later blocks have none."""
+    m = model(block_size=4, depth=2).double()
+    prefix = torch.randn(2, 6, 6, dtype=torch.float64)
+    noise = torch.randn(2, 10, 6, dtype=torch.float64)
+    log = CallLog(m)
+    sample_blocks(m, prefix, noise, steps=5, cfg_scale=3.0, first_block="clean")
+    first = log.calls[:10]   # 5 steps x (conditional, unconditional)
+    assert len(log.calls) == 30 and [c[3] for c in first] == [False, True] * 5
+    for block, _, known, _ in first:
+        assert known == 2 and torch.equal(block[:, :2], prefix[:, 4:].to(block.dtype))
+    assert all(known == 0 for _, _, known, _ in log.calls[10:])
+
+
+@pytest.mark.parametrize("repeats,fraction,cfg", [(1, 1.0, 1.0), (3, 1.0, 1.0), (3, 0.5, 1.0), (2, 0.25, 2.0),
+                                                  (4, 0.1, 2.0)])
+def test_partial_repaint_makes_the_model_calls_it_promises(repeats, fraction, cfg):
+    """(r, gamma): each of the first ceil(gamma x steps) steps of the first block runs r times, every other
+    step once; CFG doubles every call. The known latents are never tagged clean under partial repaint."""
+    from latentlm.models.block_dit import guided_steps, repaint_model_calls
+    m = model(block_size=4, depth=1).double()
+    prefix, noise = torch.randn(1, 6, 6, dtype=torch.float64), torch.randn(1, 10, 6, dtype=torch.float64)
+    log = CallLog(m)
+    steps = 8
+    sample_blocks(m, prefix, noise, steps=steps, cfg_scale=cfg, first_block="partial_repaint", repaint_repeats=repeats,
+                  repaint_fraction=fraction, generator=torch.Generator().manual_seed(0))
+    assert len(log.calls) == repaint_model_calls(steps, 3, repeats, fraction, cfg != 1.0)
+    assert len(log.calls) == (steps * 3 + (repeats - 1) * guided_steps(steps, fraction)) * (2 if cfg != 1.0 else 1)
+    assert all(known == 0 for _, _, known, _ in log.calls)
+    # the guided calls see the prompt tail on its noisy path at the call's time: t x known + (1 - t) x noise
+    times = [float(t[0]) for _, t, _, uncond in log.calls if not uncond]
+    assert times[:repeats] == [0.0] * repeats
+
+
+def test_first_block_modes_refuse_bad_settings():
+    from latentlm.models.config import ConfigError
+    m = model(block_size=4)
+    prefix, noise = torch.randn(1, 6, 6), torch.randn(1, 4, 6)
+    for kwargs, field in [({"first_block": "repaint"}, "first_block"), ({"repaint_repeats": 0}, "repaint_repeats"),
+                          ({"repaint_fraction": 0.0}, "repaint_fraction"), ({"repaint_fraction": 1.5}, "repaint_fraction"),
+                          ({"first_block": "left_pad"}, "block size")]:
+        with pytest.raises(ConfigError, match=field):
+            sample_blocks(m, prefix, noise, steps=2, **kwargs)
+
+
+def test_clean_latents_are_tagged_as_data_in_the_flow_convention():
+    """The clean history (and a clean prefix in the noisy stream) carries t = CLEAN_T, and CLEAN_T is the data
+    end of flow.py's path, not its noise end."""
+    from latentlm.models.block_dit import CLEAN_T
+    from latentlm.models.flow import interpolate
+    data, noise = torch.randn(3, 5), torch.randn(3, 5)
+    assert torch.equal(interpolate(data, noise, torch.tensor(CLEAN_T))[0], data)
+    m = model(block_size=4)
+    seen = []
+    embed = m._embed
+    m._embed = lambda z, t_tokens, stream: (seen.append((stream, t_tokens.clone())), embed(z, t_tokens, stream))[1]
+    t_blocks = torch.tensor([[0.2, 0.7]])
+    m(torch.randn(1, 8, 6), torch.randn(1, 8, 6), t_blocks, clean_prefix=torch.tensor([[0, 3]]))
+    (s0, clean_t), (s1, noisy_t) = seen
+    assert s0 == 0 and torch.all(clean_t == CLEAN_T)
+    assert s1 == 1 and torch.allclose(noisy_t, torch.tensor([[0.2] * 4 + [CLEAN_T] * 3 + [0.7]]))
+    seen.clear()
+    m.commit(torch.randn(1, 4, 6), BlockKVCache(len(m.layers)))
+    assert seen[0][0] == 0 and torch.all(seen[0][1] == CLEAN_T)
 
 
 def test_on_step_reports_each_blocks_new_latents_after_every_euler_step():
@@ -164,7 +245,7 @@ def test_block_flow_matching_loss_counts_only_real_latents():
     class Echo(torch.nn.Module):
         config = BlockDiTConfig(latent_dim=3, hidden_dim=8, depth=1, n_heads=2, block_size=2)
 
-        def forward(self, clean, noisy, t_blocks):
+        def forward(self, clean, noisy, t_blocks, clean_prefix=None):
             return noisy
 
     latents = torch.randn(2, 5, 3, generator=torch.Generator().manual_seed(0))
@@ -182,3 +263,36 @@ def test_block_flow_matching_loss_counts_only_real_latents():
                 noisy = t * latents[b, p] + (1 - t) * noise[b, p]
                 errors.append(((noisy - (latents[b, p] - noise[b, p])) ** 2).mean())
     torch.testing.assert_close(loss, torch.stack(errors).mean())
+
+
+def test_random_length_clean_prefix_is_clean_tagged_and_out_of_the_loss():
+    """With probability 1 every block of more than one latent keeps a clean prefix of 1 .. len-1 latents: the
+    model sees those latents exactly (no noise) with their lengths, and the loss averages only the others."""
+    from latentlm.models.block_dit import block_flow_matching_loss, random_clean_prefix
+    from latentlm.models.flow import TimestepSchedule
+
+    class Recorder(torch.nn.Module):
+        config = BlockDiTConfig(latent_dim=3, hidden_dim=8, depth=1, n_heads=2, block_size=4)
+
+        def forward(self, clean, noisy, t_blocks, clean_prefix=None):
+            self.seen = (noisy.clone(), clean_prefix.clone())
+            return noisy
+
+    latents = torch.randn(3, 10, 3, generator=torch.Generator().manual_seed(0))  # blocks of 4, 4, 2
+    model_ = Recorder()
+    loss = block_flow_matching_loss(model_, latents, TimestepSchedule("uniform"), torch.Generator().manual_seed(1),
+                                    clean_prefix_prob=1.0)
+    noisy, prefix = model_.seen
+    assert prefix.shape == (3, 3) and torch.all((prefix >= 1) & (prefix <= torch.tensor([3, 3, 1])))
+    known = torch.zeros(3, 10, dtype=torch.bool)
+    for b in range(3):
+        for block in range(3):
+            known[b, block * 4:block * 4 + int(prefix[b, block])] = True
+    assert torch.equal(noisy[known], latents[known]) and not torch.allclose(noisy[~known], latents[~known])
+    # the loss is the hand-computed mean over the latents outside the prefixes
+    g = torch.Generator().manual_seed(1)
+    TimestepSchedule("uniform").sample(9, generator=g)  # the loss draws the blocks' times first, then the noise
+    noise = torch.randn(latents.shape, generator=g)
+    errors = (noisy - (latents - noise)).pow(2).mean(-1)
+    torch.testing.assert_close(loss, errors[~known].mean())
+    assert torch.equal(random_clean_prefix(2, 8, 4, 0.0), torch.zeros(2, 2, dtype=torch.long))

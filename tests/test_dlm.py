@@ -121,3 +121,49 @@ def test_joint_loss_ignores_what_the_padding_holds():
         torch.testing.assert_close(getattr(a, name), getattr(b, name), msg=name)
     unmasked = model.joint_loss(other, None, model.vae, torch.Generator().manual_seed(3))
     assert not torch.allclose(unmasked.recon, b.recon)
+
+
+def test_interval_strategy_alternates_exactly_k_joint_and_k_frozen_steps():
+    """Interval with k = 3: the VAE's weights move at optimiser steps 1-3, 7-9, ... and stay bit-identical at
+    steps 4-6, 10-12 (learning rate exactly 0), while the DiT moves at every step."""
+    from types import SimpleNamespace
+
+    from latentlm.platform.methods.dlm.train import vae_lr_multiplier
+    from latentlm.platform.training.parts import make_optimizer
+    torch.manual_seed(0)
+    model = ColaDLM(config(vae_strategy="interval", interval_steps=3, vae_lr_ratio=0.5))
+    vae_ids = {id(p) for p in model.vae.parameters()}
+    factor = vae_lr_multiplier(model.config)
+    optim = SimpleNamespace(lr=1e-2, weight_decay=0.1, betas=(0.9, 0.99), warmup_steps=0, steps=12, min_lr_ratio=1.0)
+    opt, schedule = make_optimizer(model.parameters(), optim, lambda p: factor if id(p) in vae_ids else 1.0)
+    tokens = torch.randint(0, 20, (4, 8), generator=torch.Generator().manual_seed(1))
+    moved = []
+    for step in range(1, 13):
+        vae_before = [p.detach().clone() for p in model.vae.parameters()]
+        dit_before = model.dit.out.weight.detach().clone()
+        model.joint_loss(tokens, generator=torch.Generator().manual_seed(step)).loss.backward()
+        opt.step()
+        schedule.step()
+        opt.zero_grad()
+        vae_moved = [not torch.equal(a, p) for a, p in zip(vae_before, model.vae.parameters())]
+        assert len(set(vae_moved)) == 1  # all VAE weights move together, or none does
+        assert not torch.equal(dit_before, model.dit.out.weight)
+        moved.append(vae_moved[0])
+    assert moved == [True] * 3 + [False] * 3 + [True] * 3 + [False] * 3
+    assert vae_lr_multiplier(config(vae_strategy="joint", vae_lr_ratio=0.01)) == 0.01
+    with pytest.raises(ConfigError, match="dlm.interval_steps"):
+        config(vae_strategy="interval", interval_steps=0)
+
+
+@pytest.mark.parametrize("mode,expected", [
+    ("left_pad", [9, 9, 9, 1, 2, 3, 4, 5]),      # to a block multiple, EOS before the prompt
+    ("right_pad", [1, 2, 3, 4, 5, 9, 9, 9]),     # to a block multiple, the response starts after the padding
+    ("clean", [9, 1, 2, 3, 4, 5]),               # to a patch multiple only: the tail stays inside a block
+    ("partial_repaint", [9, 1, 2, 3, 4, 5])])
+def test_generator_pads_prompts_as_the_first_block_mode_says(mode, expected):
+    from latentlm.platform.methods.dlm.config import build_dlm_config
+    from latentlm.platform.methods.dlm.generator import ColaDLMGenerator
+    cfg = build_dlm_config("tiny", {"dlm": {"vae": {"patch_size": 2, "block_size": 2}, "dit": {"block_size": 2}},
+                                    "sampler": {"first_block": mode}})
+    generator = ColaDLMGenerator(cfg, torch.nn.Identity(), eos_id=9)
+    assert generator.pad_prompt(torch.tensor([[1, 2, 3, 4, 5]])).tolist() == [expected]

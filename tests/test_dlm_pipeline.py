@@ -38,6 +38,11 @@ def test_presets_build_and_bad_values_name_their_field(dlm_overrides):
     for overrides, field in (({"dlm": {"vae_strategy": "warm"}}, "dlm.vae_strategy"),
                              ({"dlm": {"vae": {"patch_size": 3}}}, "dlm.vae.patch_size"),
                              ({"sampler": {"first_block": "pad"}}, "sampler.first_block"),
+                             ({"sampler": {"repaint_repeats": 0}}, "sampler.repaint_repeats"),
+                             ({"sampler": {"repaint_fraction": 0.0}}, "sampler.repaint_fraction"),
+                             ({"sampler": {"repaint_fraction": 1.5}}, "sampler.repaint_fraction"),
+                             ({"dlm": {"interval_steps": 0}}, "dlm.interval_steps"),
+                             ({"dlm": {"clean_prefix_prob": 1.5}}, "dlm.clean_prefix_prob"),
                              ({"eval": {"grid": "schedule"}}, "eval.grid")):
         with pytest.raises(ConfigError, match=field):
             build_dlm_config("tiny", dlm_overrides(**overrides))
@@ -47,7 +52,8 @@ def test_dlm_sweeps_plan_and_collapse_equivalent_trials(dlm_overrides):
     from latentlm.platform.sweep import SweepSpec, plan_trials
     root = Path(__file__).resolve().parents[1] / "experiments"
     expected = {"ablate_block_size": 2, "ablate_timeshift": 3, "ablate_dlm_steps": 3, "ablate_dlm_cfg": 3,
-                "ablate_dlm_latent_dim": 2, "ablate_dlm_patch": 2, "ablate_vae_strategy": 4}
+                "ablate_dlm_latent_dim": 2, "ablate_dlm_patch": 2, "ablate_vae_strategy": 5,
+                "ablate_dlm_conditioning": 5}
     for name, count in expected.items():
         spec = importlib.util.spec_from_file_location(name, root / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
@@ -56,6 +62,10 @@ def test_dlm_sweeps_plan_and_collapse_equivalent_trials(dlm_overrides):
     # the LR ratio cannot act on a frozen VAE: those trials are one
     trials = plan_trials(SweepSpec("s", method="dlm", overrides=dlm_overrides(), axes={
         "dlm.vae_strategy": ["frozen", "joint"], "dlm.vae_lr_ratio": [1.0, 0.01]}))
+    assert len(trials) == 3
+    # (r, gamma) act only under partial repaint: clean x two (r, gamma) settings is one trial
+    trials = plan_trials(SweepSpec("s", method="dlm", overrides=dlm_overrides(), axes={
+        "sampler.first_block": ["clean", "partial_repaint"], "sampler.repaint_repeats": [1, 3]}))
     assert len(trials) == 3
     with pytest.raises(ConfigError, match="sweep.axes.ldlm.decoder_noise"):
         plan_trials(SweepSpec("s", method="dlm", axes={"ldlm.decoder_noise": [0.1]}))

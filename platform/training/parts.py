@@ -82,15 +82,18 @@ def seed_everything(seed: int) -> None:
 
 def make_optimizer(params, optim, lr_multiplier=None) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     """AdamW with weight decay on >= 2-D weights only. ``lr_multiplier(param)`` (default 1) scales a
-    parameter's learning rate for the whole schedule (e.g. Cola DLM's VAE at 0.01x the DiT's)."""
-    groups: dict[tuple[bool, float], list] = {}
+    parameter's learning rate: a number for the whole schedule (e.g. Cola DLM's VAE at 0.01x the DiT's), or a
+    function of the optimiser step (0-based) for a per-step factor (Cola DLM's interval strategy: 0 while the
+    VAE is frozen). A factor of 0 leaves a parameter exactly unchanged (AdamW scales its update and its decay by
+    the learning rate)."""
+    groups: dict[tuple[bool, Any], list] = {}
     for p in params:
         if p.requires_grad:
-            scale = 1.0 if lr_multiplier is None else float(lr_multiplier(p))
-            groups.setdefault((p.dim() >= 2, scale), []).append(p)
+            scale = 1.0 if lr_multiplier is None else lr_multiplier(p)
+            groups.setdefault((p.dim() >= 2, scale if callable(scale) else float(scale)), []).append(p)
     opt = torch.optim.AdamW([{"params": ps, "weight_decay": optim.weight_decay if decay else 0.0,
-                              "lr": optim.lr * scale} for (decay, scale), ps in groups.items()],
-                            lr=optim.lr, betas=tuple(optim.betas))
+                              "lr": optim.lr * (1.0 if callable(scale) else scale)}
+                             for (decay, scale), ps in groups.items()], lr=optim.lr, betas=tuple(optim.betas))
 
     def lr_factor(step: int) -> float:  # linear warmup, cosine decay to min_lr_ratio
         if step < optim.warmup_steps:
@@ -98,7 +101,10 @@ def make_optimizer(params, optim, lr_multiplier=None) -> tuple[torch.optim.Optim
         progress = (step - optim.warmup_steps) / max(1, optim.steps - optim.warmup_steps)
         return optim.min_lr_ratio + (1 - optim.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
-    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
+    def group_factor(scale):
+        return (lambda step: lr_factor(step) * scale(step)) if callable(scale) else lr_factor
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, [group_factor(scale) for _, scale in groups])
 
 
 class EMA:

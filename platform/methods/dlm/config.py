@@ -11,6 +11,7 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
+from latentlm.models.block_dit import check_first_block
 from latentlm.models.config import ConfigError, check_fields, rename_keys, require
 from latentlm.models.dlm import ColaDLMConfig
 from latentlm.platform.config import from_dict, merge
@@ -25,12 +26,16 @@ class StageConfig:
 
 @dataclass
 class DLMSamplerConfig:
-    first_block: Literal["repaint", "partial"] = "repaint"  # prompt tail inside the first block
-    pad_prompt: bool = False         # left-pad prompts with EOS to a block multiple instead (the padding switch)
-    use_cache: bool = True           # KV cache over committed blocks (False: recompute, for checking)
+    # a prompt that ends inside a block (models/block_dit.py FIRST_BLOCK_MODES): clean (the paper's best and the
+    # default), partial_repaint, left_pad or right_pad (EOS padding to a block multiple, at the token level)
+    first_block: Literal["clean", "partial_repaint", "left_pad", "right_pad"] = "clean"
+    repaint_repeats: int = 1          # partial_repaint: r, repetitions of each guided step (denoise, re-noise)
+    repaint_fraction: float = 1.0     # partial_repaint: gamma, the fraction of the steps that repaint (0, 1]
+    use_cache: bool = True            # KV cache over committed blocks (False: recompute, for checking)
 
     def __post_init__(self):
         check_fields(self, "sampler")
+        check_first_block(self.first_block, self.repaint_repeats, self.repaint_fraction)
 
 
 @dataclass
@@ -74,7 +79,8 @@ DLM_PRESETS: dict[str, dict[str, Any]] = {
                                           "block_size": 16}},
         "train_vae": {"optim": {"steps": 300, "batch_size": 16, "lr": 2e-3, "log_every": 50}},
         "train_joint": {"optim": {"steps": 400, "batch_size": 16, "lr": 1e-3, "log_every": 50, "ema_decay": 0.995}},
-        "eval": {"num_samples": 64, "steps": 16, "cfg_scale": 7.0, "grid": "uniform", "datasets": ["embedded:wiki"]},
+        "eval": {"num_samples": 64, "steps": 16, "cfg_scale": 7.0, "grid": "uniform", "datasets": ["embedded:wiki"],
+                 "use_ema": False},
     },
     "small": {
         "data": {"seq_len": 256},
@@ -84,7 +90,7 @@ DLM_PRESETS: dict[str, dict[str, Any]] = {
         "train_vae": {"optim": {"steps": 20000, "batch_size": 64, "lr": 3e-4, "checkpoint_every": 2000}},
         "train_joint": {"optim": {"steps": 50000, "batch_size": 128, "lr": 3e-4, "checkpoint_every": 5000,
                              "ema_decay": 0.9999}},
-        "eval": {"num_samples": 1000, "steps": 16, "grid": "uniform"},
+        "eval": {"num_samples": 1000, "steps": 16, "grid": "uniform", "use_ema": False},
     },
     # Cola DLM's scaling configuration: 500M VAE (4+4 blocks, width 1536, latent 16), 1.8B DiT
     # (24 x 2048, blocks of 16), OLMo-2 tokenizer, 2048-token sequences.
@@ -99,7 +105,7 @@ DLM_PRESETS: dict[str, dict[str, Any]] = {
                              "ema_decay": 0.9999}},
         "eval": {"num_samples": 1000, "steps": 16, "grid": "uniform", "bertscore_model": "roberta-large",
                  "bertscore_num_layers": 17, "mauve_model": "gpt2-large", "mauve_max_length": 1024, "genppl_model": "gpt2-large",
-                 "genppl_max_length": 1024},
+                 "genppl_max_length": 1024, "use_ema": False},
         "resources": {"num_workers": 8, "use_gpu": "true"},
     },
 }
@@ -125,8 +131,16 @@ def build_dlm_config(preset: str = "tiny", overrides: dict[str, Any] | None = No
 
 
 def dlm_effective(config: dict[str, Any]) -> dict[str, Any]:
-    """A frozen or scratch VAE has no learning-rate ratio and no reference to apply: reset to the defaults."""
+    """Knobs that cannot act reset to their defaults: a frozen or scratch VAE has no learning-rate ratio and no
+    reference to apply, only the interval strategy has cycles, only partial repaint has (r, gamma)."""
     model, defaults = config.get("dlm", {}), ColaDLMConfig()
     if model.get("vae_strategy") in ("frozen", "scratch"):
         model["vae_lr_ratio"], model["ref_weight"] = defaults.vae_lr_ratio, defaults.ref_weight
+    if model.get("vae_strategy") != "interval" and "interval_steps" in model:
+        model["interval_steps"] = defaults.interval_steps
+    sampler, sampler_defaults = config.get("sampler", {}), DLMSamplerConfig()
+    if sampler.get("first_block") != "partial_repaint":
+        for name in ("repaint_repeats", "repaint_fraction"):
+            if name in sampler:
+                sampler[name] = getattr(sampler_defaults, name)
     return config

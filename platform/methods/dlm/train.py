@@ -4,7 +4,8 @@
   in every log line.
 * ``dlm_joint_loop``: joint VAE + block-causal DiT. ``dlm.vae_strategy``: ``joint`` starts from the pretrained
   VAE and trains it at ``vae_lr_ratio`` x the DiT's learning rate, regularised towards the frozen pretrained
-  encoder; ``frozen`` trains the DiT only; ``scratch`` trains everything from random initialisation.
+  encoder; ``frozen`` trains the DiT only; ``scratch`` trains everything from random initialisation;
+  ``interval`` is ``joint`` for ``interval_steps`` steps, then frozen for as many, and so on.
 """
 from __future__ import annotations
 
@@ -69,6 +70,20 @@ class _JointStep(torch.nn.Module):
         return self.model.joint_loss(tokens, mask, self._reference[0], generator)
 
 
+def interval_multiplier(ratio: float, k: int):
+    """The interval strategy's VAE learning-rate factor by optimiser step (0-based): ``ratio`` for k steps, 0
+    (frozen: AdamW then leaves the weights exactly as they are) for the next k, and so on. The frozen phase keeps
+    computing the VAE's gradients, so every engine (DDP, ZeRO) sees the same trainable set at every step."""
+    return lambda step: ratio if (step // k) % 2 == 0 else 0.0
+
+
+def vae_lr_multiplier(dlm):
+    """The VAE parameters' learning-rate factor (a number, or a function of the step) for ``dlm.vae_strategy``."""
+    if dlm.vae_strategy == "interval":
+        return interval_multiplier(dlm.vae_lr_ratio, dlm.interval_steps)
+    return dlm.vae_lr_ratio if dlm.vae_strategy == "joint" else 1.0
+
+
 def dlm_joint_loop(config: dict) -> None:
     """Ray Train function: joint VAE + block-causal DiT (``config["vae_checkpoint"]`` unless scratch)."""
     cfg = _experiment(config)
@@ -83,6 +98,6 @@ def dlm_joint_loop(config: dict) -> None:
         elif cfg.dlm.ref_weight > 0:
             reference = load_pretrained_vae(cfg, config["vae_checkpoint"], wc.device).eval().requires_grad_(False)
     vae_ids = {id(p) for p in model.vae.parameters()}
-    ratio = cfg.dlm.vae_lr_ratio if strategy == "joint" else 1.0
+    vae_factor = vae_lr_multiplier(cfg.dlm)
     _train(config, cfg, wc, "joint", _JointStep(model, reference), cfg.train_joint.optim, JOINT_METRICS,
-           lr_multiplier=lambda p: ratio if id(p) in vae_ids else 1.0)
+           lr_multiplier=lambda p: vae_factor if id(p) in vae_ids else 1.0)
