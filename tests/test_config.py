@@ -311,7 +311,7 @@ def test_the_ldlm_post_decoder_stage_refuses_an_ema_it_would_not_use():
 
 @pytest.mark.parametrize("make, message", [
     (lambda: TimestepSchedule("cosine"), "schedule.kind: expected one of ('uniform', 'logit_normal'), got 'cosine'"),
-    (lambda: ColaDLMConfig(vae_strategy="interval"), "dlm.vae_strategy: expected one of"),
+    (lambda: ColaDLMConfig(vae_strategy="warm"), "dlm.vae_strategy: expected one of"),
     (lambda: DLMVAEConfig(patch_size=3), "dlm.vae.patch_size: expected one of (1, 2), got 3"),
     (lambda: REPAConfig(align_at=True), "vae.repa.align_at: expected an integer or one of ('output', 'latent')"),
     (lambda: ColaDLMConfig(vae={"latent_dimm": 8}), "unknown config key dlm.vae.latent_dimm"),
@@ -353,3 +353,63 @@ def test_a_negative_seed_is_refused_naming_the_field(family):
     from latentlm.platform import registry
     with pytest.raises(ConfigError, match=r"^seed: expected an integer >= 0"):
         registry.get(family).build("tiny", {"seed": -1})
+
+
+# -- TextLDM model sizes and sweep scripts -----------------------------------------------------------
+
+def _textldm_sizes(preset: str, overrides: dict) -> tuple[float, float, float]:
+    """(DiT, VAE, VAE embedding + head) parameters in millions, counted on the meta device (no memory)."""
+    import torch
+    from latentlm.models.dit import TextDiT
+    from latentlm.models.text_vae import TextVAE
+    from latentlm.platform.methods.ar.config import KNOWN_TOKENIZER_SIZES
+    cfg = build_config(preset, overrides)
+    # the pipeline sets the VAE's vocabulary from the tokenizer; the paper preset's is known offline
+    cfg.vae.vocab_size = KNOWN_TOKENIZER_SIZES.get(cfg.data.tokenizer, cfg.vae.vocab_size)
+    with torch.device("meta"):
+        vae, dit = TextVAE(cfg.vae, teacher_dim=2048), TextDiT(cfg.dit)  # 2048: Qwen3-1.7B's hidden size
+    count = lambda *modules: sum(p.numel() for m in modules for p in m.parameters()) / 1e6
+    return count(dit), count(vae), count(vae.embed, vae.lm_head)
+
+
+def test_the_paper_preset_has_the_papers_dit_and_vae_sizes():
+    """TextLDM's ablations use a 328M DiT and a 350M VAE, 223M of it token embedding and LM head."""
+    dit, vae, embedding = _textldm_sizes("paper", {})
+    assert dit == pytest.approx(328, rel=0.03) and vae == pytest.approx(350, rel=0.03)
+    assert embedding == pytest.approx(223, rel=0.01)
+
+
+def _script(name: str):
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "experiments" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_textldm_experiment_scripts_plan_and_the_size_sweeps_span_the_papers_sizes():
+    from latentlm.platform.sweep import SweepSpec, plan_trials
+    expected = {"ablate_repa": 2, "ablate_latent_dim": 3, "ablate_schedule": 3, "ablate_cfg": 5,
+                "ablate_vae_size": 3, "ablate_dit_size": 3}
+    for name, count in expected.items():
+        assert len(plan_trials(SweepSpec(name, axes=_script(name).axes("tiny")))) == count, name
+    # paper group b: 350M / 502M / 690M VAEs around the same DiT; group e: 114M / 328M / 768M DiTs, one VAE
+    for name, paper, column in (("ablate_vae_size", [350, 502, 690], 1), ("ablate_dit_size", [114, 328, 768], 0)):
+        trials = plan_trials(SweepSpec(name, preset="paper", axes=_script(name).axes("paper")))
+        sizes = [_textldm_sizes("paper", t.overrides) for t in trials]
+        assert [s[column] for s in sizes] == pytest.approx(paper, rel=0.03), name
+        assert len({s[1 - column] for s in sizes}) == 1, name  # the other network is the preset's in every trial
+    for preset in ("tiny", "small"):  # every preset's sizes are valid configs that grow
+        for name, column in (("ablate_vae_size", 1), ("ablate_dit_size", 0)):
+            trials = plan_trials(SweepSpec(name, preset=preset, axes=_script(name).axes(preset)))
+            sizes = [_textldm_sizes(preset, t.overrides)[column] for t in trials]
+            assert sizes == sorted(sizes) and len(set(sizes)) == 3, (preset, name)
+
+
+def test_a_linear_repa_projector_ignores_its_hidden_width_in_a_sweep():
+    from latentlm.platform.sweep import SweepSpec, plan_trials
+    assert len(plan_trials(SweepSpec("s", axes={"vae.repa.projector_hidden": [64, 128]}))) == 1
+    mlp = {"vae": {"repa": {"projector_depth": 3}}}
+    assert len(plan_trials(SweepSpec("s", axes={"vae.repa.projector_hidden": [64, 128]}, overrides=mlp))) == 2

@@ -145,6 +145,23 @@ def test_repa_projector_structure():
     assert isinstance(projector.net[-1], torch.nn.Linear)  # no activation after the last layer
 
 
+def test_default_repa_projector_is_one_linear_from_vae_hidden_to_teacher_hidden():
+    """TextLDM's projection is linear; the image REPA MLP stays available as ``projector_depth: 3``."""
+    vae = tiny_vae(teacher_dim=24, repa=REPAConfig(enabled=True))
+    layers = [m for m in vae.projector.modules() if not list(m.children())]
+    assert len(layers) == 1 and isinstance(layers[0], torch.nn.Linear)
+    assert (layers[0].in_features, layers[0].out_features) == (HIDDEN, 24)
+    mlp = tiny_vae(teacher_dim=24, repa=REPAConfig(enabled=True, projector_depth=3, projector_hidden=32))
+    assert [type(m).__name__ for m in mlp.projector.net] == ["Linear", "SiLU", "Linear", "SiLU", "Linear"]
+    assert [m.out_features for m in mlp.projector.net if isinstance(m, torch.nn.Linear)] == [32, 32, 24]
+
+
+@pytest.mark.parametrize("depth", [0, -1, 1.5, True])
+def test_repa_config_refuses_a_projector_depth_that_is_not_a_positive_integer(depth):
+    with pytest.raises(ConfigError, match=r"^vae\.repa\.projector_depth: expected an integer >= 1"):
+        REPAConfig(projector_depth=depth)
+
+
 def test_repa_off_builds_no_projector_and_loss_is_recon_plus_kl():
     vae = tiny_vae(kl_weight=0.37)
     assert vae.projector is None

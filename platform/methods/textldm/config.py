@@ -101,8 +101,11 @@ def textldm_teacher_layers(configs: list[TextLDMConfig]) -> list[int]:
 
 
 def textldm_effective(config: dict[str, Any]) -> dict[str, Any]:
-    """REPA off: its other fields cannot act, so they are reset to the defaults."""
+    """Fields that cannot act are reset to the defaults: REPA's others when it is off, the projector's hidden width
+    when the projector is one Linear."""
     repa = config.get("vae", {}).get("repa")
     if repa is not None and not repa.get("enabled", True):
         config["vae"]["repa"] = {**dataclasses.asdict(REPAConfig()), "enabled": False}
+    elif repa is not None and repa.get("projector_depth") == 1:
+        repa["projector_hidden"] = REPAConfig.projector_hidden
     return config

@@ -5,9 +5,10 @@
   8,191 most used token ids + 1 unknown (``data.vocab_limit``; 93% of training tokens): the 49k-way output head would
   otherwise cost several times the rest of the step. One sampling seed: the bootstrap over the 128 prompts
   carries the sampling noise into every interval. Numbers at this scale only show that the pipeline works.
-* ``small`` — a single-GPU study: ~25M-param VAE, ~40M-param DiT, 256-token windows.
-* ``paper`` — TextLDM's ablation scale: Qwen3-1.7B teacher and tokenizer, 1024 tokens, 328M DiT
-  (needs a multi-GPU cluster and hub access).
+* ``small`` — a single-GPU study: ~88M-param VAE (50M of it the embedding and head), ~58M-param DiT, 256-token
+  windows.
+* ``paper`` — TextLDM's ablation scale: Qwen3-1.7B teacher and tokenizer, 1024 tokens, 350M VAE with 128 latent
+  channels, 328M DiT (needs a multi-GPU cluster and hub access).
 """
 from __future__ import annotations
 
@@ -41,9 +42,15 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper": {
         "data": {"corpus": "hf:Skylion007/openwebtext", "tokenizer": "Qwen/Qwen3-1.7B", "seq_len": 1024,
                  "teacher_windows": 2_000_000, "teacher_batch_size": 8},
-        "vae": {"latent_dim": 128, "hidden_dim": 1024, "n_heads": 16, "encoder_layers": 8, "decoder_layers": 8,
+        # The paper gives parameter counts, not shapes: VAE 350M of which 223M are the token embedding and LM head
+        # (the same 223M in its 502M / 690M VAEs, so width is fixed and depth grows), DiT 328M, latent channels
+        # 128, a linear REPA projection. Reconstructed: untied embedding and head at width 736 give the 223M over
+        # Qwen3's 151,669 tokens; 10 + 10 blocks make 354M; heads, and an even encoder/decoder split, are ours.
+        # The DiT keeps DiT-L's depth 24 and 16 heads, its width 864 makes 325M. Measured on the meta device in
+        # tests/test_config.py; experiments/ablate_vae_size.py and ablate_dit_size.py hold the other paper sizes.
+        "vae": {"latent_dim": 128, "hidden_dim": 736, "n_heads": 8, "encoder_layers": 10, "decoder_layers": 10,
                 "repa": {"teacher": "Qwen/Qwen3-1.7B", "projector_hidden": 2048}},
-        "dit": {"hidden_dim": 1024, "depth": 24, "n_heads": 16},
+        "dit": {"hidden_dim": 864, "depth": 24, "n_heads": 16},
         "train_vae": {"optim": {"steps": 200_000, "batch_size": 256, "lr": 1e-4, "log_every": 100,
                                 "checkpoint_every": 5000}},
         "train_dit": {"optim": {"steps": 1_000_000, "batch_size": 256, "lr": 1e-4, "log_every": 100,
