@@ -1,4 +1,4 @@
-"""``latentlm`` command line: train / sample / evaluate / export / push / info / leaderboard / compare."""
+"""``latentlm`` command line: train / sample / evaluate / export / push / info / leaderboard / compare / lm-eval."""
 from __future__ import annotations
 
 import argparse
@@ -156,6 +156,12 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_lm_eval(args) -> int:
+    from .evaluation.lm_eval_model import run_cli  # registers the "latentlm" lm-eval model
+    run_cli(args.lm_eval_args)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="latentlm", description="continuous latent diffusion LMs on Ray")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -237,7 +243,17 @@ def main(argv: list[str] | None = None) -> int:
     compare.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     compare.set_defaults(fn=cmd_compare)
 
-    args = parser.parse_args(argv)
+    lm_eval = sub.add_parser("lm-eval", add_help=False,
+                             help="lm-evaluation-harness with --model latentlm registered: the arguments go to lm-eval "
+                                  "unchanged (--model latentlm --model_args checkpoint=DIR --tasks T ...)")
+    lm_eval.set_defaults(fn=cmd_lm_eval)
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["lm-eval"]:  # lm-eval's options are its own (argparse would read them as ours): passed on whole
+        args = parser.parse_args(argv[:1])
+        args.lm_eval_args = argv[1:]
+    else:
+        args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
         return args.fn(args)
