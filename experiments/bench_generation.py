@@ -161,7 +161,7 @@ class Bench:
             c = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, steps=steps))
             ids = generate_ids(gen, IdsOnly, a.seed, c)
             assert all(len(row) == length for row in ids), "LDLM: wrong sample length"
-        return [(f"{s} Euler-Maruyama steps, uncond.", dict(steps=s), call, generator_for) for s in a.steps]
+        return [(f"{s} LDLM steps (sampler auto), uncond.", dict(steps=s), call, generator_for) for s in a.steps]
 
     # Cola DLM --------------------------------------------------------------------------------------------
     def build_dlm(self):

@@ -10,6 +10,16 @@ The diffusion model is a DiT over the latents with x0-prediction, the tangent VP
 self-conditioning; ``vp_diffusion.py`` holds the schedule, samplers and the warmup. Every part of the
 four-part recipe is a config switch (``LDLMConfig.recon_loss``, ``warmup_steps``, ``timestep_sampler``,
 ``decoder_noise``).
+
+The token-encoder axis (LDLM Table 1) is ``LDLMConfig.encoder_input``: ``frozen`` reads the frozen LM's
+hidden states of the configured layer (GPT-2 hidden states; its layer 0 is the GPT-2-embeddings arm);
+``scratch`` reads a trainable token-embedding table, randomly initialised, with no frozen LM at all:
+    h      = Emb(x)                                        (trainable, N(0, 1): the scale of normalised states)
+    loss   = CE(TokenDecoder(h_hat), x) + diffusion        (recon_loss must be "ce")
+MSE onto h is refused there: h is trainable, so MSE(h_hat, h) is minimised by collapsing the table to one
+point (and a stop-gradient target would drift into the decoder's fixed points). The tokens are the only fixed
+target, so the token decoder's CE flows through the latent decoder and encoder into the table, as in the CE
+ablation; the MSE to the (detached) embeddings is still reported, as a metric.
 """
 from __future__ import annotations
 
@@ -24,8 +34,8 @@ from .config import check_fields, require, require_fraction, require_positive
 from .dit import DiTBlock, FinalLayer, TimestepEmbedder
 from .layers import RotaryEmbedding
 from .perceiver import CoderConfig, SelfAttentionCoder, build_coder
-from .vp_diffusion import (AdaptiveTimestepSampler, TangentSchedule, euler_maruyama_sample, sampling_times,
-                           scale_gradient, warmup_gamma)
+from .vp_diffusion import (AdaptiveTimestepSampler, TangentSchedule, sampling_times, scale_gradient, vp_sample,
+                           warmup_gamma)
 
 
 
@@ -48,7 +58,8 @@ class TokenDecoderConfig:
 @dataclass
 class LDLMConfig:
     vocab_size: int = 49152
-    hidden_size: int = 576           # the frozen token encoder's hidden size (set from the teacher)
+    hidden_size: int = 576           # input width: the frozen token encoder's (set from it) or the scratch table's
+    encoder_input: Literal["frozen", "scratch"] = "frozen"  # frozen LM states | trainable embeddings (module doc)
     seq_len: int = 128
     num_latents: int = 128           # LDLM: as many latents as tokens
     latent_dim: int = 768
@@ -57,7 +68,7 @@ class LDLMConfig:
     token_decoder: TokenDecoderConfig = field(default_factory=TokenDecoderConfig)
     denoiser: DenoiserConfig = field(default_factory=DenoiserConfig)
     # -- the recipe --
-    recon_loss: Literal["mse", "ce", "ce+mse"] = "mse"  # "mse" (LDLM) | "ce" | "ce+mse"; with CE the token loss reaches the encoder
+    recon_loss: Literal["mse", "ce", "ce+mse"] = "mse"  # "mse" (LDLM); with CE the token loss reaches the encoder
     mse_weight: float = 1.0
     ce_weight: float = 1.0
     diffusion_weight: float = 1.0
@@ -94,6 +105,8 @@ class LDLMConfig:
         require_fraction("ldlm", self_cond_prob=self.self_cond_prob)
         for name in ("mse_weight", "ce_weight", "diffusion_weight"):
             require(getattr(self, name) >= 0, f"ldlm.{name}", ">= 0", getattr(self, name))
+        require(self.encoder_input != "scratch" or self.recon_loss == "ce", "ldlm.recon_loss",
+                "'ce' with encoder_input 'scratch' (MSE onto trainable embeddings collapses them)", self.recon_loss)
         require(self.recon_loss != "ce" or self.train_token_decoder, "ldlm.train_token_decoder",
                 "true when recon_loss is 'ce' (the token decoder is the only reconstruction signal)",
                 self.train_token_decoder)
@@ -187,8 +200,20 @@ class LDLM(nn.Module):
         self.token_decoder = TokenDecoder(c.hidden_size, c.vocab_size, c.token_decoder)
         self.denoiser = LatentDenoiser(c.latent_dim, c.denoiser)
         self.schedule = c.schedule()
+        self.embeddings = None
+        if c.encoder_input == "scratch":  # unit-variance rows, like the standardised frozen-LM states
+            self.embeddings = nn.Embedding(c.vocab_size, c.hidden_size)
+            nn.init.normal_(self.embeddings.weight, std=1.0)
         if not c.train_token_decoder:  # dropped during joint training (post-trained in its own stage)
             self.token_decoder.requires_grad_(False)
+
+    def encoder_inputs(self, tokens: torch.Tensor, hidden: torch.Tensor | None = None) -> torch.Tensor:
+        """What the latent encoder reads: the trainable embeddings of ``tokens`` (scratch), else ``hidden``."""
+        if self.embeddings is not None:
+            return self.embeddings(tokens)
+        if hidden is None:
+            raise ValueError("ldlm.encoder_input 'frozen' needs the token encoder's hidden states")
+        return hidden.to(self.encoder.in_proj.weight.dtype)  # bf16 under DeepSpeed
 
     def encode(self, hidden: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.encoder(hidden, mask)
@@ -197,20 +222,21 @@ class LDLM(nn.Module):
         """Clean latents -> token ids (inference: no decoder-input noise)."""
         return self.token_decoder(self.decoder(z)).argmax(-1)
 
-    def forward(self, hidden: torch.Tensor, tokens: torch.Tensor, step: int, t: torch.Tensor,
+    def forward(self, hidden: torch.Tensor | None, tokens: torch.Tensor, step: int, t: torch.Tensor,
                 mask: torch.Tensor | None = None, generator: torch.Generator | None = None) -> LDLMOutput:
-        """One joint-training loss. hidden: (B, T, hidden_size) normalised frozen-LM states; tokens: (B, T) ids
-        in the model's vocabulary; t: (B,) diffusion timesteps (from the trainer's sampler); mask: (B, T) real
-        tokens. ``generator`` draws the decoder noise, diffusion noise and self-conditioning coin."""
+        """One joint-training loss. hidden: (B, T, hidden_size) normalised frozen-LM states (None with scratch
+        embeddings); tokens: (B, T) ids in the model's vocabulary; t: (B,) diffusion timesteps (from the trainer's
+        sampler); mask: (B, T) real tokens. ``generator`` draws the decoder noise, diffusion noise and
+        self-conditioning coin."""
         c = self.config
-        hidden = hidden.to(self.encoder.in_proj.weight.dtype)  # bf16 under DeepSpeed
+        hidden = self.encoder_inputs(tokens, hidden)
         z = self.encode(hidden, mask)
         # reconstruction branch: noisy latents -> hidden states (MSE) -> tokens (CE)
         noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
         h_hat = self.decoder(z + c.decoder_noise * noise) if c.decoder_noise > 0 else self.decoder(z)
         weights = torch.ones_like(tokens, dtype=h_hat.dtype) if mask is None else mask.to(h_hat.dtype)
         denom = weights.sum().clamp_min(1)
-        mse = (((h_hat.float() - hidden.float()) ** 2).mean(-1) * weights).sum() / denom
+        mse = (((h_hat.float() - hidden.detach().float()) ** 2).mean(-1) * weights).sum() / denom  # fixed target
         ce_through = c.recon_loss in ("ce", "ce+mse")  # the CE ablation lets token loss shape the latents
         with torch.set_grad_enabled(torch.is_grad_enabled() and (c.train_token_decoder or ce_through)):
             logits = self.token_decoder(h_hat if ce_through else h_hat.detach())
@@ -234,19 +260,19 @@ class LDLM(nn.Module):
 
     @torch.no_grad()
     def sample_latents(self, n: int, steps: int, generator: torch.Generator | None = None, grid: str = "log_snr",
-                       device="cpu", on_step=None) -> torch.Tensor:
-        """Unconditional generation: Gaussian noise -> clean latents with the Euler-Maruyama sampler."""
+                       device="cpu", on_step=None, sampler: str = "auto", eta: float = 0.0) -> torch.Tensor:
+        """Unconditional generation: Gaussian noise -> clean latents with ``sampler`` (``vp_diffusion.vp_sample``:
+        Euler-Maruyama, DDIM with noise ``eta``, or ``auto``: Euler-Maruyama where it is stable, else DDIM)."""
         c = self.config
         noise = torch.randn(n, c.num_latents, c.latent_dim, generator=generator).to(device)
         times = sampling_times(self.schedule, steps, grid)
-        return euler_maruyama_sample(lambda z, t, sc: self.denoiser(z, t, sc).to(z.dtype), noise, self.schedule,
-                                     times, self_condition=c.self_cond_prob > 0, generator=generator,
-                                     on_step=on_step)
+        return vp_sample(lambda z, t, sc: self.denoiser(z, t, sc).to(z.dtype), noise, self.schedule, times,
+                         sampler, eta, self_condition=c.self_cond_prob > 0, generator=generator, on_step=on_step)
 
     @torch.no_grad()
     def generate(self, n: int, steps: int, generator: torch.Generator | None = None, grid: str = "log_snr",
-                 device="cpu") -> torch.Tensor:
-        return self.decode_tokens(self.sample_latents(n, steps, generator, grid, device))
+                 device="cpu", sampler: str = "auto", eta: float = 0.0) -> torch.Tensor:
+        return self.decode_tokens(self.sample_latents(n, steps, generator, grid, device, None, sampler, eta))
 
 
 class PostTrainedDecoder(nn.Module):

@@ -1,5 +1,6 @@
 """LDLM's diffusion machinery: a variance-preserving process with the tangent schedule, x0-prediction,
-the adaptive timestep sampler, the diffusion-to-encoder warmup and the Euler-Maruyama sampler.
+the adaptive timestep sampler, the diffusion-to-encoder warmup and the samplers (Euler-Maruyama, the
+paper's; DDIM / ancestral, stable at few steps; ``auto`` picks by step count).
 
 Convention (LDLM / TEncDM, the opposite of ``flow.py``): t = 0 is data, t = 1 is pure noise.
     z_t = sqrt(alpha(t)) z_0 + sqrt(1 - alpha(t)) eps,   alpha(t) = 1 / (1 + d^2 tan^2(pi t / 2)),
@@ -189,6 +190,74 @@ def sampling_times(schedule: TangentSchedule, steps: int, grid: str = "log_snr",
     return schedule.t_of_log_snr(torch.linspace(float(ends[0]), float(ends[1]), steps + 1, dtype=torch.float64))
 
 
+SAMPLERS = ("auto", "euler_maruyama", "ddim")
+
+
+def _alphas(schedule: TangentSchedule, times: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(alpha(t_i), alpha(t_{i+1})) per step of a decreasing time grid, in float64."""
+    alpha = torch.stack([schedule.alpha(t) for t in times.double()])  # per element: bit-identical to scalar use
+    return alpha[:-1], alpha[1:]
+
+
+def euler_maruyama_factors(schedule: TangentSchedule, times: torch.Tensor) -> torch.Tensor:
+    """Per step, the factor the Euler-Maruyama update multiplies z by (x0_hat held fixed):
+    1 + h/2 - h / (1 - alpha_t). It turns negative once the integrated drift h exceeds about 2: the step then
+    reflects z through its target instead of moving towards it (on the default log-SNR grid, below 13 steps)."""
+    alpha_t, alpha_s = _alphas(schedule, times)
+    h = alpha_s.log() - alpha_t.clamp_min(1e-300).log()
+    return 1 + h / 2 - h / (1 - alpha_t).clamp_min(1e-12)
+
+
+def ddim_coefficients(schedule: TangentSchedule, times: torch.Tensor, eta: float = 0.0
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(c_x, c_z, sigma) per step of the x0-parameterised DDIM step z_s = c_x x0_hat + c_z z_t + sigma eps.
+
+    sigma^2 = eta^2 (1 - a_s) / (1 - a_t) (1 - a_t / a_s), c_z = sqrt((1 - a_s - sigma^2) / (1 - a_t)),
+    c_x = sqrt(a_s) - c_z sqrt(a_t). eta = 1 is the DDPM posterior q(z_s | z_t, x0 = x0_hat) (ancestral
+    sampling); eta = 0 is deterministic DDIM. Since a_s >= a_t, all three lie in [0, 1] for any grid: z_s
+    weighs x0_hat and z_t with non-negative weights of at most 1, so it cannot oscillate or blow up as
+    Euler-Maruyama's update does at few steps, whatever the step count."""
+    require(0 <= eta <= 1, "sampler.eta", "in [0, 1]", eta)
+    alpha_t, alpha_s = _alphas(schedule, times)
+    var = eta ** 2 * (1 - alpha_s) / (1 - alpha_t) * (1 - alpha_t / alpha_s)
+    c_z = ((1 - alpha_s - var).clamp_min(0) / (1 - alpha_t)).sqrt()
+    c_x = (alpha_s.sqrt() - c_z * alpha_t.sqrt()).clamp(0, 1)  # clamp: rounding only
+    return c_x, c_z, var.sqrt()
+
+
+def resolve_sampler(kind: str, schedule: TangentSchedule, times: torch.Tensor) -> str:
+    """``auto``: Euler-Maruyama (the paper's sampler) where every step's factor on z is >= 0, else DDIM.
+    Decided per grid, so it follows the step count, the grid and the schedule."""
+    require(kind in SAMPLERS, "sampler.kind", f"one of {SAMPLERS}", kind)
+    if kind != "auto":
+        return kind
+    return "euler_maruyama" if bool((euler_maruyama_factors(schedule, times) >= 0).all()) else "ddim"
+
+
+StepFn = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]  # (step, z_t, x0_hat) -> z_s, float64
+
+
+def _reverse(x0_fn: X0Fn, noise: torch.Tensor, times: torch.Tensor, update: StepFn, self_condition: bool,
+             on_step: Callable[[int, torch.Tensor], None] | None) -> torch.Tensor:
+    """The loop every sampler shares: one x0 prediction per time, fed the previous one with self-conditioning
+    (zeros at the first step), ``update`` moves z one step, and a last prediction at ``times[-1]`` is returned.
+    The state is kept in float64; the network runs in its own dtype."""
+    z = noise.double()
+    x0 = torch.zeros_like(noise)
+    for i in range(len(times) - 1):
+        tb = torch.full((z.shape[0],), float(times[i]), device=z.device, dtype=torch.float32)
+        x0 = x0_fn(z.to(noise.dtype), tb, x0 if self_condition else torch.zeros_like(x0))
+        z = update(i, z, x0.double())
+        if on_step is not None:
+            on_step(i + 1, x0)
+    tb = torch.full((z.shape[0],), float(times[-1]), device=z.device, dtype=torch.float32)
+    return x0_fn(z.to(noise.dtype), tb, x0 if self_condition else torch.zeros_like(x0))
+
+
+def _gaussian(z: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    return torch.randn(z.shape, generator=generator, dtype=torch.float64).to(z.device)
+
+
 @torch.no_grad()
 def euler_maruyama_sample(x0_fn: X0Fn, noise: torch.Tensor, schedule: TangentSchedule, times: torch.Tensor,
                           self_condition: bool = True, generator: torch.Generator | None = None,
@@ -199,20 +268,37 @@ def euler_maruyama_sample(x0_fn: X0Fn, noise: torch.Tensor, schedule: TangentSch
     s < t with h = log alpha(s) - log alpha(t) (beta integrated over the step) and the score
     -(z - sqrt(alpha) x0_hat) / (1 - alpha) of the x0-prediction:
         z <- z + h (z / 2 + score) + sqrt(h) eps.
+    Unstable for few steps (``euler_maruyama_factors``); ``ddim_sample`` is not.
     With ``self_condition`` each call gets the previous step's x0 estimate (zeros at the first step).
-    Returns the final x0 prediction. The state is kept in float64; the network runs in its own dtype."""
-    z = noise.double()
-    x0 = torch.zeros_like(noise)
-    for i in range(len(times) - 1):
-        t, s = times[i], times[i + 1]
-        tb = torch.full((z.shape[0],), float(t), device=z.device, dtype=torch.float32)
-        x0 = x0_fn(z.to(noise.dtype), tb, x0 if self_condition else torch.zeros_like(x0))
-        alpha_t = float(schedule.alpha(t))
-        h = math.log(float(schedule.alpha(s))) - math.log(max(alpha_t, 1e-300))
-        score = -(z - math.sqrt(alpha_t) * x0.double()) / max(1 - alpha_t, 1e-12)
-        eps = torch.randn(z.shape, generator=generator, dtype=torch.float64).to(z.device)
-        z = z + h * (0.5 * z + score) + math.sqrt(h) * eps
-        if on_step is not None:
-            on_step(i + 1, x0)
-    tb = torch.full((z.shape[0],), float(times[-1]), device=z.device, dtype=torch.float32)
-    return x0_fn(z.to(noise.dtype), tb, x0 if self_condition else torch.zeros_like(x0))
+    Returns the final x0 prediction."""
+    alpha_t, alpha_s = (a.tolist() for a in _alphas(schedule, times))
+
+    def update(i: int, z: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+        h = math.log(alpha_s[i]) - math.log(max(alpha_t[i], 1e-300))
+        score = -(z - math.sqrt(alpha_t[i]) * x0) / max(1 - alpha_t[i], 1e-12)
+        return z + h * (0.5 * z + score) + math.sqrt(h) * _gaussian(z, generator)
+    return _reverse(x0_fn, noise, times, update, self_condition, on_step)
+
+
+@torch.no_grad()
+def ddim_sample(x0_fn: X0Fn, noise: torch.Tensor, schedule: TangentSchedule, times: torch.Tensor,
+                eta: float = 0.0, self_condition: bool = True, generator: torch.Generator | None = None,
+                on_step: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
+    """The exact-transition sampler for the VP path: each step draws z_s from the Gaussian transition
+    ``ddim_coefficients`` gives (the DDPM posterior for eta = 1, deterministic DDIM for eta = 0, no draw) with
+    x0 replaced by the network's prediction. Same calls as ``euler_maruyama_sample`` (steps + 1 predictions,
+    self-conditioning, ``on_step``, returns the final x0 prediction), stable at any step count."""
+    c_x, c_z, sigma = (c.tolist() for c in ddim_coefficients(schedule, times, eta))
+
+    def update(i: int, z: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+        z_s = c_x[i] * x0 + c_z[i] * z
+        return z_s + sigma[i] * _gaussian(z, generator) if eta > 0 else z_s
+    return _reverse(x0_fn, noise, times, update, self_condition, on_step)
+
+
+def vp_sample(x0_fn: X0Fn, noise: torch.Tensor, schedule: TangentSchedule, times: torch.Tensor,
+              kind: str = "auto", eta: float = 0.0, **kwargs) -> torch.Tensor:
+    """Run the sampler ``kind`` names (``resolve_sampler``); ``eta`` acts only on DDIM."""
+    if resolve_sampler(kind, schedule, times) == "ddim":
+        return ddim_sample(x0_fn, noise, schedule, times, eta, **kwargs)
+    return euler_maruyama_sample(x0_fn, noise, schedule, times, **kwargs)

@@ -312,3 +312,48 @@ def test_dropped_token_decoder_gets_no_gradient_and_is_frozen():
     out.loss.backward()
     assert all(p.grad is None for p in model.token_decoder.parameters())
     assert out.ce > 0  # still measured
+
+
+# -- the scratch-embeddings arm and the sampler choice ----------------------------------------------------
+
+def test_scratch_embeddings_train_without_a_teacher_and_ce_reaches_the_table():
+    torch.manual_seed(0)
+    with pytest.raises(ConfigError, match="ldlm.recon_loss"):  # MSE onto trainable embeddings would collapse them
+        tiny_config(encoder_input="scratch")
+    with pytest.raises(ValueError, match="hidden states"):  # the frozen arm cannot run without its teacher
+        LDLM(tiny_config())(None, torch.zeros(2, 12, dtype=torch.long), 0, torch.full((2,), 0.5))
+    model = LDLM(tiny_config(encoder_input="scratch", recon_loss="ce", warmup_steps=20))
+    assert model.embeddings.weight.shape == (50, 24) and model.embeddings.weight.requires_grad
+    gen = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, 50, (4, 12), generator=gen)  # one fixed batch to fit: a few steps show learning
+    used = torch.unique(tokens)
+    # CE alone reaches the table (through the token decoder, latent decoder and encoder)
+    model.config.diffusion_weight = 0.0
+    model(None, tokens, 0, torch.full((4,), 0.5), generator=gen).loss.backward()
+    assert float(model.embeddings.weight.grad[used].abs().sum(-1).min()) > 0
+    model.config.diffusion_weight = 1.0
+    model.zero_grad()
+    start = model.embeddings.weight.detach().clone()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    ces = []
+    for step in range(40):
+        out = model(None, tokens, step, torch.rand(4, generator=gen), generator=gen)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        ces.append(out.ce.item())
+    assert sum(ces[-5:]) < 0.7 * sum(ces[:5]), ces
+    weights = model.embeddings.weight.detach()
+    assert not torch.equal(weights[used], start[used])
+    assert float(weights[used].std(0).mean()) > 0.5  # the rows stay apart: no collapse
+
+
+def test_sample_latents_runs_the_configured_sampler():
+    model = LDLM(tiny_config()).eval()
+
+    def sample(steps, kind):
+        return model.sample_latents(2, steps, torch.Generator().manual_seed(3), sampler=kind)
+    assert torch.equal(sample(4, "auto"), sample(4, "ddim"))       # Euler-Maruyama is unstable at 4 steps ...
+    assert not torch.equal(sample(4, "auto"), sample(4, "euler_maruyama"))
+    assert torch.equal(sample(16, "auto"), sample(16, "euler_maruyama"))  # ... and kept from 13 on
+    assert bool(torch.isfinite(sample(2, "ddim")).all())

@@ -158,13 +158,62 @@ def test_ldlm_experiment_scripts_plan_on_the_tiny_preset():
     import importlib.util
     from latentlm.platform.sweep import SweepSpec, plan_trials
     root = Path(__file__).resolve().parents[1] / "experiments"
-    expected = {"ablate_ldlm_recipe": 4, "ablate_decoder_noise": 3, "ablate_ldlm_layer": 2}
+    # ablate_ldlm_encoder: hidden states, embeddings (layer 0), scratch (its two layers collapse to one trial)
+    expected = {"ablate_ldlm_recipe": 4, "ablate_decoder_noise": 3, "ablate_ldlm_layer": 2, "ablate_ldlm_encoder": 3}
     for name, count in expected.items():
         spec = importlib.util.spec_from_file_location(name, root / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         trials = plan_trials(SweepSpec(name, method="ldlm", axes=module.axes("tiny")))
         assert len(trials) == count, name
+
+
+def test_scratch_embeddings_need_no_teacher_and_train_their_own_stage(ldlm_overrides):
+    from latentlm.platform.evaluation.protocol import EvalProtocol
+    from latentlm.platform.methods.ldlm.config import ldlm_teacher_layers
+    from latentlm.platform.methods.ldlm.pipeline import ldlm_stage_keys, validate_ldlm
+    frozen = build_ldlm_config("tiny", ldlm_overrides())
+    scratch = build_ldlm_config("tiny", ldlm_overrides(ldlm={"encoder_input": "scratch", "recon_loss": "ce"}))
+    assert frozen.teacher_request() is not None and scratch.teacher_request() is None
+    assert ldlm_teacher_layers([frozen, scratch]) == [-2] and ldlm_teacher_layers([scratch]) == []
+    keys = ldlm_stage_keys(scratch)["joint"]
+    assert keys != ldlm_stage_keys(frozen)["joint"]
+    frozen_ce = build_ldlm_config("tiny", ldlm_overrides(ldlm={"recon_loss": "ce"}))
+    assert keys != ldlm_stage_keys(frozen_ce)["joint"]
+    other_layer = build_ldlm_config("tiny", ldlm_overrides(ldlm={"encoder_input": "scratch", "recon_loss": "ce"},
+                                                           token_encoder={"layer": -1}))
+    assert ldlm_stage_keys(other_layer) == ldlm_stage_keys(scratch)  # a token encoder it never reads
+    no_lm = build_ldlm_config("tiny", ldlm_overrides(ldlm={"encoder_input": "scratch", "recon_loss": "ce"},
+                                                     token_encoder={"model": "/nonexistent/lm"}))
+    assert "encoder_layers" not in validate_ldlm(no_lm)  # the frozen LM is never loaded
+    # the sampler is inference only: no stage retrains, and the AR baseline's protocol hash is untouched
+    ddim = build_ldlm_config("tiny", ldlm_overrides(sampler={"kind": "ddim", "eta": 1.0}))
+    assert ldlm_stage_keys(ddim) == ldlm_stage_keys(frozen)
+    assert EvalProtocol.from_config(ddim).hash == EvalProtocol.from_config(frozen).hash
+    with pytest.raises(ConfigError, match="sampler.eta"):
+        build_ldlm_config("tiny", ldlm_overrides(sampler={"eta": -0.1}))
+    with pytest.raises(ConfigError, match="sampler.kind"):
+        build_ldlm_config("tiny", ldlm_overrides(sampler={"kind": "heun"}))
+
+
+def test_scratch_generator_samples_with_the_configured_sampler_and_probes_without_a_token_encoder(
+        ldlm_overrides, tiny_lm_dir):
+    from latentlm.models.ldlm import LDLM
+    from latentlm.platform.data.windows import load_tokenizer
+    from latentlm.platform.methods.ldlm.generator import LDLMGenerator
+    from latentlm.platform.methods.ldlm.pipeline import interpolation_probe
+    tokenizer = load_tokenizer(str(tiny_lm_dir))
+    cfg = build_ldlm_config("tiny", ldlm_overrides(ldlm={"encoder_input": "scratch", "recon_loss": "ce",
+                                                         "hidden_size": 16, "vocab_size": len(tokenizer)},
+                                                   sampler={"kind": "ddim"}))
+    torch.manual_seed(0)
+    gen = LDLMGenerator(cfg, LDLM(cfg.ldlm), None)
+    ids = gen.sample(2, 4, torch.Generator().manual_seed(0))
+    z = gen.model.sample_latents(2, 4, torch.Generator().manual_seed(0), sampler="ddim")
+    assert ids.shape == (2, 16) and torch.equal(ids, gen.decode(z))
+    windows = torch.randint(0, len(tokenizer), (4, 16), generator=torch.Generator().manual_seed(1)).numpy()
+    curve = interpolation_probe(gen, None, windows, tokenizer, lambda texts: {"gen_ppl": float(len(texts))}, 2, 3)
+    assert curve == [2.0, 2.0, 2.0]
 
 
 @pytest.mark.ray

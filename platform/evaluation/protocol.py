@@ -141,7 +141,7 @@ class UnconditionalEvalConfig(ScoringConfig):
     """Noise -> text (LDLM's protocol), plus its latent-interpolation probe."""
     datasets: list[str] = field(default_factory=lambda: ["embedded:wiki"])   # MAUVE references (held-out text)
     sampling_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    steps: int = 100                  # Euler-Maruyama steps (LDLM sweeps 8..1024)
+    steps: int = 100                  # sampler steps (LDLM sweeps 8..1024)
     grid: Literal["log_snr", "uniform"] = "log_snr"
     interpolation_pairs: int = 8      # latent-interpolation smoothness probe: pairs of real texts ...
     interpolation_points: int = 9     # ... and points along each path (ends included)

@@ -22,10 +22,11 @@ class LDLMGenerator:
     decoder) and maps ids back to the tokenizer's vocabulary."""
     generator_device = "cpu"  # latent noise is drawn on the CPU and moved: samples do not depend on the device
 
-    def __init__(self, cfg, model: LDLM, stats: HiddenStats, vocab: CompactVocab | None = None,
+    def __init__(self, cfg, model: LDLM, stats: HiddenStats | None, vocab: CompactVocab | None = None,
                  post: PostTrainedDecoder | None = None, device="cpu"):
-        """``model``: the joint stage's LDLM; ``stats``: the token encoder's normaliser; ``post``: a post-trained
-        token decoder that replaces the joint one."""
+        """``model``: the joint stage's LDLM; ``stats``: the token encoder's normaliser (None with scratch
+        embeddings); ``post``: a post-trained token decoder that replaces the joint one. ``cfg.sampler`` picks the
+        sampler."""
         self.cfg, self.device = cfg, device
         self.model = model.to(device).eval().requires_grad_(False)
         self.stats = stats
@@ -38,8 +39,10 @@ class LDLMGenerator:
         """The joint stage (its EMA when saved and ``cfg.eval.use_ema``), its statistics and vocabulary, and the
         post-trained decoder when given."""
         d = Path(joint_checkpoint)
-        stats = HiddenStats(cfg.ldlm.hidden_size)
-        stats.load_state_dict(load_tensors(d / "hidden_stats.safetensors"))
+        stats = None
+        if cfg.uses_token_encoder:
+            stats = HiddenStats(cfg.ldlm.hidden_size)
+            stats.load_state_dict(load_tensors(d / "hidden_stats.safetensors"))
         post = None
         if post_checkpoint is not None:
             post = PostTrainedDecoder(cfg.ldlm, cfg.train_post_decoder.layers, cfg.train_post_decoder.source)
@@ -59,7 +62,8 @@ class LDLMGenerator:
     def sample(self, n: int, steps: int, generator: torch.Generator, grid: str = "log_snr", on_step=None):
         """``n`` windows of tokenizer ids; ``on_step(step, ids)`` sees the decoded latents after each step."""
         decoded = None if on_step is None else lambda step, z: on_step(step, self.decode(z))
-        return self.decode(self.model.sample_latents(n, steps, generator, grid, self.device, decoded))
+        s = self.cfg.sampler
+        return self.decode(self.model.sample_latents(n, steps, generator, grid, self.device, decoded, s.kind, s.eta))
 
 
 def saved_checkpoints(checkpoint: str | Path) -> tuple[str, str | None]:

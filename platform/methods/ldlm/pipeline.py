@@ -36,14 +36,15 @@ from .train import post_decoder_loop, train_ldlm_loop
 def validate_ldlm(cfg) -> dict:
     """Everything checkable before any cluster resource is used (token encoder, scorer, corpora)."""
     tokenizer = load_tokenizer(cfg.data.tokenizer)
-    encoder_cfg = load_teacher_config(assets.resolve_model(cfg.token_encoder.model))
-    layers = teacher_num_layers(encoder_cfg)
-    facts = {"vocab_size": len(tokenizer), "encoder_layers": layers,
-             "encoder_layer": resolve_layer(cfg.token_encoder.layer, layers, "token_encoder.layer"),
-             "hidden_size": teacher_hidden_size(encoder_cfg)}
-    if cfg.eval.genppl_model == cfg.token_encoder.model:
-        raise ConfigError(f"eval.genppl_model: the Gen-PPL scorer must not be the token encoder "
-                          f"({cfg.token_encoder.model}); it would grade the model by its own features")
+    facts = {"vocab_size": len(tokenizer), "hidden_size": cfg.ldlm.hidden_size}
+    if cfg.uses_token_encoder:
+        encoder_cfg = load_teacher_config(assets.resolve_model(cfg.token_encoder.model))
+        layers = teacher_num_layers(encoder_cfg)
+        facts.update(encoder_layers=layers, hidden_size=teacher_hidden_size(encoder_cfg),
+                     encoder_layer=resolve_layer(cfg.token_encoder.layer, layers, "token_encoder.layer"))
+        if cfg.eval.genppl_model == cfg.token_encoder.model:
+            raise ConfigError(f"eval.genppl_model: the Gen-PPL scorer must not be the token encoder "
+                              f"({cfg.token_encoder.model}); it would grade the model by its own features")
     for dataset in [cfg.data.corpus, *cfg.eval.datasets]:
         if not load_documents(CorpusSpec(dataset, cfg.data.text_field, max_documents=1)):
             raise ConfigError(f"corpus {dataset}: no documents")
@@ -51,8 +52,9 @@ def validate_ldlm(cfg) -> dict:
 
 
 def ldlm_stage_keys(cfg) -> dict[str, str]:
+    # scratch embeddings read no token encoder: its fields cannot change what is trained
     common = {"data": to_dict(cfg.data), "seed": [cfg.seed, SEED_SCHEME], "deepspeed": to_dict(cfg.deepspeed),
-              "token_encoder": to_dict(cfg.token_encoder)}
+              "token_encoder": to_dict(cfg.token_encoder) if cfg.uses_token_encoder else None}
     joint = artifact_key(**common, ldlm=to_dict(cfg.ldlm), train=to_dict(cfg.train_joint))
     post = artifact_key(joint=joint, post_decoder=to_dict(cfg.train_post_decoder), use_ema=cfg.eval.use_ema)
     return {"joint": joint, "post_decoder": post}
@@ -66,10 +68,14 @@ def train_ldlm(cfg, run_dir: Path, data_root: Path | None = None, cache_root: Pa
     run_dir.mkdir(parents=True, exist_ok=True)
     facts = validate_ldlm(cfg)
     init_ray()
-    artifacts = prepare_data(cfg, data_root or run_dir.parent, True, teacher_layers)
-    cfg.ldlm.vocab_size, cfg.ldlm.hidden_size = artifacts.vocab_size, artifacts.teacher_dim
-    stats = feature_stats(artifacts.vae_train, artifacts.teacher_layer, artifacts.teacher_dim,
-                          cfg.token_encoder.stats_windows)
+    frozen = cfg.uses_token_encoder  # scratch embeddings: tokens only, no teacher pass, no statistics
+    artifacts = prepare_data(cfg, data_root or run_dir.parent, frozen, teacher_layers)
+    cfg.ldlm.vocab_size = artifacts.vocab_size
+    stats = None
+    if frozen:
+        cfg.ldlm.hidden_size = artifacts.teacher_dim
+        stats = feature_stats(artifacts.vae_train, artifacts.teacher_layer, artifacts.teacher_dim,
+                              cfg.token_encoder.stats_windows)
     write_json(run_dir / "config.json", to_dict(cfg))
     keys = ldlm_stage_keys(cfg)
     cache = StageCache(cache_root or run_dir)
@@ -77,7 +83,10 @@ def train_ldlm(cfg, run_dir: Path, data_root: Path | None = None, cache_root: Pa
     common = {"experiment": to_dict(cfg), "run_dir": str(run_dir), "run_name": cfg.name, "trial": run_dir.name,
               "vocab": artifacts.vocab, "hidden_stats": stats}
 
-    def dataset():
+    def dataset():  # the first data.teacher_windows windows either way: every arm reads the same text
+        if not frozen:
+            return training_dataset(artifacts.vae_train, ["tokens", "length"], cfg.data.materialize_max_mb,
+                                    artifacts.vae_windows)
         return training_dataset(artifacts.vae_train, ["tokens", "length", artifacts.teacher_column],
                                 cfg.data.materialize_max_mb, artifacts.vae_windows,
                                 {artifacts.teacher_column: "hidden"})
@@ -95,14 +104,19 @@ def train_ldlm(cfg, run_dir: Path, data_root: Path | None = None, cache_root: Pa
 
 
 @torch.no_grad()
-def interpolation_probe(gen: LDLMGenerator, encoder: TokenEncoder, windows: np.ndarray, tokenizer, scorer,
+def interpolation_probe(gen: LDLMGenerator, encoder: TokenEncoder | None, windows: np.ndarray, tokenizer, scorer,
                         pairs: int, points: int) -> list[float]:
     """Gen-PPL (pooled over ``pairs`` pairs of real texts) at each of ``points`` evenly spaced points on the
-    straight line between the two texts' latents; the ends are the texts' own reconstructions."""
+    straight line between the two texts' latents; the ends are the texts' own reconstructions. ``encoder``:
+    the frozen token encoder, None with scratch embeddings (the model's own table reads the tokens)."""
     if pairs == 0 or len(windows) < 2 * pairs:
         return []
     tokens = torch.from_numpy(windows[: 2 * pairs].astype(np.int64)).to(gen.device)
-    z = gen.model.encode(encoder(tokens))
+    if encoder is None:
+        model_ids = gen.vocab.encode(tokens) if gen.vocab is not None else tokens
+        z = gen.model.encode(gen.model.encoder_inputs(model_ids))
+    else:
+        z = gen.model.encode(encoder(tokens))
     a, b = z[0::2], z[1::2]
     curve = []
     for lam in torch.linspace(0, 1, points).tolist():
@@ -115,8 +129,8 @@ def latent_probe(gen: LDLMGenerator, cfg) -> Callable:
     """``interpolation_probe`` over ``gen``'s latents as ``evaluate_windows`` calls it: (reference windows,
     tokenizer, Gen-PPL scorer) -> curve; the frozen token encoder that maps text to latents is loaded per call."""
     def probe(windows: np.ndarray, tokenizer, scorer) -> list[float]:
-        encoder = TokenEncoder(assets.resolve_model(cfg.token_encoder.model), cfg.token_encoder.layer, gen.stats,
-                               device=gen.device)
+        encoder = None if not cfg.uses_token_encoder else TokenEncoder(
+            assets.resolve_model(cfg.token_encoder.model), cfg.token_encoder.layer, gen.stats, device=gen.device)
         return interpolation_probe(gen, encoder, windows, tokenizer, scorer, cfg.eval.interpolation_pairs,
                                    cfg.eval.interpolation_points)
     return probe

@@ -2,7 +2,8 @@
 and the optional token-decoder post-training stage on noisy latents (encoder and diffusion frozen).
 
 The joint stage streams precomputed, normalised token-encoder hidden states next to the tokens (the
-frozen LM never runs in the training loop). With packed data (the default) every window is a full chunk
+frozen LM never runs in the training loop); with scratch embeddings (``ldlm.encoder_input``) it streams the
+tokens alone and has no statistics. With packed data (the default) every window is a full chunk
 of the concatenated corpus, LDLM's fixed-length chunks; with per-document windows the padding is masked out
 of the encoder's attention and of every loss term. The adaptive timestep sampler's statistics are summed over
 workers at every refresh, so all ranks draw from the same density, and its state is checkpointed.
@@ -32,9 +33,12 @@ def _experiment(config: dict):
     return from_dict(LDLMExperimentConfig, config["experiment"])
 
 
-def micro_inputs(micro: dict, dim: int, stats: HiddenStats, vocab, device):
-    """(normalised hidden states, model-vocab token ids, real-token mask or None) of one micro-batch."""
+def micro_inputs(micro: dict, dim: int, stats: HiddenStats | None, vocab, device):
+    """(normalised hidden states or None without ``stats`` (scratch embeddings), model-vocab token ids, real-token
+    mask or None) of one micro-batch."""
     ids, mask = window_tokens(micro, vocab, device)
+    if stats is None:
+        return None, ids, mask
     flat = stack_column(micro, "hidden", np.float32)
     hidden = stats.normalize(torch.from_numpy(flat).view(ids.shape[0], ids.shape[1], dim).to(device))
     return hidden, ids, mask
@@ -53,7 +57,9 @@ def all_reduce_sum(world_size: int):
     return reduce
 
 
-def load_stats(path: str, dim: int, device) -> HiddenStats:
+def load_stats(path: str | None, dim: int, device) -> HiddenStats | None:
+    if path is None:  # scratch embeddings: no token encoder to normalise
+        return None
     stats = HiddenStats(dim)
     stats.load_state_dict(load_tensors(Path(path)))
     return stats.to(device)
@@ -61,7 +67,7 @@ def load_stats(path: str, dim: int, device) -> HiddenStats:
 
 def train_ldlm_loop(config: dict) -> None:
     """Ray Train function. ``config``: experiment (LDLMExperimentConfig dict), run_dir, run_name, vocab,
-    hidden_stats (safetensors path), and the test-only ``inject_fault``."""
+    hidden_stats (safetensors path; None with scratch embeddings), and the test-only ``inject_fault``."""
     cfg = _experiment(config)
     dim = cfg.ldlm.hidden_size
     wc = worker_context(cfg.resources)
@@ -85,7 +91,7 @@ def train_ldlm_loop(config: dict) -> None:
         return out
 
     def modules() -> dict:
-        exported = {"hidden_stats": stats.state_dict()}
+        exported = {} if stats is None else {"hidden_stats": stats.state_dict()}
         if sampler is not None:
             exported["timestep_sampler"] = sampler.state_dict()
         return exported
@@ -134,7 +140,7 @@ def post_decoder_loop(config: dict) -> None:
     def step(engine, micro, _step):
         hidden, ids, mask = micro_inputs(micro, dim, stats, vocab, wc.device)
         with torch.no_grad():
-            z = joint.encode(hidden, mask)
+            z = joint.encode(joint.encoder_inputs(ids, hidden), mask)
             z = z + sigma * torch.randn(z.shape, generator=noise_rng, device=z.device, dtype=z.dtype)
         logits = engine(z, joint.decoder)
         token_ce = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), ids, reduction="none")
