@@ -187,6 +187,14 @@ def get(name: str) -> MethodSpec:
     return _METHODS[name]
 
 
+def family_of(cfg) -> str:
+    """The family whose experiment config ``cfg`` is."""
+    for spec in methods().values():
+        if isinstance(cfg, spec.config_cls):
+            return spec.name
+    raise ConfigError(f"config: expected the experiment config of one of {names()}, got {type(cfg).__name__}")
+
+
 def final_stages() -> dict[str, str]:
     """state.json ``stage`` -> the family whose final checkpoints carry it."""
     return {stage: spec.name for spec in methods().values() for stage in spec.final_stages}

@@ -172,6 +172,11 @@ def add_rows(path: Path, method: str, sweep: str, trial: str, axes: dict, cfg, o
             results={d: s.row for d, s in scored.items()}, protocol=protocol.name, protocol_hash=protocol.hash,
             seed=0, compute_seconds=None, checkpoint=None, config={**info, "reference": name}, protocol_info=info,
             evidences={d: s.evidence for d, s in scored.items()})
+    if evaluation.fewshot:  # eval.fewshot.tasks: rows of protocol fewshot/<task>, same trial, same identity
+        from .evaluation.fewshot import fewshot_rows
+        rows += fewshot_rows(evaluation.fewshot, method=method, sweep=sweep, trial=trial, axes=axes,
+                             config=result_identity(cfg), seed=cfg.seed, checkpoint=out["checkpoint"],
+                             compute_seconds=compute_seconds)
     leaderboard.Leaderboard(path).add(rows)
 
 

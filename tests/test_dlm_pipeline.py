@@ -18,7 +18,8 @@ def dlm_overrides(tiny_overrides):
     base = tiny_overrides()
     small = {"latent_dim": 8, "hidden_dim": 32, "n_heads": 2, "encoder_layers": 1, "decoder_layers": 1,
              "block_size": 4}
-    base = {"data": base["data"], "eval": {**base["eval"], "grid": "uniform", "cfg_scale": 2.0},
+    base = {"data": base["data"],
+            "eval": {**base["eval"], "grid": "uniform", "cfg_scale": 2.0, "fewshot": {"tasks": []}},
             "dlm": {"vae": small, "dit": {"latent_dim": 8, "hidden_dim": 32, "depth": 2, "n_heads": 2,
                                           "block_size": 4}},
             "train_vae": {"optim": {"steps": 20, "batch_size": 16, "lr": 3e-3, "log_every": 10}},

@@ -19,6 +19,7 @@ CHANGED = {
     "min_tokens": 11, "split_range": [0.3, 0.7], "cfg_scale": 2.5, "bertscore_model": "z", "bertscore_num_layers": 3,
     "interpolation_pairs": 1, "interpolation_points": 4, "min_target_tokens": 5, "ci_level": 0.9,
     "bootstrap_replicates": 500, "bootstrap_seed": 3, "floors": False, "scorer_dtype": "bfloat16",
+    "fewshot": {"tasks": ["latentlm_offline"], "n_docs": 5},
 }
 SPLIT_CHANGES = {"corpus": "embedded:shakespeare", "tokenizer": "other-tokenizer", "seq_len": 48, "valid_fraction": 0.07, "test_fraction": 0.07,
                  "split_seed": 9, "text_field": "body"}

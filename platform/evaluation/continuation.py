@@ -19,6 +19,7 @@ import logging
 import random
 import time
 from dataclasses import dataclass, field
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,7 @@ class Evaluation:
     evidence: dict[str, dict] = field(default_factory=dict)
     references: dict[str, dict[str, harness.Scored]] = field(default_factory=dict)
     progressions: dict[str, dict] = field(default_factory=dict)
+    fewshot: dict[str, Any] = field(default_factory=dict)   # task -> fewshot.TaskResult (eval.fewshot.tasks)
 
     @property
     def ceiling(self) -> dict[str, dict[str, float]]:
@@ -56,7 +58,9 @@ def write_metrics(out_dir: Path, evaluation: Evaluation, **extra) -> None:
     atomic_write_text(out_dir / "metrics.json", json.dumps(
         {"protocol": evaluation.protocol.to_dict(), "results": evaluation.results,
          "references": {d: {name: r.row for name, r in rows.items()} for d, rows in evaluation.references.items()},
-         "progressions": evaluation.progressions, **extra}, indent=2, default=str) + "\n")
+         "progressions": evaluation.progressions,
+         "fewshot": {task: result.summary() for task, result in evaluation.fewshot.items()}, **extra},
+        indent=2, default=str) + "\n")
     atomic_write_text(out_dir / "evidence.json", json.dumps(
         {"results": evaluation.evidence,
          "references": {d: {name: r.evidence for name, r in rows.items()} for d, rows in evaluation.references.items()}},
@@ -267,6 +271,10 @@ def evaluate_continuations(cfg, model, out_dir: Path, ceiling_cache: Path | None
         atomic_write_text(out_dir / f"samples_{name}.jsonl", "\n".join(lines) + "\n")
         log.info("eval %s (%.0f s): %s", dataset, time.time() - t0,
                  {k: round(v, 4) for k, v in row.items() if not k.endswith(("_ci_low", "_ci_high"))})
+        write_metrics(out_dir, evaluation, per_seed=per_seed)
+    if e.fewshot.tasks:  # the few-shot generative protocol on the same generator: rows of its own protocols
+        from .fewshot.runner import evaluate_fewshot
+        evaluation.fewshot = evaluate_fewshot(cfg, model, out_dir / "fewshot")
         write_metrics(out_dir, evaluation, per_seed=per_seed)
     return evaluation
 

@@ -25,7 +25,8 @@ from latentlm.models.config import check_fields, require, require_positive
 PROTOCOL_VERSION = 3
 TASKS = ("continuation", "unconditional")
 SAMPLER_FIELDS = ("steps", "cfg_scale", "grid", "dtype", "batch_size")
-NOT_PROTOCOL = ("use_ema", "human_ceiling", "floors", "progression_steps")  # weights / extra rows / a view
+# weights / extra rows (fewshot: rows of their own protocols, fewshot/<task>) / a view
+NOT_PROTOCOL = ("use_ema", "human_ceiling", "floors", "progression_steps", "fewshot")
 RULES = {
     "length": "continuation: each generation has exactly its reference continuation's token length (samplers are "
               "asked for that many tokens; the AR baseline suppresses EOS until it is reached); unconditional: "
@@ -104,6 +105,22 @@ class ScoringConfig:
 
 
 @dataclass
+class FewshotConfig:
+    """The few-shot generative protocol (``evaluation/fewshot``) run after the continuation evaluation, on the same
+    generator: its rows are protocol ``fewshot/<task>``, next to the continuation rows."""
+    tasks: list[str] = field(default_factory=list)   # task names or tags (latentlm_offline, cola_fewshot); [] = none
+    limit: int | None = None            # the first N documents of each task (lm-eval's --limit); None: all
+    n_docs: int = 200                   # latentlm_offline tasks: items built per task
+    dataset: str | None = None          # latentlm_offline tasks' held-out text; None: the training corpus
+    task_dirs: list[str] = field(default_factory=list)   # more lm-eval task folders (a same-named task there wins)
+
+    def __post_init__(self):
+        require(self.limit is None or self.limit >= 1, "eval.fewshot.limit", "a document count >= 1 or null",
+                self.limit)
+        require_positive("eval.fewshot", n_docs=self.n_docs)
+
+
+@dataclass
 class ContinuationEvalConfig(ScoringConfig):
     """Prefix -> continuation (TextLDM's protocol; Cola DLM and the AR baseline use it too)."""
     min_tokens: int = 24                    # documents shorter than this are skipped
@@ -112,6 +129,7 @@ class ContinuationEvalConfig(ScoringConfig):
     cfg_scale: float = 7.0
     bertscore_model: str = "embedded:minilm"   # paper-comparable: roberta-large
     bertscore_num_layers: int = 6
+    fewshot: FewshotConfig = field(default_factory=FewshotConfig)
 
     def __post_init__(self):
         super().__post_init__()
@@ -134,6 +152,10 @@ class ContinuationEvalConfig(ScoringConfig):
         lo, hi = self.split_range
         require(0 < lo <= hi < 1, "eval.split_range", "0 < low <= high < 1", self.split_range)
         require(self.cfg_scale >= 0, "eval.cfg_scale", ">= 0", self.cfg_scale)
+        from .fewshot.offline import OFFLINE_TAG, OFFLINE_TASKS
+        offline = sorted(set(self.fewshot.tasks) & {OFFLINE_TAG, *OFFLINE_TASKS})
+        require(not offline or seq_len >= 64, "eval.fewshot.tasks", f"no offline task ({offline}) below data.seq_len "
+                "64: their prompts, options and answers need a 64-token window", self.fewshot.tasks)
 
 
 @dataclass

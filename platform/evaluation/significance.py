@@ -353,16 +353,18 @@ def paired_difference(evidence_a: dict, evidence_b: dict, metric: str, level: fl
     return Difference(metric, a, b, a - b, float(low), float(high), float(min(1.0, 2 * tail)), replicates)
 
 
-_HIGHER_IS_BETTER = {"gen_ppl": False, "mauve": True, "bertscore": True, "entropy": True, "diversity": True}
+_HIGHER_IS_BETTER = {"gen_ppl": False, "mauve": True, "bertscore": True, "entropy": True, "diversity": True,
+                     "accuracy": True, "exact_match": True}
 
 
 def higher_is_better(metric: str) -> bool:
-    """Direction of ``metric``: False for Gen-PPL, True for MAUVE, ROUGE, BERTScore, entropy and diversity."""
+    """Direction of ``metric``: False for Gen-PPL, True for MAUVE, ROUGE, BERTScore, entropy, diversity and the
+    few-shot protocol's accuracy / exact match."""
     if metric.startswith("rouge"):
         return True
     if metric not in _HIGHER_IS_BETTER:
         raise ValueError(f"metric {metric!r} has no better direction (known: gen_ppl, mauve, rouge*, bertscore, "
-                         f"entropy, diversity)")
+                         f"entropy, diversity, accuracy, exact_match)")
     return _HIGHER_IS_BETTER[metric]
 
 

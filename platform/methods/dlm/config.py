@@ -80,7 +80,7 @@ DLM_PRESETS: dict[str, dict[str, Any]] = {
         "train_vae": {"optim": {"steps": 300, "batch_size": 16, "lr": 2e-3, "log_every": 50}},
         "train_joint": {"optim": {"steps": 400, "batch_size": 16, "lr": 1e-3, "log_every": 50, "ema_decay": 0.995}},
         "eval": {"num_samples": 64, "steps": 16, "cfg_scale": 7.0, "grid": "uniform", "datasets": ["embedded:wiki"],
-                 "use_ema": False},
+                 "use_ema": False, "fewshot": {"tasks": ["latentlm_offline"]}},
     },
     "small": {
         "data": {"seq_len": 256},
@@ -90,7 +90,8 @@ DLM_PRESETS: dict[str, dict[str, Any]] = {
         "train_vae": {"optim": {"steps": 20000, "batch_size": 64, "lr": 3e-4, "checkpoint_every": 2000}},
         "train_joint": {"optim": {"steps": 50000, "batch_size": 128, "lr": 3e-4, "checkpoint_every": 5000,
                              "ema_decay": 0.9999}},
-        "eval": {"num_samples": 1000, "steps": 16, "grid": "uniform", "use_ema": False},
+        "eval": {"num_samples": 1000, "steps": 16, "grid": "uniform", "use_ema": False,
+                 "fewshot": {"tasks": ["latentlm_offline"]}},
     },
     # Cola DLM's scaling configuration: 500M VAE (4+4 blocks, width 1536, latent 16), 1.8B DiT
     # (24 x 2048, blocks of 16), OLMo-2 tokenizer, 2048-token sequences.
@@ -105,7 +106,8 @@ DLM_PRESETS: dict[str, dict[str, Any]] = {
                              "ema_decay": 0.9999}},
         "eval": {"num_samples": 1000, "steps": 16, "grid": "uniform", "bertscore_model": "roberta-large",
                  "bertscore_num_layers": 17, "mauve_model": "gpt2-large", "mauve_max_length": 1024, "genppl_model": "gpt2-large",
-                 "genppl_max_length": 1024, "use_ema": False},
+                 "genppl_max_length": 1024, "use_ema": False,
+                 "fewshot": {"tasks": ["cola_fewshot"]}},   # the paper's eight tasks (hub datasets)
         "resources": {"num_workers": 8, "use_gpu": "true"},
     },
 }
