@@ -232,6 +232,21 @@ def test_markdown_one_table_per_protocol_and_dataset_sorted():
         lb.to_markdown(df, sort_by="mauvee")
 
 
+def test_a_table_without_the_sort_metric_ranks_by_its_own_accuracy():
+    """A few-shot task's table has no MAUVE: under the default MAUVE sort it ranks by accuracy (higher first),
+    numbered, and the continuation table next to it still ranks by MAUVE."""
+    rows = trial_rows()
+    for trial, accuracy in (("low", 0.25), ("high", 0.75), ("mid", 0.5)):
+        rows += lb.make_rows("dlm", "s", trial, {}, {"embedded:wiki": {"accuracy": accuracy, "samples": 200}},
+                             "fewshot/latentlm_lastword", "f" * 16, 0, 1.0, None, {"trial": trial})
+    text = lb.to_markdown(lb.combine(lb._normalise(rows)))
+    table = _table(text, "fewshot/latentlm_lastword · embedded:wiki", "f" * 16)
+    assert "**accuracy**" in table[0] and "sorted by accuracy (descending, best first)" in text
+    assert [r[table[0].index("trial")] for r in table[1:]] == ["high", "mid", "low"]
+    assert [r[0] for r in table[1:]] == ["1", "2", "3"]
+    assert "sorted by MAUVE (descending, best first)" in text
+
+
 class _Elements(HTMLParser):
     def __init__(self):
         super().__init__()

@@ -21,8 +21,8 @@ from .marks import BEST_MARK, TIE_MARK, Marks, legends, significance_marks
 from .plots import axis_plots, entropy_plots, slug
 from .schema import CEILING_METHODS, FLOOR_METHODS, LeaderboardError, check_progression, utc_now
 from .store import read
-from .tables import (ENTROPY_FLAG_RATIO, MetricColumn, check_metric, entropy_threshold, expand, groups, heading,
-                     metric_cells, rank, row_std, spread_notes, table_columns)
+from .tables import (ENTROPY_FLAG_RATIO, MetricColumn, check_metric, entropy_threshold, expand, group_sort, groups,
+                     heading, metric_cells, rank, row_std, spread_notes, table_columns)
 
 _HERE = Path(__file__).parent
 
@@ -129,6 +129,7 @@ def _html_row(row: pd.Series, position: int, columns: list[tuple[str, str, str]]
 
 def _board(key: dict, group: pd.DataFrame, sort_by: str, descending: bool, progression_ids: frozenset) -> dict:
     """What ``board.html.j2`` shows of one ranked table."""
+    sort_by, descending = group_sort(group, sort_by, descending)
     axes, metrics = table_columns(group, sort_by)
     marks = significance_marks(group, sort_by, descending)
     threshold = entropy_threshold(group)

@@ -8,8 +8,8 @@ import pandas as pd
 from .cells import fmt_seconds, fmt_value, metric_label, missing
 from .marks import BEST_MARK, TIE_MARK, legends, significance_marks
 from .schema import CEILING_METHODS, FLOOR_METHODS
-from .tables import (check_metric, entropy_threshold, expand, groups, heading, metric_cells, rank, spread_notes,
-                     table_columns)
+from .tables import (check_metric, entropy_threshold, expand, group_sort, groups, heading, metric_cells, rank,
+                     spread_notes, table_columns)
 
 MARKDOWN_HIDDEN = frozenset(("eval_seconds", "sample_seconds_per_seq", "samples", "seeds"))  # bookkeeping:
 # the protocol fixes samples/seeds and timings on a shared box are no result; the HTML page keeps them
@@ -30,6 +30,7 @@ def _md_cell(text: str) -> str:
 
 
 def _markdown_table(key: dict, group: pd.DataFrame, sort_by: str, descending: bool) -> str:
+    sort_by, descending = group_sort(group, sort_by, descending)
     axes, metrics = table_columns(group, sort_by, MARKDOWN_HIDDEN)
     marks = significance_marks(group, sort_by, descending)
     threshold = entropy_threshold(group)

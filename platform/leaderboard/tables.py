@@ -91,6 +91,22 @@ def groups(expanded: pd.DataFrame, group_by: Sequence[str]):
         yield dict(zip(keys, key)), expanded[mask]
 
 
+# what a table none of whose rows has the requested metric ranks by (a few-shot task under the default MAUVE sort)
+OWN_METRICS = ("accuracy", "exact_match")
+
+
+def group_sort(group: pd.DataFrame, sort_by: str, descending: bool) -> tuple[str, bool]:
+    """(metric, descending) one table ranks by: ``sort_by`` when any of its rows has it, else the first of
+    ``OWN_METRICS`` that its rows have, in that metric's better direction."""
+    if sort_by in group and group[sort_by].notna().any():
+        return sort_by, descending
+    for metric in OWN_METRICS:
+        if metric in group and group[metric].notna().any():
+            from latentlm.platform.evaluation.significance import higher_is_better
+            return metric, higher_is_better(metric)
+    return sort_by, descending
+
+
 def rank(group: pd.DataFrame, sort_by: str, descending: bool) -> pd.DataFrame:
     group = group.sort_values("row_id", kind="stable")
     return group.sort_values(sort_by, ascending=not descending, na_position="last", kind="stable")
@@ -115,7 +131,7 @@ def heading(key: dict, sort_by: str, descending: bool, n: int) -> tuple[str, str
     extra = [f"{k}={v}" for k, v in key.items() if k not in ("protocol", "protocol_hash", "dataset")]
     title = " · ".join([key["protocol"], *([key["dataset"]] if "dataset" in key else []), *extra])
     order = "descending, best first" if descending else "ascending, best first"
-    scale = "; ROUGE, BERTScore, MAUVE (and its spreads) and recon acc x100"
+    scale = "" if sort_by in OWN_METRICS else "; ROUGE, BERTScore, MAUVE (and its spreads) and recon acc x100"
     note = (f"protocol hash {key['protocol_hash'][:12]} · {n} row{'s' if n != 1 else ''} · sorted by "
             f"{metric_label(sort_by)} ({order}){scale}")
     return title, note
