@@ -34,6 +34,8 @@ def test_presets_build_and_bad_values_name_their_field(dlm_overrides):
     for preset in ("tiny", "small", "paper"):
         cfg = build_dlm_config(preset)
         assert cfg.dlm.dit.latent_dim == cfg.dlm.vae.latent_dim
+        # the paper's evaluation: raw weights (no EMA), clean-condition first blocks, the few-shot protocol
+        assert cfg.eval.use_ema is False and cfg.sampler.first_block == "clean" and cfg.eval.fewshot.tasks
     assert build_dlm_config("tiny", {"dlm": {"vae": {"latent_dim": 8}}}).dlm.dit.latent_dim == 8
     assert build_dlm_config("tiny", {"dlm": {"dit": {"block_size": 4}}}).dlm.vae.block_size == 4
     for overrides, field in (({"dlm": {"vae_strategy": "warm"}}, "dlm.vae_strategy"),
