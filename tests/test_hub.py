@@ -167,7 +167,8 @@ def test_a_cola_dlm_generator_in_memory_equals_its_exported_checkpoint(tmp_path,
     from latentlm.models.dlm import ColaDLM
     from latentlm.platform.methods.dlm.config import build_dlm_config
     from latentlm.platform.methods.dlm.generator import ColaDLMGenerator
-    cfg = build_dlm_config("tiny", {"data": {"tokenizer": str(tiny_lm_dir), "seq_len": 16}})
+    cfg = build_dlm_config("tiny", {"data": {"tokenizer": str(tiny_lm_dir), "seq_len": 16},
+                                    "eval": {"fewshot": {"tasks": []}}})   # the offline tasks need 64 tokens
     cfg.dlm.vae.vocab_size = 40
     torch.manual_seed(0)
     model = ColaDLM(cfg.dlm)

@@ -69,7 +69,7 @@ def _dlm(directory: Path, lm: str) -> None:
     block = {"latent_dim": 4, "block_size": 4}
     cfg = build_dlm_config("tiny", {"data": _data(lm), "dlm": {
         "vae": {**TINY, **block, "vocab_size": 40, "encoder_layers": 1, "decoder_layers": 1},
-        "dit": {**TINY, **block, "depth": 1}}})
+        "dit": {**TINY, **block, "depth": 1}}, "eval": {"fewshot": {"tasks": []}}})  # a 16-token window
     save_tensors(directory / "joint.safetensors", ColaDLM(cfg.dlm).state_dict())
     _finish(directory, cfg, "dlm_joint")
 

@@ -104,6 +104,12 @@ class ScoringConfig:
                 self.progression_steps)
 
 
+# the few-shot offline tasks built from held-out text (evaluation/fewshot/offline.py), named here so that checking a
+# config does not import the few-shot package (pandas, the leaderboard) in every Ray worker
+OFFLINE_TASKS = ("latentlm_lastword", "latentlm_nextsentence")
+OFFLINE_TAG = "latentlm_offline"
+
+
 @dataclass
 class FewshotConfig:
     """The few-shot generative protocol (``evaluation/fewshot``) run after the continuation evaluation, on the same
@@ -152,10 +158,10 @@ class ContinuationEvalConfig(ScoringConfig):
         lo, hi = self.split_range
         require(0 < lo <= hi < 1, "eval.split_range", "0 < low <= high < 1", self.split_range)
         require(self.cfg_scale >= 0, "eval.cfg_scale", ">= 0", self.cfg_scale)
-        from .fewshot.offline import OFFLINE_TAG, OFFLINE_TASKS
         offline = sorted(set(self.fewshot.tasks) & {OFFLINE_TAG, *OFFLINE_TASKS})
         require(not offline or seq_len >= 64, "eval.fewshot.tasks", f"no offline task ({offline}) below data.seq_len "
-                "64: their prompts, options and answers need a 64-token window", self.fewshot.tasks)
+                f"64 (their prompts, options and answers need a 64-token window; data.seq_len is {seq_len}): set "
+                "eval.fewshot.tasks=[] or a longer window", self.fewshot.tasks)
 
 
 @dataclass

@@ -52,13 +52,12 @@ from typing import Any, Callable, Sequence
 from latentlm.models.checkpoint import atomic_write_text
 from latentlm.models.config import require, require_positive
 
+from ..protocol import OFFLINE_TAG, OFFLINE_TASKS  # noqa: F401  (re-exported: the package names them)
 from . import scoring
 from .hooks import local_mcq
 
 BUILDER_VERSION = 1  # bump when the construction rules change: it names the cache directory and is the task version
 MAX_GEN_TOKS = 32    # the protocol's generation cap
-OFFLINE_TASKS = ("latentlm_lastword", "latentlm_nextsentence")
-OFFLINE_TAG = "latentlm_offline"
 HOOKS = "latentlm.platform.evaluation.fewshot.hooks"
 
 _WORD = re.compile(r"([A-Za-z]+)[.,;:!?]?")
