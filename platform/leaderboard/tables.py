@@ -20,6 +20,8 @@ from typing import Any, Iterable, Sequence
 
 import pandas as pd
 
+from latentlm.platform.evaluation.significance import higher_is_better
+
 from .cells import fmt_metric_ci, fmt_metric_std, is_number, metric_label, missing
 from .schema import CEILING_METHODS, CI_HIGH, CI_LOW, METRICS, STD_SUFFIX, LeaderboardError, json_object
 
@@ -102,7 +104,6 @@ def group_sort(group: pd.DataFrame, sort_by: str, descending: bool) -> tuple[str
         return sort_by, descending
     for metric in OWN_METRICS:
         if metric in group and group[metric].notna().any():
-            from latentlm.platform.evaluation.significance import higher_is_better
             return metric, higher_is_better(metric)
     return sort_by, descending
 
