@@ -39,8 +39,10 @@ def worker_env() -> dict[str, str]:
     return env
 
 
-def init_ray(num_cpus: int | None = None, temp_dir: str | None = None) -> None:
-    """Connect to the cluster in RAY_ADDRESS (``ray job submit`` sets it) or start a local one."""
+def init_ray(num_cpus: int | None = None, temp_dir: str | None = None, resources=None) -> None:
+    """Connect to the cluster in RAY_ADDRESS (``ray job submit`` sets it) or start a local one; then, with
+    ``resources.min_nodes`` > 0 (a ``ResourcesConfig``), wait for that many nodes (``nodes.wait_for_min_nodes``)."""
+    from .nodes import wait_for_min_nodes
     local = not os.environ.get("RAY_ADDRESS")
     if local:
         for key, value in LOCAL_CLUSTER_ENV_DEFAULTS.items():
@@ -52,7 +54,7 @@ def init_ray(num_cpus: int | None = None, temp_dir: str | None = None) -> None:
         os.environ.setdefault(key, value)
     import ray
     if ray.is_initialized():
-        return
+        return wait_for_min_nodes(resources)
     runtime_env = {"env_vars": worker_env()}
     if not local:
         ray.init(runtime_env={"env_vars": missing})  # an existing cluster refuses num_cpus/num_gpus
@@ -64,6 +66,7 @@ def init_ray(num_cpus: int | None = None, temp_dir: str | None = None) -> None:
                  _temp_dir=temp_dir)
     import ray.data
     ray.data.DataContext.get_current().enable_progress_bars = False
+    wait_for_min_nodes(resources)
 
 
 def use_gpu(setting: str) -> bool:

@@ -84,12 +84,16 @@ class ResourcesConfig:
     use_gpu: bool | Literal["auto", "true", "false"] = "auto"
     cpus_per_worker: float = 1.0
     torch_threads: int = 0                  # 0: every core of the node (CPU training)
+    min_nodes: int = 0                      # > 0: init_ray waits for this many alive nodes (0: no wait)
+    nodes_timeout_s: float = 600.0          # ... at most this long, then fails naming min_nodes
 
     def __post_init__(self):
         if isinstance(self.use_gpu, bool):  # YAML/CLI "true" arrives as a bool
             self.use_gpu = "true" if self.use_gpu else "false"
         require_positive("resources", cpus_per_worker=self.cpus_per_worker)
         require(self.num_workers >= 0, "resources.num_workers", ">= 0 (0 = automatic)", self.num_workers)
+        require(self.min_nodes >= 0, "resources.min_nodes", ">= 0 (0 = do not wait for nodes)", self.min_nodes)
+        require_positive("resources", nodes_timeout_s=self.nodes_timeout_s)
         check_fields(self, "resources")
 
 

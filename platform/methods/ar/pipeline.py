@@ -57,7 +57,7 @@ def train_ar(cfg, run_dir: Path, data_root: Path | None = None, cache_root: Path
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     facts = validate_dlm(cfg)  # tokenizer loads, every corpus has documents
-    init_ray()
+    init_ray(resources=cfg.resources)
     artifacts = prepare_data(cfg, data_root or run_dir.parent, False)
     cfg.gpt.vocab_size = artifacts.vocab_size  # the real (compact) vocabulary: sizing used an estimate
     facts.update(gpt_params=gpt_param_count(cfg.gpt), gpt_matched_count=gpt_param_count(cfg.gpt, cfg.match_count),

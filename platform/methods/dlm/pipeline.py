@@ -54,7 +54,7 @@ def train_dlm(cfg, run_dir: Path, data_root: Path | None = None, cache_root: Pat
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     facts = validate_dlm(cfg)
-    init_ray()
+    init_ray(resources=cfg.resources)
     artifacts = prepare_data(cfg, data_root or run_dir.parent, False)
     cfg.dlm.vae.vocab_size = artifacts.vocab_size
     write_json(run_dir / "config.json", to_dict(cfg))
