@@ -24,9 +24,22 @@ def resolve_layer(layer: int, num_layers: int, field: str = "vae.repa.layer") ->
     return layer % size
 
 
-def load_teacher_config(name_or_path: str):
+WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt", "*.pth")
+
+
+def load_teacher_config(name_or_path: str, field: str = "teacher"):
+    """The teacher's Hugging Face config; ConfigError (naming ``field``) when it cannot be read, and for a local
+    directory without weight files (the teacher would fail later, inside a Ray actor or a training worker)."""
     from transformers import AutoConfig
-    return AutoConfig.from_pretrained(name_or_path, local_files_only=Path(name_or_path).is_dir())
+    local = Path(name_or_path).is_dir()
+    try:
+        config = AutoConfig.from_pretrained(name_or_path, local_files_only=local)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{field}: cannot load the model {name_or_path!r} (a local directory or a hub name "
+                          f"reachable from here was expected): {str(err).splitlines()[0]}") from None
+    if local and not any(next(Path(name_or_path).glob(pattern), None) for pattern in WEIGHT_FILES):
+        raise ConfigError(f"{field}: {name_or_path} holds a config but no weights ({', '.join(WEIGHT_FILES)})")
+    return config
 
 
 def teacher_num_layers(config) -> int:

@@ -1,4 +1,5 @@
-"""``latentlm`` command line: train / sample / evaluate / export / push / info / leaderboard / compare / lm-eval."""
+"""``latentlm`` command line: train / plan / sample / evaluate / export / push / info / leaderboard / compare /
+lm-eval."""
 from __future__ import annotations
 
 import argparse
@@ -74,6 +75,15 @@ def cmd_push(args) -> int:
     from .hub import push_to_hub
     info = push_to_hub(args.checkpoint, args.repo_id, private=args.private or None, revision=args.revision)
     print(getattr(info, "commit_url", info))
+    return 0
+
+
+def cmd_plan(args) -> int:
+    """The pre-flight teacher plan of a config, without running anything (no Ray)."""
+    from .data.teacher_plan import preflight
+    cfg = _config(args)
+    if preflight(cfg) is None:
+        print(f"teacher plan: {args.method} ({args.preset}) reads no frozen teacher")
     return 0
 
 
@@ -213,6 +223,12 @@ def main(argv: list[str] | None = None) -> int:
     push.add_argument("--private", action="store_true")
     push.add_argument("--revision")
     push.set_defaults(fn=cmd_push)
+
+    plan = sub.add_parser("plan", help="the pre-flight estimate of a config's frozen-teacher work (bytes to store, "
+                                       "teacher tokens, hours) and its cache-budget check; runs nothing")
+    with_config(plan)
+    plan.add_argument("--method", default="textldm", choices=registry.names())
+    plan.set_defaults(fn=cmd_plan)
 
     info = sub.add_parser("info", help="versions, devices and the embedded offline assets")
     info.set_defaults(fn=cmd_info)

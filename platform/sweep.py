@@ -237,6 +237,7 @@ def run_sweep(spec: SweepSpec) -> Path:
     """Plan (validate), then run or restore the sweep; returns the sweep directory."""
     from ray import tune
 
+    from .data.teacher_plan import preflight
     from .training.launch import init_ray
     trials = plan_trials(spec)
     root = Path(spec.run_dir).resolve() / spec.name
@@ -247,7 +248,10 @@ def run_sweep(spec: SweepSpec) -> Path:
     configs = [method.build(spec.preset, t.overrides) for t in trials if t.method is None]
     layers = method.teacher_layers(configs)  # every frozen-LM layer the sweep needs: one teacher pass
     log.info("sweep %s: %d trials: %s", spec.name, len(trials), [t.trial_id for t in trials])
-    init_ray()
+    plans = {plan.summary() for plan in (preflight(c, layers, log=False) for c in configs) if plan is not None}
+    for summary in sorted(plans):  # every distinct teacher plan, before Ray starts (a refused cache stops here)
+        log.info(summary)
+    init_ray(resources=max((c.resources for c in configs), key=lambda r: r.min_nodes, default=None))
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, spec={**dataclasses.asdict(spec), "teacher_layers": layers}, root=str(root),
                              methods=methods),

@@ -1,9 +1,9 @@
 """DeepSpeed ZeRO under Ray Train on CPU: ZeRO stages 1, 2 and 3 with 2 workers reproduce a plain
 single-process run's per-step losses, batch plans fail fast, bf16 runs (smoke), engine pieces.
 
-How the runs are made comparable: every worker streams the whole dataset in the same order and takes
-its rows of each global batch (``training.parts.stream_batches``), so the 2-worker runs see exactly the
-single-process run's batches; the logged loss is the mean over the global batch (all ranks). Random
+How the runs are made comparable: ``data.ingest: replicated``, so every worker streams the whole dataset in the
+same order and takes its rows of each global batch (``training.parts.stream_batches``), and the 2-worker runs see
+exactly the single-process run's batches; the logged loss is the mean over the global batch (all ranks). Random
 truncation is off and the VAE posterior variance is pinned to exp(-30) (``logvar_min = logvar_max =
 -30``), because the ranks' posterior noise streams are independent by design (seeded per rank) and would
 otherwise differ from the single process's. What remains is fp32 rounding: gradients are summed in a
@@ -79,7 +79,7 @@ def read_metrics(path: Path) -> dict[int, dict]:
 
 def parity_config(tiny_overrides, **deepspeed):
     return vae_config(tiny_overrides, vae={"logvar_min": -30.0, "logvar_max": -30.0},
-                      train_vae={"random_truncation": 0.0}, deepspeed=deepspeed)
+                      train_vae={"random_truncation": 0.0}, deepspeed=deepspeed, data={"ingest": "replicated"})
 
 
 @pytest.fixture(scope="module")
@@ -128,13 +128,14 @@ def test_zero_stages_match_single_process(tiny_overrides, data, reference, tmp_p
 
 @pytest.mark.ray
 def test_bf16_dit_stage_smoke(tiny_overrides, data, reference, tmp_path):
-    """The DiT stage in bf16 under ZeRO-3 (EMA over gathered parameters) on the reference VAE; the export
-    is fp32 and samples without Ray or DeepSpeed."""
+    """The DiT stage in bf16 under ZeRO-3 (EMA over gathered parameters) on the reference VAE, per-rank data;
+    the export is fp32 and samples without Ray or DeepSpeed."""
     from latentlm.platform.methods.textldm.generator import load_textldm
     from latentlm.platform.training.launch import run_stage
     from latentlm.platform.methods.textldm.train_dit import train_dit_loop
     artifacts, _, dit_data = data
     cfg = parity_config(tiny_overrides, enabled=True, zero_stage=3, precision="bf16")
+    cfg.data.ingest = "per_rank"  # each worker fits the normaliser on, then trains on, its own split
     cfg.vae.vocab_size = artifacts.vocab_size
     cfg.train_dit.optim.steps, cfg.train_dit.optim.log_every, cfg.train_dit.optim.warmup_steps = 4, 2, 1
     loop_config = {"experiment": to_dict(cfg), "run_dir": str(tmp_path), "run_name": "bf16", "vocab": artifacts.vocab,

@@ -239,6 +239,10 @@ class DataArtifacts:
     teacher_dim: int | None
     teacher_layer: int | None
     token_counts: str | None = None  # safetensors: training-token frequencies over the tokenizer's ids
+    teacher_placement: str = "cached"  # data.teacher_placement (teacher_feed.py reads the features accordingly)
+    teacher_spec: str | None = None    # the teacher as configured (keys the feature and statistics caches)
+    teacher_model: str | None = None   # ... and as from_pretrained loads it (a local directory or a hub name)
+    teacher_dtype: str | None = None   # the teacher's compute dtype
 
 
 def teacher_column(layer: int) -> str:
@@ -260,11 +264,16 @@ def prepare_data(cfg, root: Path, need_teacher: bool, teacher_layers: list[int] 
         artifacts = _prepare_locked(cfg, tokenizer, base)
     if not need_teacher:
         return artifacts
+    source = _teacher_source(cfg, teacher_layers or [])
+    artifacts = dataclasses.replace(artifacts, teacher_column=teacher_column(source.layer), teacher_dim=source.dim,
+                                    teacher_layer=source.layer, teacher_spec=source.spec, teacher_model=source.model,
+                                    teacher_dtype=source.dtype)
+    if d.teacher_placement != "cached":  # computed while training (teacher_feed.py): nothing to prepare
+        return artifacts
     # a lock of its own: a trial that needs only the tokens trains while another computes the features
     with FileLock(str(base / ".features.lock")):
-        vae_train, teacher_dim, layer = _teacher_features(cfg, base, Path(artifacts.train), teacher_layers or [])
-    return dataclasses.replace(artifacts, vae_train=vae_train, teacher_column=teacher_column(layer),
-                               teacher_dim=teacher_dim, teacher_layer=layer)
+        vae_train = _teacher_features(cfg, base, Path(artifacts.train), source)
+    return dataclasses.replace(artifacts, vae_train=vae_train)
 
 
 def _ray_data():
@@ -334,7 +343,8 @@ class TokenizeDocuments:
 
 
 class TeacherFeatures:
-    """Ray Data UDF (one frozen teacher per actor): appends fp16 hidden states of each layer as columns."""
+    """Ray Data UDF (one frozen teacher per actor): appends fp16 hidden states of each layer as columns (the
+    cached and streamed placements; the inline one calls ``states`` from the training loop)."""
 
     def __init__(self, teacher: str, layers: list[int], dtype: str = "bfloat16", threads: int = 0):
         from latentlm.models.teacher import FrozenTeacher
@@ -344,11 +354,16 @@ class TeacherFeatures:
         dtype = getattr(torch, dtype)
         self.teacher = FrozenTeacher(teacher, layers, dtype=dtype, device=self.device)
 
+    @staticmethod
+    def states(teacher, tokens: np.ndarray, device) -> dict[int, np.ndarray]:
+        """(N, T) token ids -> {layer: (N, T * hidden) fp16}: what every placement delivers."""
+        hidden = teacher(torch.from_numpy(tokens.astype(np.int64)).to(device))
+        return {layer: h.float().cpu().numpy().astype(np.float16).reshape(len(tokens), -1)
+                for layer, h in hidden.items()}
+
     def __call__(self, batch: pa.Table) -> pa.Table:
-        tokens = np.stack(batch["tokens"].to_numpy(zero_copy_only=False)).astype(np.int64)
-        states = self.teacher(torch.from_numpy(tokens).to(self.device))
-        for layer, hidden in states.items():
-            flat = hidden.float().cpu().numpy().astype(np.float16).reshape(len(tokens), -1)
+        tokens = np.stack(batch["tokens"].to_numpy(zero_copy_only=False))
+        for layer, flat in self.states(self.teacher, tokens, self.device).items():
             batch = batch.append_column(teacher_column(layer), pa.array(list(flat), type=pa.list_(pa.float16())))
         return batch
 
@@ -390,8 +405,12 @@ def _prepare_locked(cfg, tokenizer, base: Path) -> DataArtifacts:
     if d.vocab_limit is not None:
         vocab_path, vocab_size = _compact_vocab(base, counts, d.vocab_limit,
                                                 [tokenizer.eos_token_id, tokenizer.pad_token_id])
-    return DataArtifacts(str(base), str(train_dir), str(train_dir), d.teacher_windows, None, str(manifest_path),
-                         vocab_size, vocab_path, tokenizer.pad_token_id, tokenizer.eos_token_id, None, None, counts)
+    # a cached placement trains the feature stages on the windows that have features (and the other arms of an
+    # ablation on the same windows); streamed and inline compute features for every window
+    vae_windows = d.teacher_windows if d.teacher_placement == "cached" else None
+    return DataArtifacts(str(base), str(train_dir), str(train_dir), vae_windows, None, str(manifest_path),
+                         vocab_size, vocab_path, tokenizer.pad_token_id, tokenizer.eos_token_id, None, None, counts,
+                         d.teacher_placement)
 
 
 def token_counts(base: Path, train_dir: Path, full_size: int) -> str:
@@ -427,25 +446,47 @@ def _compact_vocab(base: Path, counts_path: str, limit: int, always_keep: list[i
     return str(path), CompactVocab.from_tensors(load_tensors(path)).size
 
 
-def _teacher_features(cfg, base: Path, train_dir: Path, extra_layers: list[int]):
-    """Teacher hidden states for the first ``data.teacher_windows`` windows, every requested layer in one
-    Ray Data pass. The teacher and its layer come from ``cfg.teacher_request()`` (REPA target for TextLDM,
-    token encoder for LDLM), so both methods share one cache."""
+@dataclass
+class TeacherSource:
+    """The frozen teacher a method reads (``cfg.teacher_request()``: REPA's target for TextLDM, the token encoder
+    for LDLM, so both share one cache), resolved: layers as non-negative indices, the compute dtype decided."""
+    spec: str                   # as configured (keys caches)
+    model: str                  # what from_pretrained loads
+    layer: int                  # the layer the method reads
+    layers: list[int]           # every layer a cached pass stores (the method's plus a sweep's others)
+    dim: int
+    num_layers: int
+    dtype: str
+
+
+def _teacher_source(cfg, extra_layers: list[int]) -> TeacherSource:
     from latentlm.models.teacher import load_teacher_config, resolve_layer, teacher_hidden_size, teacher_num_layers
     teacher, requested_layer = cfg.teacher_request()
-    n = cfg.data.teacher_windows
-    spec = assets.resolve_model(teacher)
-    teacher_cfg = load_teacher_config(spec)
+    model = assets.resolve_model(teacher)
+    teacher_cfg = load_teacher_config(model)
     num_layers = teacher_num_layers(teacher_cfg)
     layer = resolve_layer(requested_layer, num_layers)
     wanted = {layer, *(resolve_layer(x, num_layers, "data.teacher_layers") for x in extra_layers)}
+    dtype = resolve_teacher_dtype(cfg.data.teacher_dtype, torch.cuda.is_available() or _cluster_gpus() > 0)
+    return TeacherSource(teacher, model, layer, sorted(wanted), teacher_hidden_size(teacher_cfg), num_layers, dtype)
+
+
+def _teacher_features(cfg, base: Path, train_dir: Path, source: TeacherSource) -> str:
+    """Teacher hidden states for the first ``data.teacher_windows`` windows, every requested layer in one
+    Ray Data pass, refused before it starts when the store would exceed ``data.max_cache_bytes``."""
+    from .teacher_plan import check_cache_budget, human_bytes
+    n = cfg.data.teacher_windows
     use_gpu = torch.cuda.is_available() or _cluster_gpus() > 0
-    dtype = resolve_teacher_dtype(cfg.data.teacher_dtype, use_gpu)
+    teacher, spec, dtype = source.spec, source.model, source.dtype
     directory = feature_dir(base, teacher, n, dtype)
     meta_path = directory / "manifest.json"
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {"layers": []}
+    wanted = set(source.layers)
     if not wanted <= set(meta["layers"]):  # a miss: compute every layer asked for so far in one pass
         layers = sorted(wanted | set(meta["layers"]))
+        size = n * cfg.data.seq_len * source.dim * 2 * len(layers)
+        check_cache_budget(size, cfg.data.max_cache_bytes)
+        log.info("teacher features: storing %s (%d windows x %d layers)", human_bytes(size), n, len(layers))
         t0 = time.time()
         rd = _ray_data()
         # Blocks of a few teacher batches: an actor returns its output block only when the block is done, so
@@ -453,20 +494,20 @@ def _teacher_features(cfg, base: Path, train_dir: Path, extra_layers: list[int])
         rows_per_block = TEACHER_BATCHES_PER_BLOCK * cfg.data.teacher_batch_size
         ds = rd.read_parquet(str(train_dir)).limit(n).repartition(target_num_rows_per_block=rows_per_block)
         ds = ds.map_batches(TeacherFeatures, fn_constructor_args=(spec, layers, dtype, cfg.resources.torch_threads),
-                            batch_format="pyarrow",
-                            batch_size=cfg.data.teacher_batch_size, concurrency=max(1, _cluster_gpus()),
+                            batch_format="pyarrow", batch_size=cfg.data.teacher_batch_size,
+                            concurrency=cfg.data.teacher_actors or max(1, _cluster_gpus()),
                             num_gpus=1 if use_gpu else 0, num_cpus=0.5)
         # Half a CPU per actor: a whole one starves Ray Data's own read tasks on a 2-core node (deadlock).
         shards = write_dataset_atomic(ds, directory / "shards", rows_per_shard=FEATURE_ROWS_PER_SHARD, total=n,
                                       desc=f"teacher features (layers {layers})")
         for stale in directory.glob("stats_*.safetensors"):  # recomputed from the new shards on demand
             stale.unlink()
-        meta = {"teacher": teacher, "layers": layers, "teacher_dim": teacher_hidden_size(teacher_cfg),
-                "num_layers": num_layers, "windows": n, "shards": shards,
+        meta = {"teacher": teacher, "layers": layers, "teacher_dim": source.dim,
+                "num_layers": source.num_layers, "windows": n, "shards": shards,
                 "tokens_per_second": round(n * cfg.data.seq_len / (time.time() - t0), 1)}
         write_json(meta_path, meta)
         log.info("teacher features: %s", {k: v for k, v in meta.items() if k != "shards"})
-    return str(directory / "shards"), meta["teacher_dim"], layer
+    return str(directory / "shards")
 
 
 def resolve_teacher_dtype(setting: str, use_gpu: bool) -> str:
@@ -485,15 +526,23 @@ def feature_stats(shards: str, layer: int, dim: int, windows: int) -> str:
     """Per-channel mean/std of one layer's stored features over the real positions (padding excluded) of
     the first ``windows`` windows, computed once and stored next to the shards
     (``stats_<layer>_<windows>.safetensors``). LDLM standardises its token encoder's states with these."""
+    return write_feature_stats(Path(shards).parent, lambda: _feature_batches(Path(shards), [teacher_column(layer), "length"]),
+                               layer, dim, windows)
+
+
+def write_feature_stats(directory: Path, batches, layer: int, dim: int, windows: int) -> str:
+    """``stats_<layer>_<windows>.safetensors`` in ``directory`` from ``batches()`` (dicts with the layer's flat
+    features and ``length``), unless it is there already."""
     from latentlm.models.checkpoint import save_tensors
     from latentlm.models.token_encoder import HiddenStats
-    path = Path(shards).parent / f"stats_{layer}_{windows}.safetensors"
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"stats_{layer}_{windows}.safetensors"
     with FileLock(str(path) + ".lock"):
         if path.is_file():
             return str(path)
         moments = torch.zeros(3, dim, dtype=torch.float64)
         seen = 0
-        for batch in _feature_batches(Path(shards), [teacher_column(layer), "length"]):
+        for batch in batches():
             column = batch[teacher_column(layer)]
             take = min(len(column), windows - seen)
             if take <= 0:

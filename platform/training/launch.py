@@ -105,27 +105,32 @@ def training_dataset(path: str, columns: list[str], materialize_max_mb: int, lim
 
 
 def run_stage(loop: Callable[[dict], None], loop_config: dict[str, Any], dataset, name: str,
-              storage_path: Path, resources, max_failures: int = 1) -> str:
+              storage_path: Path, resources, max_failures: int = 1, teacher_gpus: int = 0) -> str:
     """Run ``loop`` under a TorchTrainer over ``dataset``; return the final checkpoint's path.
 
-    Runs are named, so re-running the same stage with the same storage resumes from its last checkpoint.
-    Every worker gets the whole dataset, in a fixed order, and takes its rows of each global batch
-    (``parts.stream_batches``): data order independent of the worker count and of scheduling."""
+    Runs are named, so re-running the same stage with the same storage resumes from its last checkpoint. The
+    experiment's ``data.ingest`` decides whether each worker reads its own split of the dataset (per_rank:
+    Ray Data ``streaming_split``, deterministic under ``preserve_order``) or the whole of it (replicated), see
+    ``parts.stream_batches``. ``teacher_gpus``: GPUs a streamed teacher's actors hold, left out of the automatic
+    worker count."""
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
     import ray
     from .engine import check_batch_plans
     gpu = use_gpu(resources.use_gpu)
-    workers = resources.num_workers or (max(1, int(ray.cluster_resources().get("GPU", 0))) if gpu else 1)
-    if "experiment" in loop_config:  # fail fast: a batch that does not split over the workers
-        check_batch_plans(loop_config["experiment"], workers)
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    workers = resources.num_workers or (max(1, gpus - teacher_gpus) if gpu else 1)
+    experiment = loop_config.get("experiment", {})
+    if experiment:  # fail fast: a batch that does not split over the workers
+        check_batch_plans(experiment, workers)
+    per_rank = experiment.get("data", {}).get("ingest", "replicated") == "per_rank"
     ordered = DataConfig.default_ingest_options()
-    ordered.preserve_order = True
+    ordered.preserve_order = True  # also what makes streaming_split's row assignment deterministic
     trainer = TorchTrainer(
         loop,
         train_loop_config=loop_config,
         datasets={"train": dataset},
-        dataset_config=DataConfig(datasets_to_split=[], execution_options=ordered),
+        dataset_config=DataConfig(datasets_to_split=["train"] if per_rank else [], execution_options=ordered),
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpu,
                                      resources_per_worker={"CPU": resources.cpus_per_worker}),
         run_config=RunConfig(name=name, storage_path=str(Path(storage_path).resolve()),

@@ -9,6 +9,8 @@ data stream).
 """
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -20,7 +22,7 @@ from latentlm.platform.config import to_dict
 
 from .engine import build_engine
 from .parts import (EMA, Throughput, WorkerContext, derive_seed, inject_fault, log_and_checkpoint, mean_over_workers,
-                    micro_batches, resume, should_log, stream_batches, write_checkpoint)
+                    micro_batches, rank_feed, resume, should_log, stream_batches, write_checkpoint)
 from .tracking import start_tracking
 
 
@@ -38,10 +40,13 @@ class Stage:
     metrics: tuple[str, ...]
     step: Callable[[Any, dict, int], Any]
     vocab: Any = None                        # CompactVocab or None: checkpointed with the weights
-    generators: dict[str, torch.Generator] = field(default_factory=dict)  # checkpointed RNG streams
+    generators: dict[str, torch.Generator] = field(default_factory=dict)  # checkpointed RNG streams; with
+    # data.ingest per_rank a stream that draws for the global batch (prepare_batch) draws for this worker's rows
+    # instead, so the loop reseeds it per rank before the first step
     ema: bool = True                         # keep an EMA when optim.ema_decay > 0
     lr_multiplier: Callable | None = None    # parameter -> learning-rate factor
-    prepare_batch: Callable[[dict], None] | None = None  # on each global batch, before it is split
+    prepare_batch: Callable[[dict], None] | None = None  # on each streamed batch (the global batch, or per rank
+                                                         # this worker's share), before it is split
     after_step: Callable[[], None] | None = None         # after each optimiser step's micro-batches
     on_start: Callable[[Any, int], None] | None = None   # (dataset shard, resumed step) before streaming
     modules: Callable[[], dict] | None = None            # the stage's own checkpointed tensors
@@ -56,11 +61,22 @@ def real_tokens(micro: dict) -> int:
     return int(sum(min(int(n), width) for n in micro["length"]))
 
 
+# A streamed teacher that makes the trainers wait for more than this fraction of their time is reported: its
+# actors lack the hardware to keep up (issue target: < 5% once they have it).
+DATA_WAIT_WARNING = 0.05
+
+
 def train_stage(config: dict, cfg, wc: WorkerContext, stage: Stage) -> None:
     """Run ``stage`` to ``stage.optim.steps``. ``config``: the loop config (run_dir, run_name, trial, the
-    test-only ``inject_fault``); ``cfg``: the experiment (seed, deepspeed, wandb)."""
+    test-only ``inject_fault``, and ``inline_teacher`` when the loop runs the frozen teacher itself); ``cfg``:
+    the experiment (seed, data.ingest, deepspeed, wandb)."""
     import ray.train
+    from latentlm.platform.data.teacher_feed import inline_teacher
     optim = stage.optim
+    feed = rank_feed(cfg, wc)
+    if feed.per_rank and wc.world_size > 1:  # each rank's draws cover its own rows: its own streams
+        for name, generator in stage.generators.items():
+            generator.manual_seed(derive_seed(generator.initial_seed(), "rank", wc.rank))
     model = stage.model.to(wc.device)
     ema = EMA(model, optim.ema_decay) if stage.ema and optim.ema_decay > 0 else None
     engine = build_engine(model, optim, cfg.deepspeed, wc, optim.batch_size, name=stage.engine_name,
@@ -73,21 +89,28 @@ def train_stage(config: dict, cfg, wc: WorkerContext, stage: Stage) -> None:
             ema.shadow = load_tensors(d / "ema.safetensors", wc.device)
 
     start_step, epoch, skip = resume(engine, stage.generators, wc, restore_extra)
+    teacher = inline_teacher(config, wc.device)
     shard = ray.train.get_dataset_shard("train")
     if stage.on_start is not None:
         stage.on_start(shard, start_step)
-    stream = stream_batches(shard, optim.batch_size, derive_seed(cfg.seed, stage.engine_name, "data"), epoch, skip)
+    stream = stream_batches(shard, feed.batch_size(optim.batch_size), derive_seed(cfg.seed, stage.engine_name, "data"),
+                            epoch, skip)
     meter = Throughput(engine.num_params, wc.device, wc.world_size)
+    warned = False
     tracker = start_tracking(cfg.wandb, wc.is_main, project="latentlm", group=config["run_name"],
                              name=f"{config.get('trial', 'run')}-{stage.label.replace('_', '-')}",
                              directory=config["run_dir"], config=to_dict(cfg))
     engine.module.train()
     for step in range(start_step + 1, optim.steps + 1):
+        waiting = time.perf_counter()
         epoch, index, batch = next(stream)
+        meter.wait(time.perf_counter() - waiting)
         if stage.prepare_batch is not None:
             stage.prepare_batch(batch)
         sums = torch.zeros(len(stage.metrics), device=wc.device)
-        for micro in micro_batches(batch, engine.micro_batch_size, engine.accumulation, wc):
+        for micro in micro_batches(batch, engine.micro_batch_size, engine.accumulation, feed.split):
+            if teacher is not None:
+                micro = teacher.add_features(micro)
             out = stage.step(engine, micro, step)
             engine.backward(out.loss)
             engine.step()
@@ -103,6 +126,13 @@ def train_stage(config: dict, cfg, wc: WorkerContext, stage: Stage) -> None:
             means = mean_over_workers(sums / engine.accumulation, wc.world_size)
             metrics = {**dict(zip(stage.metrics, means)), "grad_norm": engine.grad_norm, "lr": engine.lr,
                        **meter.metrics(), "step": step, "epoch": epoch}
+            if (wc.is_main and not warned and step > start_step + optim.log_every
+                    and cfg.data.teacher_placement == "streamed" and metrics["data_wait"] > DATA_WAIT_WARNING):
+                warned = True  # after the first interval, which includes the pipeline's start-up
+                logging.getLogger("latentlm.train").warning(
+                    "[%s] %.0f%% of step time waiting for data: the streamed teacher does not keep up; add teacher "
+                    "actors (data.teacher_actors, one GPU each on a GPU cluster) or cache the features "
+                    "(data.teacher_placement=cached)", stage.label, 100 * metrics["data_wait"])
 
             def modules():
                 exported = {} if stage.vocab is None else {"vocab": stage.vocab.tensors()}
@@ -115,7 +145,7 @@ def train_stage(config: dict, cfg, wc: WorkerContext, stage: Stage) -> None:
             def writer(d, step=step, epoch=epoch, index=index):
                 write_checkpoint(d, engine, wc, stage.generators, config=to_dict(cfg), modules=modules,
                                  state={"stage": stage.label, "step": step, "epoch": epoch, "batch_index": index,
-                                        **stage.state})
+                                        "ingest": cfg.data.ingest, **stage.state})
             log_and_checkpoint(stage.label, step, optim, metrics, wc, tracker, writer,
                                Path(config["run_dir"]) / f"{stage.label}_metrics.jsonl")
     tracker.finish()

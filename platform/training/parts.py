@@ -129,17 +129,21 @@ class EMA:
 
 def stream_batches(dataset, batch_size: int, seed: int, start_epoch: int = 0,
                    skip: int = 0) -> Iterator[tuple[int, int, dict]]:
-    """Endless (epoch, index, numpy batch) stream of *global* batches, reshuffled locally every epoch.
+    """Endless (epoch, index, numpy batch) stream of batches, reshuffled locally every epoch.
 
-    Every worker iterates the whole dataset in the same order (``launch.run_stage`` does not split it)
-    and keeps its own rows of each batch (``micro_batches``). So the batches do not depend on the
-    number of workers -- a ZeRO or DDP run sees exactly the batches of a single-process run -- nor on
-    Ray Data's scheduling, and ``(epoch, index)`` is a data position a resumed run continues from
-    bit-identically. The price: each worker reads every row (cheap next to the model's compute for token
-    windows; it multiplies the I/O of large teacher features by the worker count).
+    What a batch is depends on ``data.ingest`` (``launch.run_stage`` splits the dataset or not):
 
-    ``skip`` batches of ``start_epoch`` are dropped: this restores the data position after a resume. Each epoch's
-    shuffle is seeded by ``derive_seed(seed, epoch)``."""
+    * replicated: every worker iterates the whole dataset in the same order and the stream yields *global*
+      batches, of which each worker keeps its own rows (``micro_batches``). The batches do not depend on the
+      number of workers -- a ZeRO or DDP run sees exactly the batches of a single-process run. The price: each
+      worker reads every row (and a streamed teacher runs on every row once per worker).
+    * per_rank: the worker's dataset is its own split (Ray Data ``streaming_split``, equal rows per worker,
+      assigned in block order: deterministic under ``preserve_order``), and the stream yields its share of
+      each global batch (``batch_size`` = global / workers). Each worker reads only its rows.
+
+    Either way the order does not depend on Ray Data's scheduling, and ``(epoch, index)`` is a data position a
+    resumed run continues from bit-identically. ``skip`` batches of ``start_epoch`` are dropped: this restores
+    the data position after a resume. Each epoch's shuffle is seeded by ``derive_seed(seed, epoch)``."""
     epoch = start_epoch
     while True:
         for index, batch in enumerate(dataset.iter_batches(batch_size=batch_size, batch_format="numpy",
@@ -168,6 +172,31 @@ def worker_rows(stream: Iterator[tuple[int, int, dict]], wc: WorkerContext) -> I
     for epoch, index, batch in stream:
         share = len(next(iter(batch.values()))) // wc.world_size
         yield epoch, index, take_rows(batch, wc.rank * share, (wc.rank + 1) * share)
+
+
+@dataclass
+class RankFeed:
+    """How this worker's rows come out of its dataset shard under ``data.ingest``: the batch size to stream,
+    and the worker context that ``micro_batches`` splits each streamed batch with."""
+    per_rank: bool
+    wc: WorkerContext
+
+    def batch_size(self, global_batch: int) -> int:
+        return global_batch // self.wc.world_size if self.per_rank else global_batch
+
+    @property
+    def split(self) -> WorkerContext:
+        """Per rank, the streamed batch is already this worker's: split it as a single process would."""
+        return WorkerContext(0, 1, self.wc.device) if self.per_rank else self.wc
+
+    def rows(self, shard, global_batch: int, seed: int) -> Iterator[tuple[int, int, dict]]:
+        """This worker's rows of each global batch (e.g. for a pass before training)."""
+        stream = stream_batches(shard, self.batch_size(global_batch), seed)
+        return stream if self.per_rank else worker_rows(stream, self.wc)
+
+
+def rank_feed(cfg, wc: WorkerContext) -> RankFeed:
+    return RankFeed(cfg.data.ingest == "per_rank", wc)
 
 
 def mean_over_workers(values: torch.Tensor, world_size: int) -> list[float]:
@@ -215,23 +244,29 @@ def peak_flops(device: torch.device) -> float | None:
 
 
 class Throughput:
-    """Tokens/s over all workers since the last ``metrics()`` call, and the model FLOPs utilisation on GPU:
-    6 * params * tokens/s (forward + backward of a dense model) / the workers' summed peak bf16 FLOP/s."""
+    """Tokens/s over all workers since the last ``metrics()`` call, the fraction of that time this worker
+    waited for its next batch (``data_wait``: the data pipeline, e.g. streamed teacher actors, not keeping up),
+    and the model FLOPs utilisation on GPU: 6 * params * tokens/s (forward + backward of a dense model) / the
+    workers' summed peak bf16 FLOP/s."""
 
     def __init__(self, num_params: int, device: torch.device, world_size: int):
         peak = peak_flops(device)
         self.flops_per_token = 6 * num_params
         self.peak = None if peak is None else peak * world_size
-        self.t0, self.tokens = time.perf_counter(), 0
+        self.t0, self.tokens, self.waited = time.perf_counter(), 0, 0.0
 
     def add(self, tokens: int) -> None:
         self.tokens += tokens
 
+    def wait(self, seconds: float) -> None:
+        self.waited += seconds
+
     def metrics(self) -> dict[str, float]:
         now = time.perf_counter()
-        rate = self.tokens / max(now - self.t0, 1e-9)
-        self.t0, self.tokens = now, 0
-        out = {"tokens_per_s": rate}
+        elapsed = max(now - self.t0, 1e-9)
+        rate = self.tokens / elapsed
+        out = {"tokens_per_s": rate, "data_wait": self.waited / elapsed}
+        self.t0, self.tokens, self.waited = now, 0, 0.0
         if self.peak is not None:
             out["mfu"] = self.flops_per_token * rate / self.peak
         return out
@@ -341,7 +376,23 @@ def resume(engine, generators: dict[str, torch.Generator], wc: WorkerContext,
         restore_rng(d, wc.rank, generators)
         state = read_json(d / "state.json")
     logging.getLogger("latentlm.train").info("rank %d resumed at step %d", wc.rank, state["step"])
-    return state["step"], state["epoch"], state["batch_index"] + 1
+    position = data_position(d, wc, state)
+    return state["step"], position["epoch"], position["batch_index"] + 1
+
+
+def data_position(directory: Path, wc: WorkerContext, state: dict) -> dict:
+    """This rank's data position in a checkpoint (``data_rank<r>.json``; state.json's for a checkpoint written
+    before positions were kept per rank). A per-rank split belongs to its worker count: resuming with another
+    count continues from the same batch index of other rows, which the log says."""
+    path = Path(directory) / f"data_rank{wc.rank}.json"
+    if not path.is_file():
+        return {"epoch": state["epoch"], "batch_index": state["batch_index"]}
+    position = read_json(path)
+    if position["ingest"] == "per_rank" and position["world_size"] != wc.world_size:
+        logging.getLogger("latentlm.train").warning(
+            "data.ingest per_rank: the checkpoint's %d workers split the data differently from these %d; the data "
+            "position is kept, the rows behind it are not", position["world_size"], wc.world_size)
+    return position
 
 
 def write_checkpoint(directory: Path, engine, wc: WorkerContext, generators: dict[str, torch.Generator], *,
@@ -351,6 +402,9 @@ def write_checkpoint(directory: Path, engine, wc: WorkerContext, generators: dic
     that loads without Ray or DeepSpeed (config.json, state.json, the engine's weights and ``modules()``)."""
     engine.save(directory)
     save_rng(directory, wc.rank, generators)
+    write_json(Path(directory) / f"data_rank{wc.rank}.json",
+               {"epoch": state["epoch"], "batch_index": state["batch_index"], "ingest": state.get("ingest"),
+                "world_size": wc.world_size})
     if wc.is_main:
         write_training_checkpoint(directory, config=config, modules=modules(), optimizer=None, scheduler=None,
                                   state=state)

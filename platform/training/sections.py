@@ -38,11 +38,24 @@ class DataConfig:
                                            # CPU: 2.5x faster), float32 elsewhere (emulated bf16 is ~8x slower)
     materialize_max_mb: int = 256          # smaller training sets are held in Ray's object store, larger ones
                                            # are streamed from Parquet every epoch
+    teacher_placement: Literal["cached", "streamed", "inline"] = "cached"  # where the frozen teacher's features
+                                           # come from: cached = computed once for the first teacher_windows
+                                           # windows and stored | streamed = a Ray Data pipeline (teacher actors,
+                                           # GPU when there are GPUs) feeds the trainers, nothing stored, every
+                                           # window | inline = each trainer runs the teacher on its micro-batches
+    max_cache_bytes: int = 500 * 10**9     # a cached plan that would store more fails before any run
+    teacher_actors: int = 0                # teacher actors (one GPU each on a GPU cluster); 0: cached = one per
+                                           # GPU (the pass runs before training), streamed = 1
+    ingest: Literal["per_rank", "replicated"] = "per_rank"  # per_rank: each worker reads only its own rows
+                                           # (Ray Data streaming_split) | replicated: every worker reads every row
+                                           # and keeps its slice of each global batch (batches independent of the
+                                           # worker count: a ZeRO run sees a single process's batches)
 
     def __post_init__(self):
         require_positive("data", seq_len=self.seq_len, teacher_windows=self.teacher_windows,
-                         teacher_batch_size=self.teacher_batch_size)
+                         teacher_batch_size=self.teacher_batch_size, max_cache_bytes=self.max_cache_bytes)
         require(self.seq_len >= 8, "data.seq_len", "at least 8 tokens", self.seq_len)
+        require(self.teacher_actors >= 0, "data.teacher_actors", ">= 0 (0 = automatic)", self.teacher_actors)
         check_fields(self, "data")
         require_fraction("data", valid_fraction=self.valid_fraction, test_fraction=self.test_fraction)
         require(self.valid_fraction + self.test_fraction < 1, "data.test_fraction",

@@ -73,10 +73,11 @@ def _dlm_dit(cfg) -> MatchedNet:
 
 def _ldlm_denoiser(cfg) -> MatchedNet:
     """LDLM's diffusion network is its latent denoiser; the joint stage trains it on the windows that have
-    token-encoder features, the first ``data.teacher_windows``."""
+    token-encoder features: the first ``data.teacher_windows`` when they are cached, else every window."""
     from latentlm.models.ldlm import LatentDenoiser
+    windows = cfg.data.teacher_windows if cfg.data.teacher_placement == "cached" else None
     return MatchedNet(lambda: LatentDenoiser(cfg.ldlm.latent_dim, cfg.ldlm.denoiser), cfg.ldlm.denoiser,
-                      cfg.train_joint.optim, cfg.data.teacher_windows)
+                      cfg.train_joint.optim, windows)
 
 
 # method -> (config builder, its presets, config -> its diffusion network)
@@ -138,6 +139,9 @@ class ARExperimentConfig:
 
     def teacher_request(self) -> None:
         return None  # the GPT aligns to no external model
+
+    def teacher_stages(self) -> list:
+        return []
 
     @staticmethod
     def section_classes(data: dict[str, Any]) -> dict[str, type]:

@@ -66,6 +66,9 @@ class DLMExperimentConfig:
     def teacher_request(self) -> None:
         return None  # Cola DLM aligns to no external model
 
+    def teacher_stages(self) -> list:
+        return []
+
 
 _TINY_VAE = {"latent_dim": 16, "hidden_dim": 128, "n_heads": 4, "encoder_layers": 2, "decoder_layers": 2,
              "block_size": 16}

@@ -93,8 +93,9 @@ class LDLMExperimentConfig:
         require(self.preset in LDLM_PRESETS, "preset", f"one of {sorted(LDLM_PRESETS)}", self.preset)
         require(self.ldlm.seq_len == self.data.seq_len, "ldlm.seq_len", f"data.seq_len ({self.data.seq_len})",
                 self.ldlm.seq_len)
-        require(self.token_encoder.stats_windows <= self.data.teacher_windows, "token_encoder.stats_windows",
-                f"<= data.teacher_windows ({self.data.teacher_windows})", self.token_encoder.stats_windows)
+        if self.data.teacher_placement == "cached":  # streamed/inline statistics come from a pass of their own
+            require(self.token_encoder.stats_windows <= self.data.teacher_windows, "token_encoder.stats_windows",
+                    f"<= data.teacher_windows ({self.data.teacher_windows})", self.token_encoder.stats_windows)
         require(not self.train_post_decoder.enabled or self.train_joint.optim.steps > 0, "train_post_decoder.enabled",
                 "a joint stage to post-train after", self.train_post_decoder.enabled)
         if not self.ldlm.train_token_decoder and not self.train_post_decoder.enabled:
@@ -106,9 +107,18 @@ class LDLMExperimentConfig:
         """False for scratch embeddings: no frozen LM, no teacher features, no statistics."""
         return self.ldlm.encoder_input == "frozen"
 
+    TEACHER_FIELD: ClassVar[str] = "token_encoder.model"  # the field naming the frozen teacher, for error messages
+
     def teacher_request(self) -> tuple[str, int] | None:
         """(model, layer) whose hidden states the data stage precomputes for this method (None: scratch)."""
         return (self.token_encoder.model, self.token_encoder.layer) if self.uses_token_encoder else None
+
+    def teacher_stages(self) -> list[tuple[str, OptimConfig]]:
+        """The stages that read token-encoder features, with their optimisers."""
+        if not self.uses_token_encoder:
+            return []
+        post = [("post_decoder", self.train_post_decoder.optim)] if self.train_post_decoder.enabled else []
+        return [("joint", self.train_joint.optim), *post]
 
 
 _TINY_CODER = {"depth": 2, "hidden_dim": 128, "n_heads": 4}
@@ -139,7 +149,7 @@ LDLM_PRESETS: dict[str, dict[str, Any]] = {
     # 6-layer Perceivers, 3-layer token decoder, W = 10k, batch 512, 500k iterations.
     "paper": {
         "data": {"corpus": "hf:Skylion007/openwebtext", "tokenizer": "gpt2", "seq_len": 128,
-                 "teacher_windows": 5_000_000, "teacher_batch_size": 64},
+                 "teacher_windows": 5_000_000, "teacher_batch_size": 64, "teacher_placement": "streamed"},
         "token_encoder": {"model": "gpt2", "layer": -3, "stats_windows": 100_000},
         "ldlm": {"latent_dim": 768, "hidden_size": 768, "vocab_size": 50257, "warmup_steps": 10_000},
         "train_joint": {"optim": {"steps": 500_000, "batch_size": 512, "lr": 3e-4, "warmup_steps": 5000,

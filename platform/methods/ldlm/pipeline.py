@@ -7,6 +7,7 @@ one teacher pass over the data.
 """
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Callable
@@ -21,6 +22,8 @@ from latentlm.models.token_encoder import TokenEncoder
 from latentlm.platform.config import to_dict
 from latentlm.platform.data import assets
 from latentlm.platform.data.corpus import CorpusSpec, load_documents
+from latentlm.platform.data.teacher_feed import FeatureFeed, feature_feed, streamed_feature_stats
+from latentlm.platform.data.teacher_plan import preflight
 from latentlm.platform.data.windows import artifact_key, feature_stats, load_tokenizer, prepare_data
 from latentlm.platform.evaluation import harness
 from latentlm.platform.evaluation.continuation import Evaluation
@@ -32,13 +35,15 @@ from latentlm.platform.training.stages import StageCache, Trained
 from .generator import LDLMGenerator, saved_checkpoints
 from .train import post_decoder_loop, train_ldlm_loop
 
+log = logging.getLogger(__name__)
+
 
 def validate_ldlm(cfg) -> dict:
     """Everything checkable before any cluster resource is used (token encoder, scorer, corpora)."""
     tokenizer = load_tokenizer(cfg.data.tokenizer)
     facts = {"vocab_size": len(tokenizer), "hidden_size": cfg.ldlm.hidden_size}
     if cfg.uses_token_encoder:
-        encoder_cfg = load_teacher_config(assets.resolve_model(cfg.token_encoder.model))
+        encoder_cfg = load_teacher_config(assets.resolve_model(cfg.token_encoder.model), "token_encoder.model")
         layers = teacher_num_layers(encoder_cfg)
         facts.update(encoder_layers=layers, hidden_size=teacher_hidden_size(encoder_cfg),
                      encoder_layer=resolve_layer(cfg.token_encoder.layer, layers, "token_encoder.layer"))
@@ -67,15 +72,17 @@ def train_ldlm(cfg, run_dir: Path, data_root: Path | None = None, cache_root: Pa
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     facts = validate_ldlm(cfg)
-    init_ray()
+    preflight(cfg, teacher_layers, log)
+    init_ray(resources=cfg.resources)
     frozen = cfg.uses_token_encoder  # scratch embeddings: tokens only, no teacher pass, no statistics
     artifacts = prepare_data(cfg, data_root or run_dir.parent, frozen, teacher_layers)
     cfg.ldlm.vocab_size = artifacts.vocab_size
     stats = None
     if frozen:
         cfg.ldlm.hidden_size = artifacts.teacher_dim
-        stats = feature_stats(artifacts.vae_train, artifacts.teacher_layer, artifacts.teacher_dim,
-                              cfg.token_encoder.stats_windows)
+        stats = (feature_stats(artifacts.vae_train, artifacts.teacher_layer, artifacts.teacher_dim,
+                               cfg.token_encoder.stats_windows) if cfg.data.teacher_placement == "cached" else
+                 streamed_feature_stats(cfg, artifacts, cfg.token_encoder.stats_windows))
     write_json(run_dir / "config.json", to_dict(cfg))
     keys = ldlm_stage_keys(cfg)
     cache = StageCache(cache_root or run_dir)
@@ -83,21 +90,23 @@ def train_ldlm(cfg, run_dir: Path, data_root: Path | None = None, cache_root: Pa
     common = {"experiment": to_dict(cfg), "run_dir": str(run_dir), "run_name": cfg.name, "trial": run_dir.name,
               "vocab": artifacts.vocab, "hidden_stats": stats}
 
-    def dataset():  # the first data.teacher_windows windows either way: every arm reads the same text
+    def feed() -> FeatureFeed:  # the same windows either way (cached: the first data.teacher_windows, else all)
         if not frozen:
-            return training_dataset(artifacts.vae_train, ["tokens", "length"], cfg.data.materialize_max_mb,
-                                    artifacts.vae_windows)
-        return training_dataset(artifacts.vae_train, ["tokens", "length", artifacts.teacher_column],
-                                cfg.data.materialize_max_mb, artifacts.vae_windows,
-                                {artifacts.teacher_column: "hidden"})
+            return FeatureFeed(training_dataset(artifacts.vae_train, ["tokens", "length"], cfg.data.materialize_max_mb,
+                                                artifacts.vae_windows), {})
+        return feature_feed(cfg, artifacts, ["tokens", "length"], "hidden")
 
-    joint_ckpt, joint_seconds = cache.get_or_run("ldlm", keys["joint"], lambda: run_stage(
-        train_ldlm_loop, common, dataset(), f"ldlm-{keys['joint']}", storage, cfg.resources))
+    def run(loop, extra: dict, name: str) -> str:
+        stage_feed = feed()
+        return run_stage(loop, {**common, **stage_feed.loop_config, **extra}, stage_feed.dataset, name, storage,
+                         cfg.resources, teacher_gpus=stage_feed.teacher_gpus)
+
+    joint_ckpt, joint_seconds = cache.get_or_run("ldlm", keys["joint"], lambda: run(
+        train_ldlm_loop, {}, f"ldlm-{keys['joint']}"))
     post_ckpt, post_seconds = None, 0.0
     if cfg.train_post_decoder.enabled:
-        post_ckpt, post_seconds = cache.get_or_run("post_decoder", keys["post_decoder"], lambda: run_stage(
-            post_decoder_loop, {**common, "joint_checkpoint": joint_ckpt}, dataset(),
-            f"post_decoder-{keys['post_decoder']}", storage, cfg.resources))
+        post_ckpt, post_seconds = cache.get_or_run("post_decoder", keys["post_decoder"], lambda: run(
+            post_decoder_loop, {"joint_checkpoint": joint_ckpt}, f"post_decoder-{keys['post_decoder']}"))
     return Trained({"joint": joint_ckpt, "post_decoder": post_ckpt}, {"joint": joint_seconds,
                                                                       "post_decoder": post_seconds},
                    facts, artifacts, cache)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from latentlm.models.config import require, require_fraction, require_positive
 from latentlm.models.dit import TextDiTConfig
@@ -74,9 +74,15 @@ class TextLDMConfig:
         for owner, value in (("vae.max_seq_len", self.vae.max_seq_len), ("dit.max_seq_len", self.dit.max_seq_len)):
             require(value >= self.data.seq_len, owner, f">= data.seq_len ({self.data.seq_len})", value)
 
+    TEACHER_FIELD: ClassVar[str] = "vae.repa.teacher"  # the field naming the frozen teacher, for error messages
+
     def teacher_request(self) -> tuple[str, int]:
         """(model, layer) whose hidden states the data stage precomputes: REPA's alignment target."""
         return self.vae.repa.teacher, self.vae.repa.layer
+
+    def teacher_stages(self) -> list[tuple[str, OptimConfig]]:
+        """The stages that read teacher features, with their optimisers (the token budget the teacher serves)."""
+        return [("vae", self.train_vae.optim)] if self.vae.repa.enabled else []
 
 
 def build_config(preset: str = "tiny", overrides: dict[str, Any] | None = None) -> TextLDMConfig:

@@ -7,6 +7,7 @@ per VAE config, one DiT per (VAE, DiT) config; evaluation-only axes such as the 
 """
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -18,6 +19,8 @@ from latentlm.models.teacher import load_teacher_config, resolve_layer, teacher_
 from latentlm.platform.config import to_dict
 from latentlm.platform.data import assets
 from latentlm.platform.data.corpus import CorpusSpec, load_documents
+from latentlm.platform.data.teacher_feed import FeatureFeed, feature_feed
+from latentlm.platform.data.teacher_plan import preflight
 from latentlm.platform.data.windows import artifact_key, load_tokenizer, prepare_data
 from latentlm.platform.evaluation.continuation import Evaluation, evaluate_continuations
 from latentlm.platform.registry import SampleRequest, continue_prompt
@@ -29,12 +32,14 @@ from .generator import load_textldm
 from .train_dit import train_dit_loop
 from .train_vae import train_vae_loop
 
+log = logging.getLogger(__name__)
+
 def validate(cfg) -> dict:
     """Everything that can be checked before any cluster resource is used. Returns derived facts."""
     tokenizer = load_tokenizer(cfg.data.tokenizer)
     facts = {"vocab_size": len(tokenizer)}
     if cfg.vae.repa.enabled:
-        teacher_cfg = load_teacher_config(assets.resolve_model(cfg.vae.repa.teacher))
+        teacher_cfg = load_teacher_config(assets.resolve_model(cfg.vae.repa.teacher), "vae.repa.teacher")
         layers = teacher_num_layers(teacher_cfg)
         facts["teacher_layer"] = resolve_layer(cfg.vae.repa.layer, layers)
         facts["teacher_layers"], facts["teacher_dim"] = layers, teacher_hidden_size(teacher_cfg)
@@ -61,7 +66,8 @@ def train_textldm(cfg, run_dir: Path, data_root: Path | None = None, cache_root:
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     facts = validate(cfg)
-    init_ray()
+    preflight(cfg, teacher_layers, log)
+    init_ray(resources=cfg.resources)
     artifacts = prepare_data(cfg, data_root or run_dir.parent, cfg.vae.repa.enabled, teacher_layers)
     cfg.vae.vocab_size = artifacts.vocab_size
     write_json(run_dir / "config.json", to_dict(cfg))
@@ -72,12 +78,11 @@ def train_textldm(cfg, run_dir: Path, data_root: Path | None = None, cache_root:
               "vocab": artifacts.vocab}
     token_columns = ["tokens", "length", "doc_id"]
     limit = cfg.data.materialize_max_mb
-    teacher = [artifacts.teacher_column] if artifacts.teacher_column else []
+    feed = (feature_feed(cfg, artifacts, token_columns, "teacher") if cfg.vae.repa.enabled else
+            FeatureFeed(training_dataset(artifacts.vae_train, token_columns, limit, artifacts.vae_windows), {}))
     vae_ckpt, vae_seconds = cache.get_or_run("vae", keys["vae"], lambda: run_stage(
-        train_vae_loop, {**common, "teacher_dim": artifacts.teacher_dim},
-        training_dataset(artifacts.vae_train, token_columns + teacher, limit, artifacts.vae_windows,
-                         {artifacts.teacher_column: "teacher"} if teacher else None),
-        f"vae-{keys['vae']}", storage, cfg.resources))
+        train_vae_loop, {**common, **feed.loop_config, "teacher_dim": artifacts.teacher_dim}, feed.dataset,
+        f"vae-{keys['vae']}", storage, cfg.resources, teacher_gpus=feed.teacher_gpus))
     dit_ckpt, dit_seconds = cache.get_or_run("dit", keys["dit"], lambda: run_stage(
         train_dit_loop, {**common, "vae_checkpoint": vae_ckpt}, training_dataset(artifacts.train, token_columns, limit),
         f"dit-{keys['dit']}", storage, cfg.resources))

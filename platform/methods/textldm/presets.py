@@ -41,7 +41,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     "paper": {
         "data": {"corpus": "hf:Skylion007/openwebtext", "tokenizer": "Qwen/Qwen3-1.7B", "seq_len": 1024,
-                 "teacher_windows": 2_000_000, "teacher_batch_size": 8},
+                 "teacher_windows": 2_000_000, "teacher_batch_size": 8, "teacher_placement": "streamed"},
         # The paper gives parameter counts, not shapes: VAE 350M of which 223M are the token embedding and LM head
         # (the same 223M in its 502M / 690M VAEs, so width is fixed and depth grows), DiT 328M, latent channels
         # 128, a linear REPA projection. Reconstructed: untied embedding and head at width 736 give the 223M over
