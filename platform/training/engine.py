@@ -89,9 +89,11 @@ class TorchEngine(Engine):
 
     def __init__(self, model, optim, wc, micro_batch_size, accumulation, dtype, name, lr_multiplier=None):
         super().__init__(model, wc, micro_batch_size, accumulation, name)
-        import ray.train.torch
         self.optimizer, self.scheduler = make_optimizer(model.parameters(), optim, lr_multiplier)
-        self.model = ray.train.torch.prepare_model(model) if wc.world_size > 1 else model
+        self.model = model
+        if wc.world_size > 1:  # imported only here: a single process (experiments/gpu_check.py) runs without Ray
+            import ray.train.torch
+            self.model = ray.train.torch.prepare_model(model)
         self.grad_clip, self.dtype = optim.grad_clip, dtype
         self.micro_steps, self.grad_norm = 0, math.nan
 

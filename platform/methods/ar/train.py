@@ -33,6 +33,18 @@ class NextTokenStep(torch.nn.Module):
         return NextTokenOutput(*next_token_loss(self.model(tokens), tokens, mask))
 
 
+def build_ar_stage(cfg, wc, vocab=None) -> Stage:
+    """The GPT stage of ``cfg`` (an ARExperimentConfig) on ``wc``'s device, its GPT freshly initialised from the
+    global torch generator; micro-batches hold ``tokens`` and ``length``. No Ray: ``ar_train_loop`` runs it under
+    Ray Train, experiments/gpu_check.py without."""
+    model = NextTokenStep(GPT(cfg.gpt))
+
+    def step(engine, micro, _step):
+        return engine(*window_tokens(micro, vocab, wc.device))
+
+    return Stage("ar", "gpt", model, cfg.train_gpt.optim, METRICS, step, vocab=vocab)
+
+
 def ar_train_loop(config: dict) -> None:
     """Ray Train function. ``config``: experiment (ARExperimentConfig dict), run_dir, run_name, trial, vocab,
     and the test-only ``inject_fault`` (see ``training.parts.inject_fault``)."""
@@ -40,10 +52,5 @@ def ar_train_loop(config: dict) -> None:
     cfg = from_dict(ARExperimentConfig, config["experiment"])
     wc = worker_context(cfg.resources)
     seed_everything(derive_seed(cfg.seed, "gpt", "torch"))
-    model = NextTokenStep(GPT(cfg.gpt))
-    vocab = load_vocab(config.get("vocab"), wc.device)
-
-    def step(engine, micro, _step):
-        return engine(*window_tokens(micro, vocab, wc.device))
-
-    train_stage(config, cfg, wc, Stage("ar", "gpt", model, cfg.train_gpt.optim, METRICS, step, vocab=vocab))
+    vocab = load_vocab(config.get("vocab"), wc.device)  # draws no random numbers: the GPT's init is unchanged
+    train_stage(config, cfg, wc, build_ar_stage(cfg, wc, vocab))

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 
@@ -35,19 +36,26 @@ def load_pretrained_vae(cfg, checkpoint: str, device) -> DLMTextVAE:
     return vae.to(device)
 
 
-def _train(config: dict, cfg, wc, stage: str, model: torch.nn.Module, optim, metrics,
-           lr_multiplier=None) -> None:
-    """Both stages: ``model(tokens, mask, noise generator)`` on each micro-batch of token windows."""
-    vocab = load_vocab(config.get("vocab"), wc.device)
+def build_dlm_stage(cfg, wc, stage: str, model: torch.nn.Module, optim, metrics, vocab=None, lr_multiplier=None,
+                    vae_checkpoint: str | None = None) -> Stage:
+    """Either stage (``stage``: ``vae`` or ``joint``) on ``wc``'s device: ``model(tokens, mask, noise generator)`` on
+    each micro-batch of token windows (``tokens``, ``length``). No Ray: the ``dlm_*_loop`` functions run it under
+    Ray Train, experiments/gpu_check.py without."""
     noise_rng = torch.Generator(wc.device).manual_seed(derive_seed(cfg.seed, stage, "noise", wc.rank))
 
     def step(engine, micro, _step):
         tokens, mask = window_tokens(micro, vocab, wc.device)
         return engine(tokens, mask, noise_rng)
 
-    train_stage(config, cfg, wc, Stage(f"dlm_{stage}", stage, model, optim, metrics, step, vocab=vocab,
-                                       generators={"noise": noise_rng}, lr_multiplier=lr_multiplier,
-                                       state={"vae_checkpoint": config.get("vae_checkpoint")}))
+    return Stage(f"dlm_{stage}", stage, model, optim, metrics, step, vocab=vocab, generators={"noise": noise_rng},
+                 lr_multiplier=lr_multiplier, state={"vae_checkpoint": vae_checkpoint})
+
+
+def _train(config: dict, cfg, wc, stage: str, model: torch.nn.Module, optim, metrics,
+           lr_multiplier=None) -> None:
+    vocab = load_vocab(config.get("vocab"), wc.device)
+    train_stage(config, cfg, wc, build_dlm_stage(cfg, wc, stage, model, optim, metrics, vocab, lr_multiplier,
+                                                 config.get("vae_checkpoint")))
 
 
 def dlm_vae_loop(config: dict) -> None:
@@ -84,20 +92,31 @@ def vae_lr_multiplier(dlm):
     return dlm.vae_lr_ratio if dlm.vae_strategy == "joint" else 1.0
 
 
+def joint_module(cfg, wc, pretrained_vae: Callable[[Any], DLMTextVAE]) -> tuple[torch.nn.Module, Callable]:
+    """(what the joint stage's engine wraps, its learning-rate multiplier) under ``dlm.vae_strategy``, the model
+    freshly initialised from the global torch generator; ``pretrained_vae(device)`` builds the VAE stage's VAE
+    (not called for ``scratch``)."""
+    model = ColaDLM(cfg.dlm)
+    strategy, reference = cfg.dlm.vae_strategy, None
+    if strategy != "scratch":
+        model.vae = pretrained_vae("cpu")
+        if strategy == "frozen" or cfg.dlm.vae_lr_ratio == 0:
+            model.vae.requires_grad_(False)
+        elif cfg.dlm.ref_weight > 0:
+            reference = pretrained_vae(wc.device).eval().requires_grad_(False)
+    vae_ids = {id(p) for p in model.vae.parameters()}
+    vae_factor = vae_lr_multiplier(cfg.dlm)
+    return _JointStep(model, reference), lambda p: vae_factor if id(p) in vae_ids else 1.0
+
+
 def dlm_joint_loop(config: dict) -> None:
     """Ray Train function: joint VAE + block-causal DiT (``config["vae_checkpoint"]`` unless scratch)."""
     cfg = _experiment(config)
     wc = worker_context(cfg.resources)
     seed_everything(derive_seed(cfg.seed, "joint", "torch"))
-    model = ColaDLM(cfg.dlm)
-    strategy, reference = cfg.dlm.vae_strategy, None
-    if strategy != "scratch":
-        model.vae = load_pretrained_vae(cfg, config["vae_checkpoint"], "cpu")
-        if strategy == "frozen" or cfg.dlm.vae_lr_ratio == 0:
-            model.vae.requires_grad_(False)
-        elif cfg.dlm.ref_weight > 0:
-            reference = load_pretrained_vae(cfg, config["vae_checkpoint"], wc.device).eval().requires_grad_(False)
-    vae_ids = {id(p) for p in model.vae.parameters()}
-    vae_factor = vae_lr_multiplier(cfg.dlm)
-    _train(config, cfg, wc, "joint", _JointStep(model, reference), cfg.train_joint.optim, JOINT_METRICS,
-           lr_multiplier=lambda p: vae_factor if id(p) in vae_ids else 1.0)
+
+    def pretrained(device) -> DLMTextVAE:
+        return load_pretrained_vae(cfg, config["vae_checkpoint"], device)
+
+    module, lr_multiplier = joint_module(cfg, wc, pretrained)
+    _train(config, cfg, wc, "joint", module, cfg.train_joint.optim, JOINT_METRICS, lr_multiplier=lr_multiplier)

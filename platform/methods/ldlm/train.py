@@ -65,15 +65,12 @@ def load_stats(path: str | None, dim: int, device) -> HiddenStats | None:
     return stats.to(device)
 
 
-def train_ldlm_loop(config: dict) -> None:
-    """Ray Train function. ``config``: experiment (LDLMExperimentConfig dict), run_dir, run_name, vocab,
-    hidden_stats (safetensors path; None with scratch embeddings), and the test-only ``inject_fault``."""
-    cfg = _experiment(config)
+def build_ldlm_stage(cfg, wc, vocab=None, stats: HiddenStats | None = None) -> Stage:
+    """The joint stage of ``cfg`` (an LDLMExperimentConfig) on ``wc``'s device, its LDLM freshly initialised from the
+    global torch generator; micro-batches hold ``tokens``, ``length`` and, unless scratch embeddings (``stats``
+    None), ``hidden`` (flattened ``ldlm.hidden_size`` features per token). No Ray: ``train_ldlm_loop`` runs it
+    under Ray Train, experiments/gpu_check.py without."""
     dim = cfg.ldlm.hidden_size
-    wc = worker_context(cfg.resources)
-    seed_everything(derive_seed(cfg.seed, "ldlm", "torch", wc.rank))
-    vocab = load_vocab(config.get("vocab"), wc.device)
-    stats = load_stats(config["hidden_stats"], dim, wc.device)
     model = LDLM(cfg.ldlm)
     sampler = cfg.ldlm.make_timestep_sampler()
     # per-rank noise, like per-sample noise
@@ -100,10 +97,21 @@ def train_ldlm_loop(config: dict) -> None:
         if sampler is not None:
             sampler.load_state_dict(load_tensors(d / "timestep_sampler.safetensors"))
 
-    train_stage(config, cfg, wc, Stage(
+    return Stage(
         "ldlm", "ldlm", model, cfg.train_joint.optim, JOINT_METRICS, step, vocab=vocab,
         generators={"noise": noise_rng, "time": time_rng},
-        after_step=None if sampler is None else (lambda: sampler.step(reduce)), modules=modules, restore=restore))
+        after_step=None if sampler is None else (lambda: sampler.step(reduce)), modules=modules, restore=restore)
+
+
+def train_ldlm_loop(config: dict) -> None:
+    """Ray Train function. ``config``: experiment (LDLMExperimentConfig dict), run_dir, run_name, vocab,
+    hidden_stats (safetensors path; None with scratch embeddings), and the test-only ``inject_fault``."""
+    cfg = _experiment(config)
+    wc = worker_context(cfg.resources)
+    seed_everything(derive_seed(cfg.seed, "ldlm", "torch", wc.rank))
+    vocab = load_vocab(config.get("vocab"), wc.device)
+    stats = load_stats(config["hidden_stats"], cfg.ldlm.hidden_size, wc.device)
+    train_stage(config, cfg, wc, build_ldlm_stage(cfg, wc, vocab, stats))
 
 
 def load_joint_model(checkpoint: str, cfg, device, use_ema: bool = True) -> LDLM:
@@ -123,17 +131,13 @@ class PostDecoderStep:
     accuracy: torch.Tensor
 
 
-def post_decoder_loop(config: dict) -> None:
-    """Ray Train function: a fresh ``PostTrainedDecoder`` learns tokens from noisy latents of the frozen joint
-    model (LDLM App. B.2). ``config``: as the joint stage plus ``joint_checkpoint``."""
-    cfg = _experiment(config)
+def build_post_decoder_stage(cfg, wc, joint: LDLM, vocab=None, stats: HiddenStats | None = None,
+                             state: dict | None = None) -> Stage:
+    """The post-decoder stage of ``cfg`` over the frozen joint model ``joint`` (on ``wc``'s device), its decoder
+    freshly initialised from the global torch generator; micro-batches as in ``build_ldlm_stage``; ``state``: extra
+    state.json fields. No Ray: ``post_decoder_loop`` runs it under Ray Train, experiments/gpu_check.py without."""
     post, dim = cfg.train_post_decoder, cfg.ldlm.hidden_size
     sigma = cfg.ldlm.decoder_noise if post.decoder_noise is None else post.decoder_noise
-    wc = worker_context(cfg.resources)
-    seed_everything(derive_seed(cfg.seed, "post_decoder", "torch", wc.rank))
-    vocab = load_vocab(config.get("vocab"), wc.device)
-    stats = load_stats(config["hidden_stats"], dim, wc.device)
-    joint = load_joint_model(config["joint_checkpoint"], cfg, wc.device, use_ema=cfg.eval.use_ema)
     decoder = PostTrainedDecoder(cfg.ldlm, post.layers, post.source)
     noise_rng = torch.Generator(wc.device).manual_seed(derive_seed(cfg.seed, "post_decoder", "noise", wc.rank))
 
@@ -148,7 +152,18 @@ def post_decoder_loop(config: dict) -> None:
         return PostDecoderStep(ce, ce, masked_mean((logits.argmax(-1) == ids).float(), mask))
 
     # the decoder is exported as trained (the LDLM generator reads post_decoder.safetensors): no EMA
-    train_stage(config, cfg, wc, Stage(
-        "post_decoder", "post_decoder", decoder, post.optim, ("ce", "accuracy"), step, vocab=vocab,
-        generators={"noise": noise_rng}, ema=False,
-        state={"joint_checkpoint": config["joint_checkpoint"]}))
+    return Stage("post_decoder", "post_decoder", decoder, post.optim, ("ce", "accuracy"), step, vocab=vocab,
+                 generators={"noise": noise_rng}, ema=False, state=state or {})
+
+
+def post_decoder_loop(config: dict) -> None:
+    """Ray Train function: a fresh ``PostTrainedDecoder`` learns tokens from noisy latents of the frozen joint
+    model (LDLM App. B.2). ``config``: as the joint stage plus ``joint_checkpoint``."""
+    cfg = _experiment(config)
+    wc = worker_context(cfg.resources)
+    seed_everything(derive_seed(cfg.seed, "post_decoder", "torch", wc.rank))
+    vocab = load_vocab(config.get("vocab"), wc.device)
+    stats = load_stats(config["hidden_stats"], cfg.ldlm.hidden_size, wc.device)
+    joint = load_joint_model(config["joint_checkpoint"], cfg, wc.device, use_ema=cfg.eval.use_ema)
+    train_stage(config, cfg, wc, build_post_decoder_stage(cfg, wc, joint, vocab, stats,
+                                                          {"joint_checkpoint": config["joint_checkpoint"]}))

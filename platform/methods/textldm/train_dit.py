@@ -11,8 +11,8 @@ from latentlm.models.dit import TextDiT
 from latentlm.models.text_vae import TextVAE
 from latentlm.platform.config import from_dict
 from latentlm.platform.training.loop import Stage, train_stage
-from latentlm.platform.training.parts import (derive_seed, load_vocab, seed_everything, stream_batches, window_tokens,
-                                              worker_context, worker_rows)
+from latentlm.platform.training.parts import (derive_seed, load_vocab, rank_feed, seed_everything, window_tokens,
+                                              worker_context)
 
 from .generator import LatentNormalizer, flow_matching_loss
 
@@ -79,16 +79,12 @@ class DiTStep:
     context_len: torch.Tensor  # mean context tokens of the micro-batch's splits
 
 
-def train_dit_loop(config: dict) -> None:
-    """Ray Train function. ``config``: experiment (TextLDMConfig dict), run_dir, run_name, vocab,
-    vae_checkpoint, and the test-only ``inject_fault`` (see ``training.parts.inject_fault``)."""
-    from .config import TextLDMConfig
-    cfg = from_dict(TextLDMConfig, config["experiment"])
+def build_dit_stage(cfg, wc, vae: TextVAE, vocab=None, state: dict | None = None) -> Stage:
+    """The DiT stage of ``cfg`` (a TextLDMConfig) over the frozen ``vae`` (on ``wc``'s device), its DiT freshly
+    initialised from the global torch generator; ``state``: extra state.json fields. Its ``on_start`` fits the
+    latent normaliser on the data stream. No Ray: ``train_dit_loop`` runs it under Ray Train,
+    experiments/gpu_check.py without."""
     optim = cfg.train_dit.optim
-    wc = worker_context(cfg.resources)
-    seed_everything(derive_seed(cfg.seed, "dit", "torch", wc.rank))
-    vae = load_frozen_vae(cfg, config["vae_checkpoint"], wc.device)
-    vocab = load_vocab(config.get("vocab"), wc.device)
     dit = TextDiT(cfg.dit)
     # every rank draws the splits of the whole global batch
     split_rng = torch.Generator().manual_seed(derive_seed(cfg.seed, "dit", "splits"))
@@ -97,7 +93,7 @@ def train_dit_loop(config: dict) -> None:
     def fit(shard, start_step: int) -> None:
         if start_step == 0:  # a resumed run reads the fitted normalizer from its checkpoint
             order = derive_seed(cfg.seed, "dit", "normalizer")
-            windows = worker_rows(stream_batches(shard, optim.batch_size, order), wc)
+            windows = rank_feed(cfg, wc).rows(shard, optim.batch_size, order)
             normalizer.load_state_dict(fit_normalizer(vae, windows, cfg.train_dit.normalizer_windows,
                                                       cfg.dit.latent_dim, wc.device, wc.world_size,
                                                       vocab).state_dict())
@@ -114,11 +110,24 @@ def train_dit_loop(config: dict) -> None:
                                  valid=valid)
         return DiTStep(out.loss, split.float().mean())
 
-    vae_state = read_json(Path(config["vae_checkpoint"]) / "state.json")
-    train_stage(config, cfg, wc, Stage(
+    return Stage(
         "dit", "dit", dit, optim, ("loss", "context_len"), step, vocab=vocab, generators={"split": split_rng},
         prepare_batch=draw_splits, on_start=fit,
         # the VAE travels with the DiT: one self-contained export
         modules=lambda: {"vae": vae.state_dict(), "normalizer": normalizer.state_dict()},
         restore=lambda d: normalizer.load_state_dict(load_tensors(d / "normalizer.safetensors", wc.device)),
-        state={"teacher_dim": vae_state.get("teacher_dim"), "vae_checkpoint": config["vae_checkpoint"]}))
+        state=state or {})
+
+
+def train_dit_loop(config: dict) -> None:
+    """Ray Train function. ``config``: experiment (TextLDMConfig dict), run_dir, run_name, vocab,
+    vae_checkpoint, and the test-only ``inject_fault`` (see ``training.parts.inject_fault``)."""
+    from .config import TextLDMConfig
+    cfg = from_dict(TextLDMConfig, config["experiment"])
+    wc = worker_context(cfg.resources)
+    seed_everything(derive_seed(cfg.seed, "dit", "torch", wc.rank))
+    vae = load_frozen_vae(cfg, config["vae_checkpoint"], wc.device)
+    vocab = load_vocab(config.get("vocab"), wc.device)
+    vae_state = read_json(Path(config["vae_checkpoint"]) / "state.json")
+    train_stage(config, cfg, wc, build_dit_stage(cfg, wc, vae, vocab, {
+        "teacher_dim": vae_state.get("teacher_dim"), "vae_checkpoint": config["vae_checkpoint"]}))

@@ -25,15 +25,11 @@ def random_crop(tokens: torch.Tensor, lengths: torch.Tensor, teacher: torch.Tens
     return tokens, lengths, teacher
 
 
-def train_vae_loop(config: dict) -> None:
-    """Ray Train function. ``config``: experiment (TextLDMConfig dict), run_dir, run_name, vocab,
-    teacher_dim, and the test-only ``inject_fault`` (see ``training.parts.inject_fault``)."""
-    from .config import TextLDMConfig
-    cfg = from_dict(TextLDMConfig, config["experiment"])
-    teacher_dim = config.get("teacher_dim")
-    wc = worker_context(cfg.resources)
-    seed_everything(derive_seed(cfg.seed, "vae", "torch", wc.rank))  # posterior noise per rank, like per sample
-    vocab = load_vocab(config.get("vocab"), wc.device)
+def build_vae_stage(cfg, wc, vocab=None, teacher_dim: int | None = None) -> Stage:
+    """The VAE stage of ``cfg`` (a TextLDMConfig) on ``wc``'s device, its VAE freshly initialised from the global
+    torch generator; micro-batches hold ``tokens``, ``length`` and, with REPA, ``teacher`` (flattened
+    ``teacher_dim`` features per token). No Ray: ``train_vae_loop`` runs it under Ray Train, experiments/gpu_check.py
+    without."""
     vae = TextVAE(cfg.vae, teacher_dim=teacher_dim if cfg.vae.repa.enabled else None)
     crop_rng = torch.Generator().manual_seed(derive_seed(cfg.seed, "vae", "crops"))  # the same crops on every rank
     repa_on = cfg.vae.repa.enabled
@@ -58,6 +54,16 @@ def train_vae_loop(config: dict) -> None:
         return engine(tokens, valid, teacher, valid)
 
     # the VAE is exported as trained (its loaders read vae.safetensors): no EMA
-    train_stage(config, cfg, wc, Stage("vae", "vae", vae, cfg.train_vae.optim, METRICS, step, vocab=vocab,
-                                       generators={"crop": crop_rng}, ema=False,
-                                       state={"teacher_dim": teacher_dim}))
+    return Stage("vae", "vae", vae, cfg.train_vae.optim, METRICS, step, vocab=vocab, generators={"crop": crop_rng},
+                 ema=False, state={"teacher_dim": teacher_dim})
+
+
+def train_vae_loop(config: dict) -> None:
+    """Ray Train function. ``config``: experiment (TextLDMConfig dict), run_dir, run_name, vocab,
+    teacher_dim, and the test-only ``inject_fault`` (see ``training.parts.inject_fault``)."""
+    from .config import TextLDMConfig
+    cfg = from_dict(TextLDMConfig, config["experiment"])
+    wc = worker_context(cfg.resources)
+    seed_everything(derive_seed(cfg.seed, "vae", "torch", wc.rank))  # posterior noise per rank, like per sample
+    vocab = load_vocab(config.get("vocab"), wc.device)
+    train_stage(config, cfg, wc, build_vae_stage(cfg, wc, vocab, config.get("teacher_dim")))
