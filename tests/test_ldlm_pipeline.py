@@ -285,3 +285,25 @@ def test_masked_lm_tokenizers_end_documents_with_sep(tmp_path):
     assert loaded.eos_token_id == 2 and loaded.pad_token_id == 0
     w = tokenize_windows(["a b a"], loaded, seq_len=6)
     assert w.tokens[0].tolist() == [3, 4, 3, 2, 0, 0] and w.lengths[0] == 4
+
+
+@pytest.mark.ray
+def test_streamed_features_train_the_joint_stage_over_every_window(ldlm_run, ldlm_overrides):
+    """``data.teacher_placement: streamed``: the joint stage reads the whole training split (not the first
+    ``data.teacher_windows``) with the token encoder run by Ray Data actors, and its statistics come from a pass of
+    their own, stored without features."""
+    from latentlm.platform.methods.ldlm.pipeline import train_ldlm
+    _, _, clean_run = ldlm_run
+    cfg = build_ldlm_config("tiny", ldlm_overrides(
+        data={"teacher_placement": "streamed"}, train_post_decoder={"enabled": False},
+        train_joint={"optim": {"steps": 4, "log_every": 2, "checkpoint_every": 0}}))
+    run_dir = clean_run.parent / "streamed"
+    trained = train_ldlm(cfg, run_dir, data_root=clean_run.parent)
+    art = trained.artifacts
+    assert art.vae_windows is None and art.vae_train == art.train  # every window of the split, not the first 96
+    assert cfg.ldlm.hidden_size == art.teacher_dim == 32
+    assert (Path(trained.checkpoints["joint"]) / "ldlm.safetensors").is_file()
+    metrics = [json.loads(line) for line in (run_dir / "ldlm_metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [2, 4] and all(0 <= m["data_wait"] <= 1 for m in metrics)
+    stats_dirs = {f.parent for f in (clean_run.parent / "data").rglob(f"stats_{art.teacher_layer}_64.safetensors")}
+    assert any(not (d / "shards").exists() for d in stats_dirs)  # the streamed statistics: no features beside them

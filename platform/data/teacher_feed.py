@@ -50,16 +50,27 @@ def feature_feed(cfg, artifacts: DataArtifacts, columns: list[str], feature: str
                                                        "dtype": artifacts.teacher_dtype, "column": feature}})
     gpus = cluster_gpus()
     actors = d.teacher_actors or 1
-    # An actor hands its output on only when its input block is done: blocks of a few teacher batches let the first
-    # features reach the trainers after seconds, not after a whole shard (thousands of windows) has been through.
-    tokens = tokens.repartition(target_num_rows_per_block=TEACHER_BATCHES_PER_BLOCK * d.teacher_batch_size)
+    streamed = teacher_pass(tokens, cfg, artifacts, actors, gpus, {artifacts.teacher_layer: feature})
+    return FeatureFeed(streamed, {}, actors if gpus else 0)
+
+
+def teacher_pass(tokens, cfg, artifacts: DataArtifacts, actors: int, gpus: int, names: dict[int, str] | None = None):
+    """``tokens`` through the frozen teacher as a pool of Ray Data actors (one GPU each when there are GPUs), the
+    layer's features named by ``names``. No task of its own needs a whole CPU: next to trainers that hold a node's
+    CPUs, a 1-CPU repartition or rename task would never be scheduled (a deadlock on a 2-core node)."""
+    d = cfg.data
     streamed = tokens.map_batches(
         TeacherFeatures, fn_constructor_args=(artifacts.teacher_model, [artifacts.teacher_layer], artifacts.teacher_dtype,
-                                              cfg.resources.torch_threads),
+                                              cfg.resources.torch_threads, names),
         batch_format="pyarrow", batch_size=d.teacher_batch_size, concurrency=actors, num_gpus=1 if gpus else 0,
-        num_cpus=0.5)  # half a CPU: a whole one starves Ray Data's read tasks on a 2-core node
-    return FeatureFeed(streamed.rename_columns({teacher_column(artifacts.teacher_layer): feature}), {},
-                       actors if gpus else 0)
+        num_cpus=0.5)
+    # An actor hands its output on in blocks of up to target_max_block_size bytes (128 MiB: ~1,800 windows of 64
+    # tokens x 576 dims, many minutes of a CPU teacher): blocks of a few teacher batches let the first features
+    # reach the trainers after seconds. (At paper scale a window's features are 4 MB, and this changes nothing.)
+    window_bytes = d.seq_len * artifacts.teacher_dim * 2
+    streamed.context.target_max_block_size = min(streamed.context.target_max_block_size,
+                                                 TEACHER_BATCHES_PER_BLOCK * d.teacher_batch_size * window_bytes)
+    return streamed
 
 
 def cluster_gpus() -> int:
@@ -97,12 +108,7 @@ def streamed_feature_stats(cfg, artifacts: DataArtifacts, windows: int) -> str:
 
     def batches():
         tokens = training_dataset(artifacts.train, ["tokens", "length"], cfg.data.materialize_max_mb, windows)
-        ds = tokens.repartition(target_num_rows_per_block=TEACHER_BATCHES_PER_BLOCK * cfg.data.teacher_batch_size)
-        ds = ds.map_batches(TeacherFeatures, fn_constructor_args=(artifacts.teacher_model, [artifacts.teacher_layer],
-                                                                      artifacts.teacher_dtype,
-                                                                      cfg.resources.torch_threads),
-                                batch_format="pyarrow", batch_size=cfg.data.teacher_batch_size, concurrency=1,
-                                num_gpus=1 if cluster_gpus() else 0, num_cpus=0.5)
+        ds = teacher_pass(tokens, cfg, artifacts, cfg.data.teacher_actors or 1, cluster_gpus())
         for batch in ds.iter_batches(batch_size=256, batch_format="numpy"):
             yield {name: batch[name] for name in (teacher_column(artifacts.teacher_layer), "length")}
 

@@ -346,8 +346,10 @@ class TeacherFeatures:
     """Ray Data UDF (one frozen teacher per actor): appends fp16 hidden states of each layer as columns (the
     cached and streamed placements; the inline one calls ``states`` from the training loop)."""
 
-    def __init__(self, teacher: str, layers: list[int], dtype: str = "bfloat16", threads: int = 0):
+    def __init__(self, teacher: str, layers: list[int], dtype: str = "bfloat16", threads: int = 0,
+                 names: dict[int, str] | None = None):
         from latentlm.models.teacher import FrozenTeacher
+        self.names = names or {}  # layer -> output column (default teacher_<layer>)
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         if self.device == "cpu":  # the actor's CPU reservation pins OMP to 1 thread; 0: every core of the node
             torch.set_num_threads(threads or os.cpu_count() or 1)
@@ -364,7 +366,8 @@ class TeacherFeatures:
     def __call__(self, batch: pa.Table) -> pa.Table:
         tokens = np.stack(batch["tokens"].to_numpy(zero_copy_only=False))
         for layer, flat in self.states(self.teacher, tokens, self.device).items():
-            batch = batch.append_column(teacher_column(layer), pa.array(list(flat), type=pa.list_(pa.float16())))
+            batch = batch.append_column(self.names.get(layer, teacher_column(layer)),
+                                        pa.array(list(flat), type=pa.list_(pa.float16())))
         return batch
 
 

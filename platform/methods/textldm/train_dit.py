@@ -86,7 +86,7 @@ def build_dit_stage(cfg, wc, vae: TextVAE, vocab=None, state: dict | None = None
     experiments/gpu_check.py without."""
     optim = cfg.train_dit.optim
     dit = TextDiT(cfg.dit)
-    # every rank draws the splits of the whole global batch
+    # replicated data: every rank draws the splits of the whole global batch; per rank the loop reseeds the stream
     split_rng = torch.Generator().manual_seed(derive_seed(cfg.seed, "dit", "splits"))
     normalizer = LatentNormalizer(cfg.dit.latent_dim).to(wc.device)
 
@@ -99,7 +99,7 @@ def build_dit_stage(cfg, wc, vae: TextVAE, vocab=None, state: dict | None = None
                                                       vocab).state_dict())
 
     def draw_splits(batch: dict) -> None:
-        # drawn for the whole global batch, so they do not depend on the number of workers
+        # replicated: drawn for the whole global batch, independent of the worker count; per rank: this worker's rows
         batch["split"] = split_points(torch.from_numpy(batch["length"].astype("int64")), cfg, split_rng).numpy()
 
     def step(engine, micro, _step):
