@@ -4,9 +4,10 @@ Each trial is a Tune function that runs the method's pipeline (its training stag
 jobs). Trials share upstream artifacts through the pipeline's content-addressed stage cache: one VAE
 per VAE config, one DiT per (VAE, DiT) config, kept in ``<run-dir>/artifacts`` for every sweep under that
 run dir, so evaluation-only axes (CFG scale, sampler steps) train nothing. Every evaluated trial lands in
-``<run-dir>/<sweep>/leaderboard.parquet``. Re-running the same
-sweep restores it with ``Tuner.restore``: finished trials are kept, unfinished ones run; a changed grid is a new
-Tune experiment (``experiment_name``).
+``<run-dir>/<sweep>/leaderboard.parquet``, written by the driver alone: trials report their rows through Tune
+(``report_rows``), so no node takes a lock on the file. Re-running the same sweep restores it with
+``Tuner.restore``: finished trials are kept, unfinished ones run; a changed grid is a new Tune experiment
+(``experiment_name``).
 """
 from __future__ import annotations
 
@@ -152,6 +153,14 @@ def result_identity(cfg) -> dict[str, Any]:
 
 def add_rows(path: Path, method: str, sweep: str, trial: str, axes: dict, cfg, out: dict,
              compute_seconds: float | None) -> None:
+    """Merge ``trial_rows`` into the leaderboard file at ``path`` (a single process's writer; a sweep's trials hand
+    their rows to the driver instead, see ``run_trial``)."""
+    from . import leaderboard
+    leaderboard.Leaderboard(path).add(trial_rows(method, sweep, trial, axes, cfg, out, compute_seconds))
+
+
+def trial_rows(method: str, sweep: str, trial: str, axes: dict, cfg, out: dict,
+               compute_seconds: float | None) -> list[dict]:
     """The trial's rows (one per eval dataset, with its protocol, evidence and denoising progressions) and the
     protocol's reference rows (the human ceiling, method ``human``, and the floors, method ``floor``), which
     every trial of the same protocol maps to the same row ids."""
@@ -177,7 +186,51 @@ def add_rows(path: Path, method: str, sweep: str, trial: str, axes: dict, cfg, o
         rows += fewshot_rows(evaluation.fewshot, method=method, sweep=sweep, trial=trial, axes=axes,
                              config=result_identity(cfg), seed=cfg.seed, checkpoint=out["checkpoint"],
                              compute_seconds=compute_seconds)
-    leaderboard.Leaderboard(path).add(rows)
+    return rows
+
+
+ROWS_FILE = "rows.parquet"  # in a trial's reported Tune checkpoint: its leaderboard rows, for the driver to merge
+
+
+def report_rows(metrics: dict, rows: list[dict]) -> None:
+    """``tune.report`` with the trial's rows in a checkpoint: Tune persists it to the experiment's storage (shared
+    or object storage on a cluster) and hands it to the driver, the leaderboard's one writer; no trial, on any
+    node, writes the leaderboard file itself."""
+    import tempfile
+    from ray import tune
+    from .leaderboard import write_rows
+    with tempfile.TemporaryDirectory() as directory:
+        write_rows(rows, Path(directory) / ROWS_FILE)
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+
+
+def collect_rows(checkpoints, path: Path) -> int:
+    """The driver's side of ``report_rows``: the rows in the trials' reported checkpoints (None: a trial without
+    one) merged into the leaderboard at ``path`` in one write; idempotent, since a trial's rows keep their row
+    ids. Returns the rows merged."""
+    from . import leaderboard
+    frames = []
+    for checkpoint in checkpoints:
+        if checkpoint is None:
+            continue
+        with checkpoint.as_directory() as directory:
+            if (Path(directory) / ROWS_FILE).is_file():
+                frames.append(leaderboard.read(Path(directory) / ROWS_FILE))
+    if frames:
+        leaderboard.Leaderboard(path).merge_frames(*frames)
+    return sum(len(f) for f in frames)
+
+
+def rows_collector(path: Path):
+    """A Tune callback (it runs in the driver) that merges each trial's rows as soon as the trial completes, so the
+    leaderboard grows while the sweep runs; ``run_sweep`` collects every trial once more at the end."""
+    from ray import tune
+
+    class RowsCollector(tune.Callback):
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            collect_rows([trial.checkpoint], path)
+
+    return RowsCollector()
 
 
 def threads_per_trial(concurrent_trials: int) -> int:
@@ -192,10 +245,10 @@ def threads_per_trial(concurrent_trials: int) -> int:
 
 def run_trial(config: dict[str, Any], spec: dict[str, Any], root: str,
               methods: dict[str, registry.MethodSpec]) -> None:
-    """One Tune trial: run the pipeline (stages shared through the cache) and add leaderboard rows. ``methods``
-    travel with the trial, so a family registered in the driver (not only a built-in) runs in the worker."""
+    """One Tune trial: run the pipeline (stages shared through the cache) and report its leaderboard rows to the
+    driver (``report_rows``). ``methods`` travel with the trial, so a family registered in the driver (not only a
+    built-in) runs in the worker."""
     import torch
-    from ray import tune
 
     from .training.progress import configure_logging
     configure_logging()  # the trial's own progress (data, evaluation) reaches the driver's console
@@ -212,10 +265,10 @@ def run_trial(config: dict[str, Any], spec: dict[str, Any], root: str,
     out = method.run(cfg, root_path / "trials" / trial["trial_id"], data_root=root_path.parent,
                      cache_root=root_path.parent,
                      teacher_layers=spec["teacher_layers"])
-    add_rows(root_path / "leaderboard.parquet", method_name, spec["name"], trial["trial_id"], trial["axes"], cfg,
-             out, compute_seconds=sum(out["stage_seconds"].values()))
-    tune.report({f"{dataset}/{metric}": value for dataset, metrics in out["results"].items()
-                 for metric, value in metrics.items()})
+    rows = trial_rows(method_name, spec["name"], trial["trial_id"], trial["axes"], cfg, out,
+                      compute_seconds=sum(out["stage_seconds"].values()))
+    report_rows({f"{dataset}/{metric}": value for dataset, metrics in out["results"].items()
+                 for metric, value in metrics.items()}, rows)
 
 
 def param_space(trials: list[Trial]) -> dict[str, Any]:
@@ -267,8 +320,11 @@ def run_sweep(spec: SweepSpec) -> Path:
             param_space=param_space(trials),
             tune_config=tune.TuneConfig(max_concurrent_trials=spec.max_concurrent_trials),
             run_config=tune.RunConfig(name=run_name, storage_path=str(root / "tune"),
-                                      failure_config=tune.FailureConfig(max_failures=1)))
+                                      failure_config=tune.FailureConfig(max_failures=1),
+                                      callbacks=[rows_collector(root / "leaderboard.parquet")]))
     results = tuner.fit()
+    # every finished trial's rows, failed trials or not (a restored sweep's earlier trials included)
+    collect_rows([result.checkpoint for result in results], root / "leaderboard.parquet")
     errors = [r.error for r in results if r.error is not None]
     if errors:
         raise RuntimeError(f"{len(errors)} of {len(results)} trials failed; first error: {errors[0]}")

@@ -138,6 +138,10 @@ def test_cfg_sweep_trains_once_and_fills_the_leaderboard(cfg_sweep):
     assert models["protocol_hash"].nunique() == 2 and set(humans["protocol_hash"]) == set(models["protocol_hash"])
     assert all(json.loads(text)["hash"] == h for text, h in zip(board["protocol_json"], board["protocol_hash"]))
     assert (runs / "cfg" / "leaderboard.md").is_file() and (runs / "cfg" / "leaderboard.html").is_file()
+    # one writer: each trial reported its rows in a Tune checkpoint (persisted to the experiment's storage), the
+    # driver merged them; no trial wrote the leaderboard
+    reported = [pd.read_parquet(p) for p in (runs / "cfg" / "tune").rglob("rows.parquet")]
+    assert len(reported) == 2 and set(pd.concat(reported)["row_id"]) == set(board["row_id"])
     # a second sweep under the same --run-dir evaluates the model the first one trained
     assert sweep_main("steps", lambda preset: {"eval.steps": [3]}, "steps sweep",
                       ["--config", str(config), "--run-dir", str(runs)]) == 0

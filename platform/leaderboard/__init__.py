@@ -23,7 +23,7 @@ from .schema import (CEILING_METHODS, CI_HIGH, CI_LOW, COLUMNS, FILENAME, FLOOR_
                      REQUIRED, SCHEMA, SCHEMA_KEY, SCHEMA_VERSION, STD_SUFFIX, LeaderboardError, canonical_json,
                      check_evidence, check_progression, config_hash, make_row_id, make_rows, protocol_json,
                      scoring_key, utc_now)
-from .store import Leaderboard, combine, empty_frame, read, resolve_path
+from .store import Leaderboard, combine, empty_frame, read, resolve_path, write_rows
 from .tables import CURATED_EXTRAS, ENTROPY_FLAG_RATIO, FLAG_MARK, axis_columns, expand, metric_columns
 
 # Internals the tests reach for under these names: rows to a checked frame, the Arrow table written, the cache
@@ -42,5 +42,5 @@ __all__ = [
     "check_evidence", "check_progression", "combine", "compare_rows", "config_hash", "empty_frame", "entropy_plots",
     "evidence_metrics", "expand", "find_row", "format_comparison", "html_page", "human_entropy_threshold",
     "make_row_id", "make_rows", "metric_columns", "protocol_json", "read", "render", "resolve_path", "row_label",
-    "scoring_key", "to_html", "to_markdown", "utc_now",
+    "scoring_key", "to_html", "to_markdown", "utc_now", "write_rows",
 ]

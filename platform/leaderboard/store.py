@@ -146,6 +146,12 @@ def combine(*frames: pd.DataFrame) -> pd.DataFrame:
     return df.drop(columns=["_when", "_order"]).reset_index(drop=True)
 
 
+def write_rows(rows: Iterable[Mapping[str, Any]], path: str | os.PathLike) -> None:
+    """Rows (from ``make_rows``) as a standalone leaderboard file, written atomically (a sweep trial's rows)."""
+    table = _to_table(_normalise(rows), str(path))
+    atomic_write(Path(path), lambda tmp: pq.write_table(table, tmp))
+
+
 class Leaderboard:
     """One leaderboard Parquet file (a directory means ``<dir>/leaderboard.parquet``)."""
 
@@ -171,6 +177,10 @@ class Leaderboard:
     def merge(self, *other_paths: str | os.PathLike) -> int:
         """Merge other leaderboard files (other sweeps/machines) into this one; returns the rows stored."""
         return self._update(*(read(p) for p in other_paths))
+
+    def merge_frames(self, *frames: pd.DataFrame) -> int:
+        """Merge frames read with ``read`` (e.g. a sweep's trials' row files) in one write; returns the rows stored."""
+        return self._update(*frames)
 
     def _update(self, *frames: pd.DataFrame) -> int:
         self.path.parent.mkdir(parents=True, exist_ok=True)
