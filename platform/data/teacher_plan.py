@@ -126,8 +126,9 @@ def throughput(params: int) -> tuple[float, str]:
 
 def plan_teacher(cfg, layers: int = 1) -> TeacherPlan | None:
     """The plan for ``cfg`` (None when it reads no teacher). ``layers``: layers stored in one cached pass."""
-    request = cfg.teacher_request()
-    stages = cfg.teacher_stages()
+    # a family registered without a frozen teacher need not define these (registry: one register() call)
+    request = cfg.teacher_request() if hasattr(cfg, "teacher_request") else None
+    stages = cfg.teacher_stages() if hasattr(cfg, "teacher_stages") else []
     if request is None or not stages:
         return None
     from latentlm.models.teacher import teacher_hidden_size
@@ -157,8 +158,8 @@ def check_cache_budget(cache_bytes: int, max_cache_bytes: int) -> None:
 def preflight(cfg, teacher_layers: list[int] | None = None, log=None) -> TeacherPlan | None:
     """Before any run: the plan, logged (``log``: a logger, print when None, nothing when False), and the cache
     budget checked (for every layer one cached pass stores)."""
-    layers = len({cfg.teacher_request()[1], *(teacher_layers or [])}) if cfg.teacher_request() else 1
-    plan = plan_teacher(cfg, layers)
+    request = cfg.teacher_request() if hasattr(cfg, "teacher_request") else None
+    plan = plan_teacher(cfg, len({request[1], *(teacher_layers or [])}) if request else 1)
     if plan is not None:
         if log is not False:
             (log.info if log else print)(plan.summary())
