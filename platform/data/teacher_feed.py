@@ -16,7 +16,6 @@ up to the batch composition's effect on the teacher's kernels (within fp16 round
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,8 +24,6 @@ import numpy as np
 import torch
 
 from .windows import TEACHER_BATCHES_PER_BLOCK, DataArtifacts, TeacherFeatures, teacher_column
-
-log = logging.getLogger(__name__)
 
 
 @dataclass

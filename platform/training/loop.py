@@ -75,7 +75,7 @@ def train_stage(config: dict, cfg, wc: WorkerContext, stage: Stage) -> None:
     optim = stage.optim
     feed = rank_feed(cfg, wc)
     if feed.per_rank and wc.world_size > 1:  # each rank's draws cover its own rows: its own streams
-        for name, generator in stage.generators.items():
+        for generator in stage.generators.values():
             generator.manual_seed(derive_seed(generator.initial_seed(), "rank", wc.rank))
     model = stage.model.to(wc.device)
     ema = EMA(model, optim.ema_decay) if stage.ema and optim.ema_decay > 0 else None
