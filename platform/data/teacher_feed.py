@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from .windows import TEACHER_BATCHES_PER_BLOCK, DataArtifacts, TeacherFeatures, teacher_column
@@ -85,8 +84,8 @@ class InlineTeacher:
         self.layer, self.column, self.device = layer, column, device
 
     def add_features(self, micro: dict) -> dict:
-        tokens = np.stack(micro["tokens"]) if micro["tokens"].dtype == object else micro["tokens"]
-        states = TeacherFeatures.states(self.teacher, tokens, self.device)
+        from latentlm.platform.training.parts import stack_column
+        states = TeacherFeatures.states(self.teacher, stack_column(micro, "tokens"), self.device)
         return {**micro, self.column: states[self.layer]}
 
 
