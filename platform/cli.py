@@ -23,7 +23,8 @@ def _config(args):
 def cmd_train(args) -> int:
     cfg = _config(args)
     with contextlib.redirect_stdout(sys.stderr):  # stdout carries the JSON result only (libraries print progress)
-        out = registry.get(args.method).run(cfg, Path(args.run_dir or f"runs/{args.method}"))
+        # a string, not a Path: an s3:// run dir keeps its double slash (platform/storage.py)
+        out = registry.get(args.method).run(cfg, args.run_dir or f"runs/{args.method}")
     print(json.dumps(out, indent=2, default=str))
     return 0
 
@@ -112,10 +113,19 @@ def _descending(metric: str, order: str | None) -> bool:
         return True
 
 
+def _fetched(path: str) -> str:
+    """A leaderboard on object storage (a sweep's ``s3://.../<sweep>/``, or its file) fetched to this node."""
+    from . import storage
+    if not storage.is_uri(path):
+        return path
+    uri = path if path.endswith(".parquet") else f"{path.rstrip('/')}/leaderboard.parquet"
+    return str(storage.fetch(storage.local_path(uri)))
+
+
 def cmd_leaderboard(args) -> int:
     from . import leaderboard as lb
     try:
-        paths = [lb.resolve_path(p) for p in args.paths]
+        paths = [lb.resolve_path(_fetched(p)) for p in args.paths]
         board = lb.combine(*(lb.read(p) for p in paths))  # names a missing or damaged file
         descending = _descending(args.sort, args.order)
         text = lb.to_markdown(board, sort_by=args.sort, descending=descending)  # checks --sort first

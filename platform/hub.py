@@ -33,7 +33,14 @@ def is_local(name_or_path: str | Path) -> bool:
 
 def resolve_checkpoint(name_or_path: str | Path, revision: str | None = None, token: str | None = None,
                        cache_dir: str | None = None) -> Path:
-    """A local checkpoint directory, or a hub repository downloaded (JSON and safetensors files only)."""
+    """A local checkpoint directory, one on object storage (``s3://...``, as leaderboard rows name it) fetched to
+    this node's mirror, or a hub repository downloaded (JSON and safetensors files only)."""
+    from . import storage
+    if storage.is_uri(name_or_path):
+        path = storage.fetch(storage.local_path(name_or_path))
+        if not path.is_dir():
+            raise FileNotFoundError(f"checkpoint {name_or_path}: no such directory in the store")
+        return path
     if is_local(name_or_path):
         path = Path(name_or_path).expanduser()
         if not path.is_dir():

@@ -7,7 +7,9 @@ run dir, so evaluation-only axes (CFG scale, sampler steps) train nothing. Every
 ``<run-dir>/<sweep>/leaderboard.parquet``, written by the driver alone: trials report their rows through Tune
 (``report_rows``), so no node takes a lock on the file. Re-running the same sweep restores it with
 ``Tuner.restore``: finished trials are kept, unfinished ones run; a changed grid is a new Tune experiment
-(``experiment_name``).
+(``experiment_name``). ``--run-dir`` may be an object-store URI (``s3://bucket/runs``): trials on any node share
+the run dir through it (``storage.py``), Tune keeps the experiment there, and the driver publishes the
+leaderboard there.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ from typing import Any, Callable
 from latentlm.models.checkpoint import write_json
 from latentlm.models.config import ConfigError, require
 
-from . import registry
+from . import registry, storage
 from .config import load_file, merge, parse_overrides, to_dict
 
 log = logging.getLogger(__name__)
@@ -170,7 +172,8 @@ def trial_rows(method: str, sweep: str, trial: str, axes: dict, cfg, out: dict,
     info = protocol.to_dict()
     rows = leaderboard.make_rows(
         method=method, sweep=sweep, trial=trial, axes=axes, results=evaluation.results, protocol=protocol.name,
-        protocol_hash=protocol.hash, seed=cfg.seed, compute_seconds=compute_seconds, checkpoint=out["checkpoint"],
+        protocol_hash=protocol.hash, seed=cfg.seed, compute_seconds=compute_seconds,
+        checkpoint=storage.remote_uri(out["checkpoint"]),
         config=result_identity(cfg), protocol_info=info, progressions=evaluation.progressions,
         evidences=evaluation.evidence)
     names = sorted({name for references in evaluation.references.values() for name in references})
@@ -184,7 +187,8 @@ def trial_rows(method: str, sweep: str, trial: str, axes: dict, cfg, out: dict,
     if evaluation.fewshot:  # eval.fewshot.tasks: rows of protocol fewshot/<task>, same trial, same identity
         from .evaluation.fewshot import fewshot_rows
         rows += fewshot_rows(evaluation.fewshot, method=method, sweep=sweep, trial=trial, axes=axes,
-                             config=result_identity(cfg), seed=cfg.seed, checkpoint=out["checkpoint"],
+                             config=result_identity(cfg), seed=cfg.seed,
+                             checkpoint=storage.remote_uri(out["checkpoint"]),
                              compute_seconds=compute_seconds)
     return rows
 
@@ -218,6 +222,7 @@ def collect_rows(checkpoints, path: Path) -> int:
                 frames.append(leaderboard.read(Path(directory) / ROWS_FILE))
     if frames:
         leaderboard.Leaderboard(path).merge_frames(*frames)
+        storage.publish(path)
     return sum(len(f) for f in frames)
 
 
@@ -259,7 +264,7 @@ def run_trial(config: dict[str, Any], spec: dict[str, Any], root: str,
     cfg.name = spec["name"]  # W&B groups a sweep's runs by its name
     cfg.resources.torch_threads = cfg.resources.torch_threads or threads_per_trial(spec["max_concurrent_trials"])
     torch.set_num_threads(cfg.resources.torch_threads or os.cpu_count() or 1)  # Tune pins OMP threads to 1
-    root_path = Path(root)
+    root_path = storage.local_path(root)  # this node's mirror of a run dir on object storage
     # tokenized data, teacher features and trained stages (content-keyed) are shared by every sweep under
     # the same --run-dir: a CFG or steps sweep evaluates the model another sweep already trained
     out = method.run(cfg, root_path / "trials" / trial["trial_id"], data_root=root_path.parent,
@@ -293,9 +298,11 @@ def run_sweep(spec: SweepSpec) -> Path:
     from .data.teacher_plan import preflight
     from .training.launch import init_ray
     trials = plan_trials(spec)
-    root = Path(spec.run_dir).resolve() / spec.name
+    root = storage.run_path(spec.run_dir) / spec.name
     root.mkdir(parents=True, exist_ok=True)
     write_json(root / "sweep.json", {**dataclasses.asdict(spec), "trials": [t.trial_id for t in trials]})
+    storage.publish(root / "sweep.json")
+    storage.fetch(root / "leaderboard.parquet", refresh=True)  # the rows of earlier runs, merged into
     method = registry.get(spec.method)
     methods = {name: registry.get(name) for name in {spec.method, *(t.method for t in trials if t.method)}}
     configs = [method.build(spec.preset, t.overrides) for t in trials if t.method is None]
@@ -306,20 +313,21 @@ def run_sweep(spec: SweepSpec) -> Path:
         log.info(summary)
     init_ray(resources=max((c.resources for c in configs), key=lambda r: r.min_nodes, default=None))
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, spec={**dataclasses.asdict(spec), "teacher_layers": layers}, root=str(root),
+        tune.with_parameters(run_trial, spec={**dataclasses.asdict(spec), "teacher_layers": layers},
+                             root=storage.remote_uri(root),
                              methods=methods),
         {"cpu": 0.01})  # the trial driver idles while its TorchTrainer workers hold the CPUs/GPUs
     run_name = experiment_name(spec.name, trials)
-    experiment = root / "tune" / run_name
-    if tune.Tuner.can_restore(str(experiment)):
+    experiment = storage.remote_uri(root / "tune" / run_name)  # Tune keeps it in the store itself
+    if tune.Tuner.can_restore(experiment):
         log.info("restoring interrupted sweep from %s", experiment)
-        tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_errored=True)
+        tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_errored=True)
     else:
         tuner = tune.Tuner(
             trainable,
             param_space=param_space(trials),
             tune_config=tune.TuneConfig(max_concurrent_trials=spec.max_concurrent_trials),
-            run_config=tune.RunConfig(name=run_name, storage_path=str(root / "tune"),
+            run_config=tune.RunConfig(name=run_name, storage_path=storage.remote_uri(root / "tune"),
                                       failure_config=tune.FailureConfig(max_failures=1),
                                       callbacks=[rows_collector(root / "leaderboard.parquet")]))
     results = tuner.fit()
@@ -374,7 +382,10 @@ def sweep_main(name: str, default_axes, description: str, argv: list[str] | None
         print(f"config error: {err}")
         return 2
     md_path, html_path = leaderboard.render(root / "leaderboard.parquet", root)
+    storage.publish(md_path)
+    storage.publish(html_path)
     print(f"\n{description.splitlines()[0]} ({args.preset} preset)\n")
     print(md_path.read_text())
-    print(f"leaderboard: {root / 'leaderboard.parquet'}\n             {md_path}\n             {html_path}")
+    where = [storage.remote_uri(p) for p in (root / "leaderboard.parquet", md_path, html_path)]
+    print(f"leaderboard: {where[0]}\n             {where[1]}\n             {where[2]}")
     return 0

@@ -46,7 +46,8 @@ def pytest_collection_modifyitems(config, items):
 
 
 # modules that share a session fixture run on one worker, which builds it once
-SHARED_GROUPS = {"test_sweep": "sweeps", "test_job_submit": "sweeps"}  # both reuse cfg_sweep's trained stages
+SHARED_GROUPS = {"test_sweep": "sweeps", "test_job_submit": "sweeps",  # all three use cfg_sweep (its stages, its rows)
+                 "test_object_storage": "sweeps"}
 # the groups that take longest, longest first (measured under `make test` on the 2-core box: 290 to 55 s)
 LONGEST_GROUPS = ["sweeps", "test_ldlm_pipeline", "assets", "test_dlm_pipeline", "test_ar_pipeline", "test_deepspeed",
                   "test_harness", "test_cluster_drill", "test_data", "test_resume", "test_pipeline"]

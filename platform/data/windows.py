@@ -17,7 +17,8 @@ actors when the cluster has GPUs) and stores the hidden states of every requeste
 pass, so a REPA-layer sweep never reruns it. The driver writes both from Ray Data's ordered stream
 (``write_dataset_atomic``), so window order never depends on scheduling. Artifacts are content-addressed (the key hashes
 everything that changes them) and shared by every run under the same root; a manifest marks each as
-complete, so a cache hit is detected from the manifest, not recomputed.
+complete, so a cache hit is detected from the manifest, not recomputed. Under a run dir on object storage
+(``platform/storage.py``) each artifact is published when written, manifest last, and fetched where read.
 """
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ from filelock import FileLock
 
 from latentlm.models.checkpoint import write_json
 from latentlm.models.config import ConfigError
+from latentlm.platform import storage
 from latentlm.platform.training.engine import native_bf16
 from latentlm.platform.training.progress import progress
 
@@ -375,7 +377,7 @@ def _prepare_locked(cfg, tokenizer, base: Path) -> DataArtifacts:
     d = cfg.data
     manifest_path = base / "manifest.json"
     train_dir = base / "train"
-    if not manifest_path.is_file():
+    if not storage.fetch(manifest_path).is_file():
         t0 = time.time()
         docs = load_documents(CorpusSpec(d.corpus, d.text_field, max_documents=d.max_documents))
         split = split_documents(docs, d.valid_fraction, d.test_fraction, d.split_seed)
@@ -401,6 +403,8 @@ def _prepare_locked(cfg, tokenizer, base: Path) -> DataArtifacts:
             "train_windows": int(len(lengths)), "train_tokens": int(lengths.sum()),
             "padding_tokens": int(len(lengths) * d.seq_len - lengths.sum()), "shards": shards,
             "seconds": round(time.time() - t0, 2)})
+        storage.publish(train_dir)
+        storage.publish(manifest_path)  # last: it marks the shards complete
         log.info("tokenized %d %s train windows (%.1f%% padding) into %d shards in %.1fs -> %s", len(lengths),
                  d.layout, 100 * (1 - lengths.sum() / (len(lengths) * d.seq_len)), len(shards), time.time() - t0, base)
     counts = token_counts(base, train_dir, len(tokenizer))
@@ -421,12 +425,13 @@ def token_counts(base: Path, train_dir: Path, full_size: int) -> str:
     and stored as ``token_counts.safetensors``: the compact vocabulary and the unigram floor read it."""
     from latentlm.models.checkpoint import save_tensors
     path = base / "token_counts.safetensors"
-    if not path.is_file():
-        table = pq.read_table(train_dir, columns=["tokens", "length"])
+    if not storage.fetch(path).is_file():
+        table = pq.read_table(storage.fetch(train_dir), columns=["tokens", "length"])
         tokens = np.stack(table["tokens"].to_numpy(zero_copy_only=False)).astype(np.int64)
         real = np.arange(tokens.shape[1])[None] < table["length"].to_numpy()[:, None]
         counts = np.bincount(tokens[real], minlength=full_size)
         save_tensors(path, {"counts": torch.from_numpy(counts.astype(np.int64))})
+        storage.publish(path)
     return str(path)
 
 
@@ -440,11 +445,12 @@ def _compact_vocab(base: Path, counts_path: str, limit: int, always_keep: list[i
     from latentlm.models.checkpoint import load_tensors, save_tensors
     from latentlm.models.vocab import CompactVocab
     path = base / f"vocab_{limit}.safetensors"
-    if not path.is_file():
+    if not storage.fetch(path).is_file():
         counts = load_token_counts(counts_path)
         vocab = CompactVocab.from_counts(torch.from_numpy(counts), limit, always_keep)
         covered = counts[vocab.to_full[:-1].numpy()].sum() / max(1, counts.sum())
         save_tensors(path, vocab.tensors(), metadata={"coverage": f"{covered:.6f}", "limit": str(limit)})
+        storage.publish(path)
         log.info("compact vocab: %d ids cover %.2f%% of training tokens", vocab.size - 1, 100 * covered)
     return str(path), CompactVocab.from_tensors(load_tensors(path)).size
 
@@ -483,7 +489,11 @@ def _teacher_features(cfg, base: Path, train_dir: Path, source: TeacherSource) -
     teacher, spec, dtype = source.spec, source.model, source.dtype
     directory = feature_dir(base, teacher, n, dtype)
     meta_path = directory / "manifest.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {"layers": []}
+    mirrored = json.loads(meta_path.read_text()) if meta_path.is_file() else None
+    # refreshed: another node may have stored more layers since this node last read it (then its shards too)
+    meta = json.loads(meta_path.read_text()) if storage.fetch(meta_path, refresh=True).is_file() else {"layers": []}
+    if mirrored is not None and mirrored != meta:
+        storage.fetch(directory / "shards", refresh=True)
     wanted = set(source.layers)
     if not wanted <= set(meta["layers"]):  # a miss: compute every layer asked for so far in one pass
         layers = sorted(wanted | set(meta["layers"]))
@@ -495,7 +505,8 @@ def _teacher_features(cfg, base: Path, train_dir: Path, source: TeacherSource) -
         # Blocks of a few teacher batches: an actor returns its output block only when the block is done, so
         # one block of all n windows would keep the progress line silent until the very end.
         rows_per_block = TEACHER_BATCHES_PER_BLOCK * cfg.data.teacher_batch_size
-        ds = rd.read_parquet(str(train_dir)).limit(n).repartition(target_num_rows_per_block=rows_per_block)
+        ds = rd.read_parquet(storage.remote_uri(train_dir)).limit(n)
+        ds = ds.repartition(target_num_rows_per_block=rows_per_block)
         ds = ds.map_batches(TeacherFeatures, fn_constructor_args=(spec, layers, dtype, cfg.resources.torch_threads),
                             batch_format="pyarrow", batch_size=cfg.data.teacher_batch_size,
                             concurrency=cfg.data.teacher_actors or max(1, _cluster_gpus()),
@@ -504,11 +515,13 @@ def _teacher_features(cfg, base: Path, train_dir: Path, source: TeacherSource) -
         shards = write_dataset_atomic(ds, directory / "shards", rows_per_shard=FEATURE_ROWS_PER_SHARD, total=n,
                                       desc=f"teacher features (layers {layers})")
         for stale in directory.glob("stats_*.safetensors"):  # recomputed from the new shards on demand
-            stale.unlink()
+            storage.delete(stale)
         meta = {"teacher": teacher, "layers": layers, "teacher_dim": source.dim,
                 "num_layers": source.num_layers, "windows": n, "shards": shards,
                 "tokens_per_second": round(n * cfg.data.seq_len / (time.time() - t0), 1)}
         write_json(meta_path, meta)
+        storage.publish(directory / "shards")
+        storage.publish(meta_path)  # last: it marks the shards complete
         log.info("teacher features: %s", {k: v for k, v in meta.items() if k != "shards"})
     return str(directory / "shards")
 
@@ -529,7 +542,8 @@ def feature_stats(shards: str, layer: int, dim: int, windows: int) -> str:
     """Per-channel mean/std of one layer's stored features over the real positions (padding excluded) of
     the first ``windows`` windows, computed once and stored next to the shards
     (``stats_<layer>_<windows>.safetensors``). LDLM standardises its token encoder's states with these."""
-    return write_feature_stats(Path(shards).parent, lambda: _feature_batches(Path(shards), [teacher_column(layer), "length"]),
+    return write_feature_stats(Path(shards).parent,
+                               lambda: _feature_batches(storage.fetch(shards), [teacher_column(layer), "length"]),
                                layer, dim, windows)
 
 
@@ -540,8 +554,8 @@ def write_feature_stats(directory: Path, batches, layer: int, dim: int, windows:
     from latentlm.models.token_encoder import HiddenStats
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"stats_{layer}_{windows}.safetensors"
-    with FileLock(str(path) + ".lock"):
-        if path.is_file():
+    with storage.lock(path):
+        if storage.fetch(path).is_file():
             return str(path)
         moments = torch.zeros(3, dim, dtype=torch.float64)
         seen = 0
@@ -556,6 +570,7 @@ def write_feature_stats(directory: Path, batches, layer: int, dim: int, windows:
             seen += take
         stats = HiddenStats(dim).set_from_moments(moments)
         save_tensors(path, stats.state_dict(), metadata={"windows": str(seen), "layer": str(layer)})
+        storage.publish(path)
     return str(path)
 
 

@@ -28,6 +28,7 @@ import torch
 from latentlm.models.checkpoint import atomic_write_text
 from latentlm.platform.data.corpus import CorpusSpec, load_documents, split_documents
 from latentlm.platform.data.windows import document_ids, load_token_counts, load_tokenizer, tokenize_windows
+from latentlm.platform import storage
 from latentlm.platform.training.progress import progress
 
 from . import floors, harness, metrics
@@ -276,6 +277,7 @@ def evaluate_continuations(cfg, model, out_dir: Path, ceiling_cache: Path | None
         from .fewshot.runner import evaluate_fewshot
         evaluation.fewshot = evaluate_fewshot(cfg, model, out_dir / "fewshot")
         write_metrics(out_dir, evaluation, per_seed=per_seed)
+    storage.publish(out_dir)  # samples, metrics and evidence: to the store when the run dir is on one
     return evaluation
 
 

@@ -34,6 +34,7 @@ import torch
 from filelock import FileLock, Timeout
 
 from latentlm.models.checkpoint import atomic_write_text
+from latentlm.platform import storage
 from latentlm.platform.data import assets
 from latentlm.platform.training.engine import native_bf16
 from latentlm.platform.training.progress import progress
@@ -123,7 +124,7 @@ class Scorers:
 
     def _reference_features_from(self, texts: list[str], cache_dir: Path | None, key: str) -> np.ndarray:
         path = None if cache_dir is None else Path(cache_dir) / f"features-{key}.npy"
-        if path is not None and path.is_file():
+        if path is not None and storage.fetch(path).is_file():
             return np.load(path)
         log.info("MAUVE features of %d reference texts (%s)", len(texts), self.e.mauve_model)
         features = self.featurizer(texts)
@@ -132,6 +133,7 @@ class Scorers:
             tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
             np.save(tmp, features)
             os.replace(tmp, path)
+            storage.publish(path)
         return features
 
     def bertscore(self, predictions: list[str], references: list[str]) -> np.ndarray:
@@ -240,11 +242,12 @@ def score_reference(e: ScoringConfig, scorers: Scorers, tokenizer, generations: 
     except Timeout:
         return None
     try:
-        if path.is_file():
+        if storage.fetch(path).is_file():
             cached = json.loads(path.read_text())
             return Scored(cached["row"], cached["evidence"])
         scored = score(e, scorers, tokenizer, generations, references, paired, cache_dir, label)
         atomic_write_text(path, json.dumps(scored.to_json(), sort_keys=True) + "\n")
+        storage.publish(path)
         return scored
     finally:
         lock.release()

@@ -23,6 +23,7 @@ import torch
 
 from latentlm.models.checkpoint import atomic_write_text
 from latentlm.platform.data.windows import document_ids, packed_windows
+from latentlm.platform import storage
 from latentlm.platform.training.progress import progress
 
 from . import floors, harness
@@ -124,4 +125,5 @@ def evaluate_windows(cfg, gen, out_dir: Path, ceiling_cache: Path | None = None,
     atomic_write_text(out_dir / "samples.jsonl", "\n".join(lines) + "\n")
     write_metrics(out_dir, evaluation, per_seed=per_seed, interpolation_curve=curve,
                   **({"interpolation_skipped": skipped} if skipped else {}))
+    storage.publish(out_dir)  # samples, metrics and evidence: to the store when the run dir is on one
     return evaluation

@@ -1,6 +1,7 @@
 """Thin glue over Ray: start/connect a cluster and run a training stage as a TorchTrainer job."""
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from pathlib import Path
@@ -33,7 +34,10 @@ def worker_env() -> dict[str, str]:
     env = {k: os.environ.get(k, v) for k, v in RAY_ENV_DEFAULTS.items()}
     if os.environ.get("WANDB_API_KEY") and "WANDB_MODE" not in os.environ:
         env["WANDB_MODE"] = "online"
-    for key in ("LATENTLM_CACHE", "HF_HOME", "WANDB_DIR", "TORCH_EXTENSIONS_DIR"):
+    # where a run dir on object storage is mirrored, and which S3-compatible endpoint serves it (credentials are
+    # the nodes' own: an instance role or their environment)
+    for key in ("LATENTLM_CACHE", "HF_HOME", "WANDB_DIR", "TORCH_EXTENSIONS_DIR", "AWS_ENDPOINT_URL", "AWS_REGION",
+                "AWS_DEFAULT_REGION"):
         if key in os.environ:
             env[key] = os.environ[key]
     return env
@@ -87,16 +91,18 @@ def training_dataset(path: str, columns: list[str], materialize_max_mb: int, lim
     import pyarrow as pa
     import pyarrow.parquet as pq
     import ray.data
+    from latentlm.platform import storage
     ray.data.DataContext.get_current().execution_options.preserve_order = True
-    shards = sorted(Path(path).rglob("*.parquet")) if Path(path).is_dir() else [Path(path)]
-    if sum(f.stat().st_size for f in shards) <= materialize_max_mb * 2**20:
+    if storage.total_bytes(path, ".parquet") <= materialize_max_mb * 2**20:
+        local = storage.fetch(path)
+        shards = sorted(local.rglob("*.parquet")) if local.is_dir() else [local]
         table = pa.concat_tables([pq.read_table(f, columns=columns) for f in shards])
         if limit is not None:
             table = table.slice(0, limit)
         if rename:
             table = table.rename_columns([rename.get(name, name) for name in table.column_names])
         return ray.data.from_arrow(table)
-    dataset = ray.data.read_parquet(path, columns=columns)
+    dataset = ray.data.read_parquet(storage.remote_uri(path), columns=columns)  # the readers' nodes lack the mirror
     if limit is not None:
         dataset = dataset.limit(limit)
     if rename:
@@ -116,6 +122,7 @@ def run_stage(loop: Callable[[dict], None], loop_config: dict[str, Any], dataset
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
     import ray
+    from latentlm.platform import storage
     from .engine import check_batch_plans
     gpu = use_gpu(resources.use_gpu)
     gpus = int(ray.cluster_resources().get("GPU", 0))
@@ -127,17 +134,27 @@ def run_stage(loop: Callable[[dict], None], loop_config: dict[str, Any], dataset
     ordered = DataConfig.default_ingest_options()
     ordered.preserve_order = True  # also what makes streaming_split's row assignment deterministic
     trainer = TorchTrainer(
-        loop,
-        train_loop_config=loop_config,
+        functools.partial(on_worker, loop),
+        train_loop_config=storage.portable(loop_config),
         datasets={"train": dataset},
         dataset_config=DataConfig(datasets_to_split=["train"] if per_rank else [], execution_options=ordered),
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpu,
                                      resources_per_worker={"CPU": resources.cpus_per_worker}),
-        run_config=RunConfig(name=name, storage_path=str(Path(storage_path).resolve()),
+        run_config=RunConfig(name=name, storage_path=storage.remote_uri(storage_path),
                              failure_config=FailureConfig(max_failures=max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
     )
     result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError(f"stage {name} finished without a checkpoint (error: {result.error})")
+    uri = storage.remote_uri(storage_path)
+    if storage.is_uri(uri):  # Ray names an object store's checkpoint by its key: return its mirrored path
+        return str(storage.mirror_path(f"{uri.split('://')[0]}://{result.checkpoint.path}"))
     return result.checkpoint.path
+
+
+def on_worker(loop: Callable[[dict], None], config: dict) -> None:
+    """Every Ray Train worker's entry: the mirrored artifacts the loop config names (earlier stages' checkpoints,
+    the vocabulary, statistics) fetched to this worker's node, then the loop."""
+    from latentlm.platform import storage
+    loop(storage.localize(config))

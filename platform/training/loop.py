@@ -18,6 +18,7 @@ from typing import Any, Callable
 import torch
 
 from latentlm.models.checkpoint import load_tensors
+from latentlm.platform import storage
 from latentlm.platform.config import to_dict
 
 from .engine import build_engine
@@ -97,6 +98,9 @@ def train_stage(config: dict, cfg, wc: WorkerContext, stage: Stage) -> None:
                             epoch, skip)
     meter = Throughput(engine.num_params, wc.device, wc.world_size)
     warned = False
+    metrics_file = Path(config["run_dir"]) / f"{stage.label}_metrics.jsonl"
+    if wc.is_main:  # a stage resumed on another node appends to the lines its first node published
+        storage.fetch(metrics_file)
     tracker = start_tracking(cfg.wandb, wc.is_main, project="latentlm", group=config["run_name"],
                              name=f"{config.get('trial', 'run')}-{stage.label.replace('_', '-')}",
                              directory=config["run_dir"], config=to_dict(cfg))
@@ -146,6 +150,9 @@ def train_stage(config: dict, cfg, wc: WorkerContext, stage: Stage) -> None:
                 write_checkpoint(d, engine, wc, stage.generators, config=to_dict(cfg), modules=modules,
                                  state={"stage": stage.label, "step": step, "epoch": epoch, "batch_index": index,
                                         "ingest": cfg.data.ingest, **stage.state})
-            log_and_checkpoint(stage.label, step, optim, metrics, wc, tracker, writer,
-                               Path(config["run_dir"]) / f"{stage.label}_metrics.jsonl")
+            log_and_checkpoint(stage.label, step, optim, metrics, wc, tracker, writer, metrics_file)
     tracker.finish()
+    if wc.is_main:  # the run dir may be on object storage: the metrics (and an offline W&B run) go there too
+        for written in (metrics_file, Path(config["run_dir"]) / "wandb"):
+            if written.exists():
+                storage.publish(written)

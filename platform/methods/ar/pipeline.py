@@ -24,6 +24,7 @@ from latentlm.platform.evaluation.protocol import UnconditionalEvalConfig
 from latentlm.platform.methods.dlm.pipeline import validate_dlm
 from latentlm.platform.registry import SampleRequest, continue_prompt
 from latentlm.platform.training.launch import init_ray, run_stage, training_dataset
+from latentlm.platform.storage import publish, run_path
 from latentlm.platform.training.stages import StageCache, Trained
 
 from .generator import ARGenerator
@@ -54,7 +55,7 @@ def train_ar(cfg, run_dir: Path, data_root: Path | None = None, cache_root: Path
              teacher_layers: list[int] | None = None) -> Trained:
     """Validate, prepare the data and train the GPT of one AR-baseline config (``teacher_layers``: unused, the
     GPT reads no teacher); no evaluation."""
-    run_dir = Path(run_dir).resolve()
+    run_dir = run_path(run_dir)  # a local path, or an object-store URI's mirror (platform/storage.py)
     run_dir.mkdir(parents=True, exist_ok=True)
     facts = validate_dlm(cfg)  # tokenizer loads, every corpus has documents
     init_ray(resources=cfg.resources)
@@ -65,15 +66,16 @@ def train_ar(cfg, run_dir: Path, data_root: Path | None = None, cache_root: Path
     log.info("GPT: %d parameters, %d by the %s count (matched DiT: %s)", facts["gpt_params"],
              facts["gpt_matched_count"], cfg.match_count, cfg.matched_params or "none")
     write_json(run_dir / "config.json", to_dict(cfg))
+    publish(run_dir / "config.json")
     key = ar_stage_key(cfg)
     cache = StageCache(cache_root or run_dir)
-    storage = (cache_root or run_dir) / "ray"
+    ray_storage = (cache_root or run_dir) / "ray"
     common = {"experiment": to_dict(cfg), "run_dir": str(run_dir), "run_name": cfg.name, "trial": run_dir.name,
               "vocab": artifacts.vocab}
     checkpoint, seconds = cache.get_or_run("ar", key, lambda: run_stage(
         ar_train_loop, common, training_dataset(artifacts.train, ["tokens", "length"], cfg.data.materialize_max_mb,
                                                 cfg.train_windows),
-        f"ar-{key}", storage, cfg.resources))
+        f"ar-{key}", ray_storage, cfg.resources))
     return Trained({"gpt": checkpoint}, {"gpt": seconds}, facts, artifacts, cache)
 
 
@@ -83,7 +85,7 @@ def run_ar(cfg, run_dir: Path, data_root: Path | None = None, cache_root: Path |
     trained = train_ar(cfg, run_dir, data_root, cache_root, teacher_layers)
     checkpoint = trained.checkpoints["gpt"]
     t0 = time.time()
-    evaluation = evaluate_ar(cfg, checkpoint, Path(run_dir).resolve() / "eval", trained.artifacts.eos_id,
+    evaluation = evaluate_ar(cfg, checkpoint, run_path(run_dir) / "eval", trained.artifacts.eos_id,
                              trained.cache.ceiling_dir, trained.artifacts.token_counts)
     return {"results": evaluation.results, "evaluation": evaluation, "checkpoint": checkpoint, "facts": trained.facts,
             "stage_seconds": {**trained.stage_seconds, "eval": round(time.time() - t0, 1)}}

@@ -19,6 +19,7 @@ from latentlm.platform.data.windows import artifact_key, load_tokenizer, prepare
 from latentlm.platform.evaluation.continuation import evaluate_continuations
 from latentlm.platform.training.launch import init_ray, run_stage, training_dataset
 from latentlm.platform.training.parts import SEED_SCHEME
+from latentlm.platform.storage import publish, run_path
 from latentlm.platform.training.stages import StageCache, Trained
 
 from .generator import ColaDLMGenerator
@@ -51,16 +52,17 @@ def train_dlm(cfg, run_dir: Path, data_root: Path | None = None, cache_root: Pat
               teacher_layers: list[int] | None = None) -> Trained:
     """Validate, prepare the data and train (the VAE stage unless scratch, the joint stage) one Cola DLM
     config; no evaluation."""
-    run_dir = Path(run_dir).resolve()
+    run_dir = run_path(run_dir)  # a local path, or an object-store URI's mirror (platform/storage.py)
     run_dir.mkdir(parents=True, exist_ok=True)
     facts = validate_dlm(cfg)
     init_ray(resources=cfg.resources)
     artifacts = prepare_data(cfg, data_root or run_dir.parent, False)
     cfg.dlm.vae.vocab_size = artifacts.vocab_size
     write_json(run_dir / "config.json", to_dict(cfg))
+    publish(run_dir / "config.json")
     keys = dlm_stage_keys(cfg)
     cache = StageCache(cache_root or run_dir)
-    storage = (cache_root or run_dir) / "ray"
+    ray_storage = (cache_root or run_dir) / "ray"
     common = {"experiment": to_dict(cfg), "run_dir": str(run_dir), "run_name": cfg.name, "trial": run_dir.name,
               "vocab": artifacts.vocab}
 
@@ -70,10 +72,10 @@ def train_dlm(cfg, run_dir: Path, data_root: Path | None = None, cache_root: Pat
     vae_ckpt, vae_seconds = None, 0.0
     if cfg.dlm.vae_strategy != "scratch":
         vae_ckpt, vae_seconds = cache.get_or_run("dlm_vae", keys["vae"], lambda: run_stage(
-            dlm_vae_loop, common, dataset(), f"dlm_vae-{keys['vae']}", storage, cfg.resources))
+            dlm_vae_loop, common, dataset(), f"dlm_vae-{keys['vae']}", ray_storage, cfg.resources))
     joint_ckpt, joint_seconds = cache.get_or_run("dlm_joint", keys["joint"], lambda: run_stage(
         dlm_joint_loop, {**common, "vae_checkpoint": vae_ckpt}, dataset(), f"dlm_joint-{keys['joint']}",
-        storage, cfg.resources))
+        ray_storage, cfg.resources))
     return Trained({"vae": vae_ckpt, "joint": joint_ckpt}, {"vae": vae_seconds, "joint": joint_seconds},
                    facts, artifacts, cache)
 
@@ -86,7 +88,7 @@ def run_dlm(cfg, run_dir: Path, data_root: Path | None = None, cache_root: Path 
     t0 = time.time()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = ColaDLMGenerator.from_checkpoint(cfg, joint_ckpt, cfg.eval.use_ema, trained.artifacts.eos_id).to(device)
-    evaluation = evaluate_continuations(cfg, model, Path(run_dir).resolve() / "eval",
+    evaluation = evaluate_continuations(cfg, model, run_path(run_dir) / "eval",
                                         ceiling_cache=trained.cache.ceiling_dir,
                                         token_counts=trained.artifacts.token_counts)
     return {"results": evaluation.results, "evaluation": evaluation, "vae_checkpoint": trained.checkpoints["vae"],

@@ -30,6 +30,7 @@ from latentlm.platform.evaluation.continuation import Evaluation
 from latentlm.platform.evaluation.unconditional import evaluate_windows
 from latentlm.platform.training.launch import init_ray, run_stage, training_dataset
 from latentlm.platform.training.parts import SEED_SCHEME
+from latentlm.platform.storage import publish, run_path
 from latentlm.platform.training.stages import StageCache, Trained
 
 from .generator import LDLMGenerator, saved_checkpoints
@@ -69,7 +70,7 @@ def train_ldlm(cfg, run_dir: Path, data_root: Path | None = None, cache_root: Pa
                teacher_layers: list[int] | None = None) -> Trained:
     """Validate, prepare the data and train (joint stage, optional post-decoder) one LDLM config; no
     evaluation."""
-    run_dir = Path(run_dir).resolve()
+    run_dir = run_path(run_dir)  # a local path, or an object-store URI's mirror (platform/storage.py)
     run_dir.mkdir(parents=True, exist_ok=True)
     facts = validate_ldlm(cfg)
     preflight(cfg, teacher_layers, log)
@@ -84,9 +85,10 @@ def train_ldlm(cfg, run_dir: Path, data_root: Path | None = None, cache_root: Pa
                                cfg.token_encoder.stats_windows) if cfg.data.teacher_placement == "cached" else
                  streamed_feature_stats(cfg, artifacts, cfg.token_encoder.stats_windows))
     write_json(run_dir / "config.json", to_dict(cfg))
+    publish(run_dir / "config.json")
     keys = ldlm_stage_keys(cfg)
     cache = StageCache(cache_root or run_dir)
-    storage = (cache_root or run_dir) / "ray"
+    ray_storage = (cache_root or run_dir) / "ray"
     common = {"experiment": to_dict(cfg), "run_dir": str(run_dir), "run_name": cfg.name, "trial": run_dir.name,
               "vocab": artifacts.vocab, "hidden_stats": stats}
 
@@ -98,7 +100,7 @@ def train_ldlm(cfg, run_dir: Path, data_root: Path | None = None, cache_root: Pa
 
     def run(loop, extra: dict, name: str) -> str:
         stage_feed = feed()
-        return run_stage(loop, {**common, **stage_feed.loop_config, **extra}, stage_feed.dataset, name, storage,
+        return run_stage(loop, {**common, **stage_feed.loop_config, **extra}, stage_feed.dataset, name, ray_storage,
                          cfg.resources, teacher_gpus=stage_feed.teacher_gpus)
 
     joint_ckpt, joint_seconds = cache.get_or_run("ldlm", keys["joint"], lambda: run(
@@ -159,7 +161,7 @@ def run_ldlm(cfg, run_dir: Path, data_root: Path | None = None, cache_root: Path
     trained = train_ldlm(cfg, run_dir, data_root, cache_root, teacher_layers)
     joint_ckpt, post_ckpt = trained.checkpoints["joint"], trained.checkpoints["post_decoder"]
     t0 = time.time()
-    evaluation = evaluate_ldlm(cfg, joint_ckpt, post_ckpt, Path(run_dir).resolve() / "eval",
+    evaluation = evaluate_ldlm(cfg, joint_ckpt, post_ckpt, run_path(run_dir) / "eval",
                                ceiling_cache=trained.cache.ceiling_dir, token_counts=trained.artifacts.token_counts)
     return {"results": evaluation.results, "evaluation": evaluation, "joint_checkpoint": joint_ckpt,
             "post_decoder_checkpoint": post_ckpt, "checkpoint": post_ckpt or joint_ckpt, "facts": trained.facts,

@@ -26,6 +26,7 @@ from latentlm.platform.evaluation.continuation import Evaluation, evaluate_conti
 from latentlm.platform.registry import SampleRequest, continue_prompt
 from latentlm.platform.training.launch import init_ray, run_stage, training_dataset
 from latentlm.platform.training.parts import SEED_SCHEME
+from latentlm.platform.storage import publish, run_path
 from latentlm.platform.training.stages import StageCache, Trained
 
 from .generator import load_textldm
@@ -63,7 +64,7 @@ def train_textldm(cfg, run_dir: Path, data_root: Path | None = None, cache_root:
 
     ``data_root``/``cache_root`` (default: the run dir's parent / the run dir) let several runs share
     tokenized data, teacher features and trained stages."""
-    run_dir = Path(run_dir).resolve()
+    run_dir = run_path(run_dir)  # a local path, or an object-store URI's mirror (platform/storage.py)
     run_dir.mkdir(parents=True, exist_ok=True)
     facts = validate(cfg)
     preflight(cfg, teacher_layers, log)
@@ -71,21 +72,25 @@ def train_textldm(cfg, run_dir: Path, data_root: Path | None = None, cache_root:
     artifacts = prepare_data(cfg, data_root or run_dir.parent, cfg.vae.repa.enabled, teacher_layers)
     cfg.vae.vocab_size = artifacts.vocab_size
     write_json(run_dir / "config.json", to_dict(cfg))
+    publish(run_dir / "config.json")
     keys = stage_keys(cfg)
     cache = StageCache(cache_root or run_dir)
-    storage = (cache_root or run_dir) / "ray"
+    ray_storage = (cache_root or run_dir) / "ray"
     common = {"experiment": to_dict(cfg), "run_dir": str(run_dir), "run_name": cfg.name, "trial": run_dir.name,
               "vocab": artifacts.vocab}
     token_columns = ["tokens", "length", "doc_id"]
     limit = cfg.data.materialize_max_mb
-    feed = (feature_feed(cfg, artifacts, token_columns, "teacher") if cfg.vae.repa.enabled else
-            FeatureFeed(training_dataset(artifacts.vae_train, token_columns, limit, artifacts.vae_windows), {}))
-    vae_ckpt, vae_seconds = cache.get_or_run("vae", keys["vae"], lambda: run_stage(
-        train_vae_loop, {**common, **feed.loop_config, "teacher_dim": artifacts.teacher_dim}, feed.dataset,
-        f"vae-{keys['vae']}", storage, cfg.resources, teacher_gpus=feed.teacher_gpus))
+
+    def train_vae() -> str:  # the feed is read only when the stage is not cached
+        feed = (feature_feed(cfg, artifacts, token_columns, "teacher") if cfg.vae.repa.enabled else
+                FeatureFeed(training_dataset(artifacts.vae_train, token_columns, limit, artifacts.vae_windows), {}))
+        return run_stage(train_vae_loop, {**common, **feed.loop_config, "teacher_dim": artifacts.teacher_dim},
+                         feed.dataset, f"vae-{keys['vae']}", ray_storage, cfg.resources, teacher_gpus=feed.teacher_gpus)
+
+    vae_ckpt, vae_seconds = cache.get_or_run("vae", keys["vae"], train_vae)
     dit_ckpt, dit_seconds = cache.get_or_run("dit", keys["dit"], lambda: run_stage(
         train_dit_loop, {**common, "vae_checkpoint": vae_ckpt}, training_dataset(artifacts.train, token_columns, limit),
-        f"dit-{keys['dit']}", storage, cfg.resources))
+        f"dit-{keys['dit']}", ray_storage, cfg.resources))
     return Trained({"vae": vae_ckpt, "dit": dit_ckpt}, {"vae": vae_seconds, "dit": dit_seconds}, facts, artifacts,
                    cache)
 
@@ -96,7 +101,7 @@ def run_textldm(cfg, run_dir: Path, data_root: Path | None = None, cache_root: P
     trained = train_textldm(cfg, run_dir, data_root, cache_root, teacher_layers)
     dit_ckpt = trained.checkpoints["dit"]
     t0 = time.time()
-    evaluation = evaluate_saved_textldm(cfg, dit_ckpt, Path(run_dir).resolve() / "eval",
+    evaluation = evaluate_saved_textldm(cfg, dit_ckpt, run_path(run_dir) / "eval",
                                         ceiling_cache=trained.cache.ceiling_dir,
                                         token_counts=trained.artifacts.token_counts)
     return {"results": evaluation.results, "evaluation": evaluation, "vae_checkpoint": trained.checkpoints["vae"],
