@@ -101,11 +101,6 @@ def _filesystem(scheme: str, bucket: str):
     return filesystem
 
 
-def _key(uri: str) -> str:
-    parsed = urlparse(uri)
-    return f"{parsed.netloc}/{parsed.path.strip('/')}".rstrip("/")
-
-
 def _remote(path: str | os.PathLike):
     """(filesystem, key) of a mirrored path, else None."""
     found = _relative_to_mirror(Path(path))
@@ -115,10 +110,10 @@ def _remote(path: str | os.PathLike):
     return _filesystem(scheme, key.split("/")[0]), key
 
 
-def _remote_type(path):
-    import pyarrow.fs as pafs
+def _stored_type(path):
+    """The ``pyarrow.fs.FileType`` of a mirrored path's key in the store."""
     filesystem, key = _remote(path)
-    return filesystem.get_file_info(key).type, pafs.FileType
+    return filesystem.get_file_info(key).type
 
 
 def exists(path: str | os.PathLike) -> bool:
@@ -127,8 +122,8 @@ def exists(path: str | os.PathLike) -> bool:
         return True
     if _remote(path) is None:
         return False
-    kind, types = _remote_type(path)
-    return kind != types.NotFound
+    import pyarrow.fs as pafs
+    return _stored_type(path) != pafs.FileType.NotFound
 
 
 def lock(path: str | os.PathLike) -> FileLock:
@@ -196,9 +191,9 @@ def delete(path: str | os.PathLike) -> None:
     Path(path).unlink(missing_ok=True)
     remote = _remote(path)
     if remote is not None:
+        import pyarrow.fs as pafs
         filesystem, key = remote
-        kind, types = _remote_type(path)
-        if kind == types.File:
+        if _stored_type(path) == pafs.FileType.File:
             filesystem.delete_file(key)
 
 
