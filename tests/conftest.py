@@ -48,9 +48,10 @@ def pytest_collection_modifyitems(config, items):
 # modules that share a session fixture run on one worker, which builds it once
 SHARED_GROUPS = {"test_sweep": "sweeps", "test_job_submit": "sweeps",  # all three use cfg_sweep (its stages, its rows)
                  "test_object_storage": "sweeps"}
-# the groups that take longest, longest first (measured under `make test` on the 2-core box: 290 to 55 s)
-LONGEST_GROUPS = ["sweeps", "test_ldlm_pipeline", "assets", "test_dlm_pipeline", "test_ar_pipeline", "test_deepspeed",
-                  "test_harness", "test_cluster_drill", "test_data", "test_resume", "test_pipeline"]
+# the groups that take longest, longest first (measured under `make test` on the 2-core box: 510 to 23 worker-s)
+LONGEST_GROUPS = ["sweeps", "test_cluster_drill", "test_dlm_pipeline", "test_deepspeed", "test_ldlm_pipeline", "assets",
+                  "test_teacher_placement", "test_ar_pipeline", "test_data", "test_harness", "test_pipeline",
+                  "test_resume", "test_gpu_check", "test_lm_eval_model"]
 
 
 @pytest.fixture(scope="session")

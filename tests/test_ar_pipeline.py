@@ -233,10 +233,10 @@ def test_ar_pipeline_end_to_end(ar_run, tiny_corpus, tmp_path):
 @pytest.fixture(scope="module")
 def uncond_overrides(tiny_overrides):
     """The GPT matched to LDLM's tiny preset (its unconditional protocol) on the tiny corpus and tokenizer,
-    trained for a few steps."""
+    trained for a few steps. Its data section is ``ar_run``'s (the windows in ``data_root`` are tokenized once)."""
     base = tiny_overrides()
     scoring = ("datasets", "batch_size", "mauve_model", "genppl_model", "mauve_kmeans_seeds")
-    return {"match": "ldlm:tiny", "data": {**base["data"], "seq_len": 16},
+    return {"match": "ldlm:tiny", "data": base["data"],
             "eval": {**{k: base["eval"][k] for k in scoring}, "num_samples": 8, "steps": 6, "sampling_seeds": [1, 2]},
             "train_gpt": {"optim": {"steps": 30, "batch_size": 16, "lr": 3e-3, "warmup_steps": 5, "log_every": 10}},
             "wandb": False}

@@ -9,10 +9,8 @@ why exactly). It runs on the suite's tiny corpus, tokenizer and model sizes.
 from __future__ import annotations
 
 import importlib.util
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -36,10 +34,45 @@ def load_drill():
 drill = load_drill()
 
 
-@pytest.mark.ray
-def test_a_killed_node_comes_back_and_the_job_finishes_with_the_uninterrupted_losses(tiny_overrides, tmp_path):
+def never_joining_driver(head: drill.RayNode) -> dict:
+    """A driver (what a job's entrypoint runs) with ``resources.min_nodes: 2`` against ``head`` while it is the
+    cluster's only node: its exit code, stderr and wall seconds."""
+    driver = ("from latentlm.platform.training.launch import init_ray\n"
+              "from latentlm.platform.training.sections import ResourcesConfig\n"
+              "init_ray(resources=ResourcesConfig(min_nodes=2, nodes_timeout_s=3))\n")
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", driver], env={**head.env, "RAY_ADDRESS": head.address},
+                          capture_output=True, text=True, timeout=120, cwd=REPO)
+    return {"done": done, "waited": time.monotonic() - start}
+
+
+@pytest.fixture(scope="module")
+def drill_run(tiny_overrides, tmp_path_factory):
+    """The drill, run once: (its report or the error it raised, the never-joins driver's result). The second test's
+    one-node cluster is the drill's head before its second node first starts (one head started, not two)."""
+    lonely = {}
+    start = drill.RayNode.start
+
+    def start_then_probe(node, *args, **kwargs):
+        start(node, *args, **kwargs)
+        if node.head_address is None and not lonely:  # the head is up, the second node not yet started
+            lonely.update(never_joining_driver(node), head=node)
+
     overrides = tiny_overrides(train_vae={"optim": {"steps": 12, "checkpoint_every": 4, "warmup_steps": 2}})
-    report = drill.run_drill(overrides, tmp_path / "work", timeout_s=300)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(drill.RayNode, "start", start_then_probe)
+        try:
+            report = drill.run_drill(overrides, tmp_path_factory.mktemp("drill") / "work", timeout_s=300)
+        except Exception as err:  # the drill test fails on it; the never-joins test still checks its driver
+            report = err
+    return report, lonely
+
+
+@pytest.mark.ray
+def test_a_killed_node_comes_back_and_the_job_finishes_with_the_uninterrupted_losses(drill_run):
+    report = drill_run[0]
+    if isinstance(report, Exception):
+        raise report
     print(f"\n{report.summary()}\nplacement: {report.placement}")
     # run_drill raises unless all of this holds; restated here as the test's claims
     assert report.resumed_from % 4 == 0 and 4 <= report.resumed_from < report.kill_step < 12
@@ -50,29 +83,20 @@ def test_a_killed_node_comes_back_and_the_job_finishes_with_the_uninterrupted_lo
 
 
 @pytest.mark.ray
-def test_a_node_that_never_joins_fails_the_job_after_the_bounded_wait(tmp_path):
-    """A one-node cluster and ``resources.min_nodes: 2``: the driver (what a job's entrypoint runs) fails after
-    ``nodes_timeout_s`` with one line naming the field, and nothing the test started is left running."""
-    root = Path(tempfile.mkdtemp(prefix="drillj", dir="/tmp"))  # short: Ray's socket paths live under it
-    head = drill.RayNode(root / "head", drill.node_env())
-    driver = ("from latentlm.platform.training.launch import init_ray\n"
-              "from latentlm.platform.training.sections import ResourcesConfig\n"
-              "init_ray(resources=ResourcesConfig(min_nodes=2, nodes_timeout_s=3))\n")
-    try:
-        head.start()
-        start = time.monotonic()
-        done = subprocess.run([sys.executable, "-c", driver], env={**head.env, "RAY_ADDRESS": head.address},
-                              capture_output=True, text=True, timeout=120, cwd=REPO)
-        waited = time.monotonic() - start
-    finally:
-        head.stop()
-        left = head.pids()
+def test_a_node_that_never_joins_fails_the_job_after_the_bounded_wait(drill_run):
+    """A one-node cluster (the drill's head, before its second node starts) and ``resources.min_nodes: 2``: the
+    driver (what a job's entrypoint runs) fails after ``nodes_timeout_s`` with one line naming the field, and
+    nothing the test started is left running once the drill has stopped its nodes."""
+    lonely = drill_run[1]
+    assert lonely, f"the drill never started its head: {drill_run[0]!r}"
+    left = lonely["head"].pids()
     assert not left, f"processes of the test's head survived: {sorted(left)}"
+    done, waited = lonely["done"], lonely["waited"]
+    print(f"\nthe driver failed after {waited:.1f} s")
     last = done.stderr.strip().splitlines()[-1]
     assert done.returncode == 1 and last.startswith("latentlm.models.config.ConfigError: resources.min_nodes: 2 "
                                                     "nodes expected, 1 joined after 3 s"), done.stderr[-3000:]
     assert 3 <= waited < 60, waited
-    shutil.rmtree(root, ignore_errors=True)
 
 
 # -- without Ray --------------------------------------------------------------------------------------

@@ -98,7 +98,7 @@ def dlm_run(dlm_overrides, tmp_path_factory, ray_local):
 @pytest.mark.ray
 def test_dlm_pipeline_end_to_end(dlm_run, dlm_overrides, tiny_corpus, tmp_path):
     from latentlm.platform.methods.dlm.generator import load_dlm
-    from latentlm.platform.methods.dlm.pipeline import run_dlm
+    from latentlm.platform.methods.dlm.pipeline import train_dlm
     cfg, out, run_dir = dlm_run
     row = out["results"][str(tiny_corpus)]
     for key in ("rouge1", "bertscore", "mauve", "recon_acc"):
@@ -124,10 +124,12 @@ def test_dlm_pipeline_end_to_end(dlm_run, dlm_overrides, tiny_corpus, tmp_path):
     assert cli.main(["evaluate", out["joint_checkpoint"], "--set", "eval.steps=2", "--out", str(tmp_path / "re")]) == 0
     scored = json.loads((tmp_path / "re" / "metrics.json").read_text())
     assert scored["protocol"]["sampler"]["steps"] == 2 and scored["results"].keys() == out["results"].keys()
-    # a frozen-VAE trial reuses the pretrained VAE (one VAE per VAE config)
-    frozen = run_dlm(build_dlm_config("tiny", dlm_overrides(dlm={"vae_strategy": "frozen"})), run_dir.parent / "run2",
-                     data_root=run_dir.parent, cache_root=run_dir)
-    assert frozen["vae_checkpoint"] == out["vae_checkpoint"] and frozen["stage_seconds"]["vae"] == 0.0
+    # a frozen-VAE trial reuses the pretrained VAE (one VAE per VAE config): the training half of run_dlm, with a
+    # 2-step joint stage (the joint stage's settings are not part of the VAE stage's key)
+    frozen = train_dlm(build_dlm_config("tiny", dlm_overrides(dlm={"vae_strategy": "frozen"}, train_joint={
+        "optim": {"steps": 2, "log_every": 1, "warmup_steps": 1, "checkpoint_every": 0}})), run_dir.parent / "run2",
+        data_root=run_dir.parent, cache_root=run_dir)
+    assert frozen.checkpoints["vae"] == out["vae_checkpoint"] and frozen.stage_seconds["vae"] == 0.0
 
 
 @pytest.mark.ray
