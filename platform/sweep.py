@@ -302,7 +302,7 @@ def run_sweep(spec: SweepSpec) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     write_json(root / "sweep.json", {**dataclasses.asdict(spec), "trials": [t.trial_id for t in trials]})
     storage.publish(root / "sweep.json")
-    storage.fetch(root / "leaderboard.parquet", refresh=True)  # the rows of earlier runs, merged into
+    storage.fetch(root / "leaderboard.parquet", refresh=True)  # earlier runs' rows: this run merges into them
     method = registry.get(spec.method)
     methods = {name: registry.get(name) for name in {spec.method, *(t.method for t in trials if t.method)}}
     configs = [method.build(spec.preset, t.overrides) for t in trials if t.method is None]

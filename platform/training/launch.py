@@ -6,6 +6,9 @@ import logging
 import os
 from pathlib import Path
 from typing import Any, Callable
+from urllib.parse import urlparse
+
+from latentlm.platform import storage
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +94,6 @@ def training_dataset(path: str, columns: list[str], materialize_max_mb: int, lim
     import pyarrow as pa
     import pyarrow.parquet as pq
     import ray.data
-    from latentlm.platform import storage
     ray.data.DataContext.get_current().execution_options.preserve_order = True
     if storage.total_bytes(path, ".parquet") <= materialize_max_mb * 2**20:
         local = storage.fetch(path)
@@ -122,7 +124,6 @@ def run_stage(loop: Callable[[dict], None], loop_config: dict[str, Any], dataset
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
     import ray
-    from latentlm.platform import storage
     from .engine import check_batch_plans
     gpu = use_gpu(resources.use_gpu)
     gpus = int(ray.cluster_resources().get("GPU", 0))
@@ -149,12 +150,11 @@ def run_stage(loop: Callable[[dict], None], loop_config: dict[str, Any], dataset
         raise RuntimeError(f"stage {name} finished without a checkpoint (error: {result.error})")
     uri = storage.remote_uri(storage_path)
     if storage.is_uri(uri):  # Ray names an object store's checkpoint by its key: return its mirrored path
-        return str(storage.mirror_path(f"{uri.split('://')[0]}://{result.checkpoint.path}"))
+        return str(storage.mirror_path(f"{urlparse(uri).scheme}://{result.checkpoint.path}"))
     return result.checkpoint.path
 
 
 def on_worker(loop: Callable[[dict], None], config: dict) -> None:
     """Every Ray Train worker's entry: the mirrored artifacts the loop config names (earlier stages' checkpoints,
     the vocabulary, statistics) fetched to this worker's node, then the loop."""
-    from latentlm.platform import storage
     loop(storage.localize(config))
