@@ -147,7 +147,7 @@ def run_sweep_script(args: list[str], env: dict, cache: Path) -> subprocess.Comp
 
 
 @pytest.mark.ray
-def test_a_sweep_on_object_storage_leaves_the_rows_it_leaves_on_disk(cfg_sweep, s3_env, tmp_path):
+def test_a_sweep_on_object_storage_leaves_the_rows_it_leaves_on_disk(cfg_sweep, s3_env, tmp_path, capsys):
     """The CFG sweep at scale 1.0 with ``--run-dir s3://...``: its rows equal the on-disk CFG sweep's (same row ids,
     same numbers), and everything it wrote is in the bucket. Then a second node, whose mirror is empty, runs the
     trial's pipeline under the same run dir and trains nothing: data, stage records and checkpoints come from the
@@ -202,7 +202,13 @@ def test_a_sweep_on_object_storage_leaves_the_rows_it_leaves_on_disk(cfg_sweep, 
         runs = storage.run_path(run_dir)
         trained = pipeline.train_textldm(cfg, f"{run_dir}/cfg/trials/node-b", data_root=runs, cache_root=runs)
         assert storage.remote_uri(trained.checkpoints["dit"]) == model["checkpoint"]  # node-b's mirror of it
+        # the URIs a user copies from the leaderboard: `latentlm evaluate/sample` and `latentlm leaderboard` take them
+        from latentlm.platform import cli
+        from latentlm.platform.hub import resolve_checkpoint
+        assert resolve_checkpoint(model["checkpoint"]) == Path(trained.checkpoints["dit"])
+        assert cli.main(["leaderboard", f"{run_dir}/cfg/"]) == 0
     assert trained.stage_seconds == {"vae": 0.0, "dit": 0.0}
+    assert "eval.cfg_scale=1.0" in capsys.readouterr().out  # the leaderboard the command printed
     mirror = node_b / "mirror" / "s3" / bucket / "runs"
     for stage, checkpoint in trained.checkpoints.items():  # fetched whole to this node
         assert Path(checkpoint).is_relative_to(mirror) and (Path(checkpoint) / "state.json").is_file(), stage
