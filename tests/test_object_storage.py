@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -142,7 +143,6 @@ def run_sweep_script(args: list[str], env: dict, cache: Path) -> subprocess.Comp
                               env={**os.environ, **env, "LATENTLM_CACHE": str(cache), "RAY_TMPDIR": ray_tmp},
                               capture_output=True, text=True, timeout=900)
     finally:
-        import shutil
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
